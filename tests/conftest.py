@@ -1,0 +1,69 @@
+"""Fixtures with real parts: a real MediaWiki per test, a real Prefect server per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from wikitune.localwiki import LocalWiki, mediawiki_installed
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ["WIKITUNE_HTTP_BACKOFF_SECONDS"] = "0.05"
+os.environ["WIKITUNE_HTTP_RETRIES"] = "3"
+os.environ["WIKITUNE_HTTP_TIMEOUT_SECONDS"] = "10"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect server (the test harness's) with a private PREFECT_HOME; yields its URL."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def _mediawiki_available() -> None:
+    if not mediawiki_installed():
+        pytest.fail(
+            "Debian's mediawiki package and php are required (see .ci/run); a missing service"
+            " is an error, not a skip"
+        )
+
+
+def _start_wiki(path: Path, **options: object) -> LocalWiki:
+    return LocalWiki(path, **options).start()  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def wiki(tmp_path: Path, _mediawiki_available: None) -> Iterator[LocalWiki]:
+    """A fresh real MediaWiki on 127.0.0.1 (default settings: no categorize rows)."""
+    instance = _start_wiki(tmp_path / "wiki")
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def wiki_factory(tmp_path: Path, _mediawiki_available: None) -> Iterator:
+    """Start wikis with extra settings: ``wiki_factory(rc_max_age=2, extra_settings=...)``."""
+    started: list[LocalWiki] = []
+
+    def start(**options: object) -> LocalWiki:
+        instance = _start_wiki(tmp_path / f"wiki{len(started)}", **options)
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in started:
+        instance.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"

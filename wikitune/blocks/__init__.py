@@ -1,0 +1,5 @@
+"""Prefect Block classes, editable in the Prefect UI."""
+
+from wikitune.blocks.source import WikiSource
+
+__all__ = ["WikiSource"]

@@ -1,0 +1,170 @@
+"""The ``wikitune`` command: each command is a thin call into flows/ or storage."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wikitune.config import load_settings
+
+app = typer.Typer(
+    help="Keep a domain language model fresh with its MediaWiki.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--home", help="wikitune's home directory (default: $WIKITUNE_HOME or ./.wikitune)."
+    ),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+@app.command()
+def sync(
+    api_url: Annotated[str | None, typer.Option(help="The wiki's api.php URL.")] = None,
+    category: Annotated[
+        list[str] | None, typer.Option(help='A category in scope, e.g. "Category:VTuber".')
+    ] = None,
+    namespace: Annotated[
+        list[int] | None, typer.Option(help="A namespace number in scope (or to restrict to).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Key of this source in the store.")] = None,
+    user_agent: Annotated[
+        str | None, typer.Option(help="User-Agent with your contact (wikis ask for one).")
+    ] = None,
+    request_interval: Annotated[
+        float | None, typer.Option(help="Seconds between requests.")
+    ] = None,
+    bot_user: Annotated[
+        str | None,
+        typer.Option(help='Bot-password user "User@appid"; password from WIKITUNE_BOT_PASSWORD.'),
+    ] = None,
+    source_block: Annotated[
+        str | None, typer.Option(help="Name of a saved 'wikitune wiki source' Prefect block.")
+    ] = None,
+    reconcile: Annotated[
+        bool, typer.Option("--reconcile", help="Re-list the whole scope before applying changes.")
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Bring the store level with the wiki: a backfill the first time, recent changes after."""
+    from wikitune.blocks.source import WikiSource
+    from wikitune.flows.sync import sync as sync_flow
+    from wikitune.tasks.mediawiki import ApiError, LoginFailed, RequestFailed
+
+    source = None
+    if source_block:
+        source = WikiSource.load(source_block)
+    elif api_url:
+        options: dict[str, Any] = {
+            "api_url": api_url,
+            "categories": category or [],
+            "namespaces": namespace or [],
+            "name": name or "",
+            "bot_user": bot_user,
+            "user_agent": user_agent,
+            "request_interval": request_interval,
+        }
+        try:
+            source = WikiSource(**{k: v for k, v in options.items() if v is not None})
+        except ValueError as error:
+            raise _fail(f"invalid wiki source: {error}") from None
+    elif category or namespace or bot_user:
+        raise _fail("--category, --namespace and --bot-user need --api-url")
+
+    settings = load_settings(home)
+    try:
+        summary = sync_flow(source=source, home=str(settings.home), reconcile=reconcile)
+    except (LoginFailed, RequestFailed, ApiError, ValueError) as error:
+        raise _fail(str(error)) from None
+
+    table = Table(title=f"sync of {summary.source} ({summary.mode})")
+    table.add_column("change")
+    table.add_column("pages", justify="right")
+    for key, value in summary.counts.items():
+        table.add_row(key.replace("_", " "), str(value))
+    console.print(table)
+    cursor = f"{summary.cursor_timestamp} (rcid {summary.cursor_rcid})"
+    console.print(f"{summary.requests} requests; cursor {cursor}")
+    if summary.counts.get("failed"):
+        console.print("Failed pages are recorded and retried on the next sync: `wikitune status`.")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Counts of stored pages, the recent-changes cursor and the last sync, per source."""
+    from wikitune.storage import Store
+
+    settings = load_settings(home)
+    if not settings.store_path.exists():
+        raise _fail(f"no store at {settings.store_path}: run `wikitune sync` first")
+    with Store(settings.store_path) as store:
+        report: dict[str, Any] = {"store": str(settings.store_path), "sources": []}
+        for source in store.source_names():
+            state = store.sync_state(source)
+            report["sources"].append(
+                {
+                    "name": source,
+                    "spec": store.source_spec(source),
+                    "pages": store.page_counts(source),
+                    "cursor": {"timestamp": state.cursor_timestamp, "rcid": state.cursor_rcid},
+                    "listing_in_progress": state.listing_timestamp is not None,
+                    "last_sync": store.last_run(source),
+                    "failures": [f.__dict__ for f in store.failures(source)],
+                }
+            )
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    for source in report["sources"]:
+        console.print(f"[bold]{source['name']}[/] ({source['spec'].get('api_url')})")
+        for key, value in source["pages"].items():
+            console.print(f"  {key.replace('_', ' ')}: {value}")
+        console.print(
+            f"  cursor: {source['cursor']['timestamp']} (rcid {source['cursor']['rcid']})"
+        )
+
+
+@app.command()
+def pages(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    source: Annotated[str | None, typer.Option(help="Source name (default: the only one).")] = None,
+    home: HomeOption = None,
+) -> None:
+    """List the in-scope pages: pageid, title and latest revid."""
+    from wikitune.storage import Store
+
+    settings = load_settings(home)
+    if not settings.store_path.exists():
+        raise _fail(f"no store at {settings.store_path}: run `wikitune sync` first")
+    with Store(settings.store_path) as store:
+        names = [source] if source else store.source_names()
+        for name in names:
+            for pageid, title, revid in store.in_scope_pages(name):
+                if as_json:
+                    record = {"pageid": pageid, "title": title, "revid": revid}
+                    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                else:
+                    sys.stdout.write(f"{pageid}\t{revid}\t{title}\n")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,57 @@
+"""The one settings object: every path and default comes from here (env prefix ``WIKITUNE_``)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """wikitune's settings, read from ``WIKITUNE_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="WIKITUNE_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".wikitune"),
+        description="Directory holding the store, snapshots and local MLflow files.",
+    )
+    bot_password: SecretStr | None = Field(
+        default=None,
+        description="Bot password for the wiki's bot user (never accepted on the command line).",
+    )
+    rc_overlap_seconds: int = Field(
+        default=3600,
+        ge=0,
+        description=(
+            "How far before the cursor each poll re-reads recent changes. MediaWiki writes"
+            " `categorize` rows when its job queue runs, stamped with the older time of the edit"
+            " that caused them, so the window must cover the job queue's delay."
+        ),
+    )
+    http_retries: int = Field(default=5, ge=0, description="Retries per request on faults.")
+    http_backoff_seconds: float = Field(
+        default=1.0, ge=0, description="Backoff factor between retries (doubles each retry)."
+    )
+    http_timeout_seconds: float = Field(default=60.0, gt=0, description="Per-request timeout.")
+    maxlag: int = Field(
+        default=5, description="MediaWiki `maxlag`: ask the wiki to refuse when replicas lag."
+    )
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, home: Path) -> Path:
+        return home.expanduser().resolve()
+
+    @cached_property
+    def store_path(self) -> Path:
+        return self.home / "wiki.duckdb"
+
+
+def load_settings(home: Path | str | None = None) -> Settings:
+    """Settings from the environment, with ``home`` overriding ``WIKITUNE_HOME`` when given."""
+    if home is None:
+        return Settings()
+    return Settings(home=Path(home))

@@ -1,0 +1,148 @@
+"""The sync flow: bring the store level with the wiki (backfill, gap reconcile, recent changes)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from pydantic import BaseModel
+
+from wikitune.blocks.source import WikiSource
+from wikitune.config import Settings, load_settings
+from wikitune.storage import Store
+from wikitune.tasks import sync as sync_tasks
+from wikitune.tasks.mediawiki import MediaWikiClient
+
+__all__ = ["SyncSummary", "resolve_source", "sync"]
+
+SyncMode = Literal["backfill", "reconcile", "retention-gap", "incremental"]
+
+
+class SyncSummary(BaseModel):
+    """What one sync did: its mode, the page counts, requests made and where the cursor is."""
+
+    source: str
+    mode: SyncMode
+    counts: dict[str, int]
+    requests: int
+    cursor_timestamp: str | None
+    cursor_rcid: int | None
+    gap: str | None = None
+
+
+def resolve_source(store: Store, source: WikiSource | None) -> WikiSource:
+    """The given source (recorded in the store for later runs) or the one the store recorded."""
+    if source is not None:
+        store.record_source(source.name, source.spec())
+        return source
+    names = store.source_names()
+    if len(names) != 1:
+        found = ", ".join(names) or "none"
+        raise ValueError(
+            f"the store at {store.path} records {len(names)} sources ({found}):"
+            " give the wiki source (--api-url and --category/--namespace) on the first sync"
+        )
+    spec = store.source_spec(names[0])
+    assert spec is not None
+    return WikiSource(**spec)
+
+
+def open_client(source: WikiSource, settings: Settings) -> MediaWikiClient:
+    """A polite client for the source, logged in with the bot password when one is set."""
+    return source.get_client(
+        maxlag=settings.maxlag,
+        retries=settings.http_retries,
+        backoff_seconds=settings.http_backoff_seconds,
+        timeout=settings.http_timeout_seconds,
+    )
+
+
+check_retention = task(sync_tasks.retention_gap, name="check-retention", cache_policy=NO_CACHE)
+full_listing = task(sync_tasks.full_listing, name="list-scope", cache_policy=NO_CACHE)
+apply_recent_changes = task(
+    sync_tasks.apply_recent_changes, name="apply-recent-changes", cache_policy=NO_CACHE
+)
+
+
+def _run_name() -> str:
+    source = flow_run.parameters.get("source")
+    return f"sync-{getattr(source, 'name', None) or 'stored-source'}"
+
+
+def _summary_markdown(summary: SyncSummary) -> str:
+    lines = [
+        f"## Sync of `{summary.source}` ({summary.mode})",
+        "",
+        "| change | pages |",
+        "| --- | ---: |",
+        *(f"| {name.replace('_', ' ')} | {value} |" for name, value in summary.counts.items()),
+        "",
+        f"Requests: {summary.requests}. Cursor: {summary.cursor_timestamp}"
+        f" (rcid {summary.cursor_rcid}).",
+    ]
+    if summary.gap:
+        lines += ["", f"**Retention gap:** {summary.gap}; reconciled with a full listing."]
+    return "\n".join(lines)
+
+
+@flow(name="sync", flow_run_name=_run_name)
+def sync(
+    source: WikiSource | None = None, home: str | None = None, reconcile: bool = False
+) -> SyncSummary:
+    """Bring the store level with the wiki.
+
+    The first run lists the whole scope; later runs apply recent changes from the stored cursor.
+    A cursor older than the wiki's recent-changes retention, or ``reconcile``, forces a full
+    listing first. ``source`` is needed on the first run only; the bot password never travels as
+    a parameter (it comes from WIKITUNE_BOT_PASSWORD or a Prefect Secret).
+    """
+    logger = get_run_logger()
+    settings = load_settings(home)
+    with Store(settings.store_path) as store:
+        wiki = resolve_source(store, source)
+        client = open_client(wiki, settings)
+        state = store.sync_state(wiki.name)
+
+        # Extract + load: decide how much of the wiki to read, then read it into the store.
+        gap = check_retention(client, state)
+        mode: SyncMode = "incremental"
+        counts = sync_tasks.SyncCounts()
+        if not state.has_cursor or gap or reconcile or state.listing_timestamp is not None:
+            mode = "backfill" if not state.has_cursor else "retention-gap" if gap else "reconcile"
+            if gap:
+                logger.warning("%s: %s; reconciling with a full listing", wiki.name, gap)
+            counts += full_listing(client, store, wiki)
+        counts += apply_recent_changes(client, store, wiki, settings.rc_overlap_seconds)
+
+        state = store.sync_state(wiki.name)
+        summary = SyncSummary(
+            source=wiki.name,
+            mode=mode,
+            counts=counts.as_dict(),
+            requests=client.requests_made,
+            cursor_timestamp=state.cursor_timestamp,
+            cursor_rcid=state.cursor_rcid,
+            gap=gap,
+        )
+        store.record_run(wiki.name, mode, summary.counts, summary.requests)
+    logger.info(
+        "synced %s (%s): %s; %d requests",
+        wiki.name,
+        mode,
+        ", ".join(f"{k}={v}" for k, v in summary.counts.items()),
+        summary.requests,
+    )
+    create_markdown_artifact(
+        key=f"sync-{_artifact_key(wiki.name)}",
+        markdown=_summary_markdown(summary),
+        description=f"What the last sync of {wiki.name} changed",
+    )
+    return summary
+
+
+def _artifact_key(name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:60]

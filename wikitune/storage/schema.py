@@ -1,0 +1,65 @@
+"""The DuckDB schema as an ordered list of migrations; a store applies the ones it lacks."""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS"]
+
+MIGRATIONS: list[str] = [
+    # 1: sources, pages, the recent-changes cursor, seen rcids, failures, sync runs.
+    """
+    CREATE TABLE sources (
+        name        VARCHAR PRIMARY KEY,
+        spec        JSON NOT NULL,          -- the source settings, never the password
+        created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        updated_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    CREATE TABLE pages (
+        source        VARCHAR NOT NULL,
+        pageid        BIGINT NOT NULL,      -- pages are keyed by pageid: a move keeps it
+        ns            INTEGER NOT NULL,
+        title         VARCHAR NOT NULL,
+        revid         BIGINT,
+        rev_timestamp VARCHAR,
+        sha1          VARCHAR,
+        wikitext      VARCHAR,
+        categories    VARCHAR[] NOT NULL,
+        in_scope      BOOLEAN NOT NULL,
+        is_redirect   BOOLEAN NOT NULL,
+        deleted       BOOLEAN NOT NULL,
+        updated_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (source, pageid)
+    );
+    CREATE TABLE sync_state (
+        source              VARCHAR PRIMARY KEY,
+        cursor_timestamp    VARCHAR,        -- last applied recent-changes row
+        cursor_rcid         BIGINT,
+        listed_through_rcid BIGINT,         -- rows up to here are covered by the last listing
+        listing_timestamp   VARCHAR,        -- a full listing in progress started here
+        listing_rcid        BIGINT,
+        last_sync_at        TIMESTAMP
+    );
+    CREATE TABLE seen_changes (
+        source    VARCHAR NOT NULL,
+        rcid      BIGINT NOT NULL,
+        timestamp VARCHAR NOT NULL,
+        PRIMARY KEY (source, rcid)
+    );
+    CREATE TABLE page_failures (
+        source     VARCHAR NOT NULL,
+        pageid     BIGINT NOT NULL,
+        title      VARCHAR NOT NULL,
+        reason     VARCHAR NOT NULL,
+        failed_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (source, pageid)
+    );
+    CREATE SEQUENCE sync_run_ids START 1;
+    CREATE TABLE sync_runs (
+        id          BIGINT PRIMARY KEY DEFAULT nextval('sync_run_ids'),
+        source      VARCHAR NOT NULL,
+        mode        VARCHAR NOT NULL,
+        counts      JSON NOT NULL,
+        requests    INTEGER NOT NULL,
+        finished_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    """,
+]
