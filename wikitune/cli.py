@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from wikitune.config import load_settings
+
+# The ephemeral Prefect server's telemetry service fights the flow for its SQLite file.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(
     help="Keep a domain language model fresh with its MediaWiki.",
@@ -164,6 +168,24 @@ def pages(
                     sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
                 else:
                     sys.stdout.write(f"{pageid}\t{revid}\t{title}\n")
+
+
+@app.command()
+def demo(home: HomeOption = None) -> None:
+    """Start a local MediaWiki (Debian's package) with sample VTubers, sync it, edit, sync again."""
+    from wikitune.demo import run_demo
+    from wikitune.localwiki import mediawiki_installed
+
+    if not mediawiki_installed():
+        raise _fail("the demo needs Debian's mediawiki and php-cli packages: run scripts/setup.sh")
+    settings = load_settings(home)
+
+    def report(title: str, counts: dict[str, int]) -> None:
+        changed = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v)
+        console.print(f"[bold]{title}:[/] {changed or 'no changes'}")
+
+    run_demo(settings.home, report)
+    console.print(f"Store: {settings.store_path}. Try `wikitune pages --home {settings.home}`.")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh) and run the whole test suite against a real MediaWiki and Prefect.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
+.venv/bin/ruff check wikitune tests benchmarks
+.venv/bin/ruff format --check wikitune tests benchmarks
+.venv/bin/python -m pytest "$@"
