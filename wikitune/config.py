@@ -31,6 +31,12 @@ class Settings(BaseSettings):
             " that caused them, so the window must cover the job queue's delay."
         ),
     )
+    rc_page_size: int = Field(
+        default=500,
+        ge=1,
+        le=500,
+        description="Recent-changes rows per request; each page of rows is one transaction.",
+    )
     http_retries: int = Field(default=5, ge=0, description="Retries per request on faults.")
     http_backoff_seconds: float = Field(
         default=1.0, ge=0, description="Backoff factor between retries (doubles each retry)."

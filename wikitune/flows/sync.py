@@ -115,7 +115,9 @@ def sync(
             if gap:
                 logger.warning("%s: %s; reconciling with a full listing", wiki.name, gap)
             counts += full_listing(client, store, wiki)
-        counts += apply_recent_changes(client, store, wiki, settings.rc_overlap_seconds)
+        counts += apply_recent_changes(
+            client, store, wiki, settings.rc_overlap_seconds, settings.rc_page_size
+        )
 
         state = store.sync_state(wiki.name)
         summary = SyncSummary(

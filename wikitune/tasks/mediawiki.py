@@ -139,6 +139,7 @@ class MediaWikiClient:
         params = {"format": "json", "formatversion": "2", "maxlag": self.maxlag, **params}
         description = describe_request(method, self.api_url, params)
         attempts = self.retries + 1
+        self.requests_made += 1  # logical requests; retries are not counted
         for attempt in range(1, attempts + 1):
             try:
                 return self._attempt(method, params, description)
@@ -159,7 +160,6 @@ class MediaWikiClient:
 
     def _attempt(self, method: str, params: dict[str, Any], description: str) -> dict[str, Any]:
         self._pace()
-        self.requests_made += 1
         try:
             if method == "GET":
                 response = self.session.get(self.api_url, params=params, timeout=self.timeout)
@@ -408,13 +408,15 @@ def oldest_rc_timestamp(client: MediaWikiClient) -> str | None:
     return rows[0]["timestamp"] if rows else None
 
 
-def recent_changes(client: MediaWikiClient, start: str) -> Iterator[list[RcRow]]:
+def recent_changes(
+    client: MediaWikiClient, start: str, page_size: int = 500
+) -> Iterator[list[RcRow]]:
     """Recent changes from ``start`` (inclusive), oldest first, one API page at a time."""
     for body in client.query(
         list="recentchanges",
         rcdir="newer",
         rcstart=start,
-        rclimit="max",
+        rclimit=page_size,
         rcprop="ids|timestamp|title|loginfo",
         rctype="edit|new|log|categorize",
     ):

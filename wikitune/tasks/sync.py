@@ -333,7 +333,11 @@ def touched_by(rows: Iterable[RcRow]) -> tuple[set[int], set[str], set[str], set
 
 
 def apply_recent_changes(
-    client: MediaWikiClient, store: Store, source: WikiSource, overlap_seconds: int
+    client: MediaWikiClient,
+    store: Store,
+    source: WikiSource,
+    overlap_seconds: int,
+    page_size: int = 500,
 ) -> SyncCounts:
     """Apply the wiki's recent changes since the cursor, one API page of rows per transaction.
 
@@ -350,7 +354,7 @@ def apply_recent_changes(
     retry_failed = store.failed_pageids(name)
     counts = SyncCounts()
     cursor = (state.cursor_timestamp, state.cursor_rcid)
-    for rows in recent_changes(client, start):
+    for rows in recent_changes(client, start, page_size):
         fresh = [r for r in rows if r.rcid not in seen and r.rcid > state.listed_through_rcid]
         pageids, titles, templates, created = touched_by(fresh)
         pageids |= retry_failed
