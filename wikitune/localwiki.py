@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from wikitune.tasks.mediawiki import MediaWikiClient
+from wikitune.tasks.mediawiki import ApiError, MediaWikiClient
 
 __all__ = ["MEDIAWIKI_ROOT", "LocalWiki", "mediawiki_installed"]
 
@@ -143,6 +143,8 @@ class LocalWiki:
             try:
                 probe.get(action="query", meta="siteinfo")
                 return self
+            except ApiError:
+                return self  # it answers, though perhaps not to anonymous readers
             except Exception:
                 if self._server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
