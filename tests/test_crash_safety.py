@@ -57,7 +57,7 @@ def _sync(wiki: LocalWiki, home: Path, prefect_server: str, kill_at: int | None)
             proxy.close()
             proxy = FaultProxy(wiki.api_url)
         process = _sync_process(proxy.api_url, home, prefect_server)
-        out, err = process.communicate(timeout=300)
+        _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err
     finally:
         proxy.close()
