@@ -38,7 +38,12 @@ def test_a_purged_gap_is_reported_and_reconciled(wiki_factory, home: Path) -> No
     assert summary.mode == "retention-gap"
     assert summary.gap is not None and "older than the oldest recent change" in summary.gap
     counts = summary.counts
-    assert (counts["edited"], counts["deleted"], counts["left_scope"], counts["new"]) == (1, 1, 1, 0)
+    assert (counts["edited"], counts["deleted"], counts["left_scope"], counts["new"]) == (
+        1,
+        1,
+        1,
+        0,
+    )
     assert counts["entered_scope"] == 1  # Page 9: its creation row was purged with the rest
     assert_store_equals_wiki(wiki, home)
     assert run_sync(wiki, home).mode == "incremental"

@@ -74,6 +74,22 @@ _PAGE_COLUMNS = (
 )
 
 
+def _page_values(page: StoredPage) -> tuple[object, ...]:
+    return (
+        page.pageid,
+        page.ns,
+        page.title,
+        page.revid,
+        page.rev_timestamp,
+        page.sha1,
+        page.wikitext,
+        list(page.categories),
+        page.in_scope,
+        page.is_redirect,
+        page.deleted,
+    )
+
+
 class Store:
     """One DuckDB file holding the pages, the sync cursor and (later) QA pairs and snapshots.
 
@@ -194,9 +210,13 @@ class Store:
         """Write a sync step's pages, failures, seen rcids and new cursor in one transaction."""
         with self.transaction():
             if batch.pages:
-                self.db.executemany(
+                # One statement over column lists: executemany costs ~3 ms a row in DuckDB.
+                columns = list(zip(*(_page_values(p) for p in batch.pages), strict=True))
+                self.db.execute(
                     f"""INSERT INTO pages ({_PAGE_COLUMNS}, source)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        SELECT unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), unnest(?),
+                               unnest(?), unnest(?::VARCHAR[][]), unnest(?), unnest(?),
+                               unnest(?), ?
                         ON CONFLICT (source, pageid) DO UPDATE SET
                             ns = excluded.ns, title = excluded.title,
                             revid = coalesce(excluded.revid, pages.revid),
@@ -206,23 +226,7 @@ class Store:
                             categories = excluded.categories, in_scope = excluded.in_scope,
                             is_redirect = excluded.is_redirect, deleted = excluded.deleted,
                             updated_at = now()""",
-                    [
-                        [
-                            p.pageid,
-                            p.ns,
-                            p.title,
-                            p.revid,
-                            p.rev_timestamp,
-                            p.sha1,
-                            p.wikitext,
-                            list(p.categories),
-                            p.in_scope,
-                            p.is_redirect,
-                            p.deleted,
-                            source,
-                        ]
-                        for p in batch.pages
-                    ],
+                    [*(list(column) for column in columns), source],
                 )
             if batch.failures:
                 self.db.executemany(
@@ -237,9 +241,11 @@ class Store:
                     [source, batch.resolved_failures],
                 )
             if batch.seen:
-                self.db.executemany(
-                    "INSERT OR IGNORE INTO seen_changes VALUES (?, ?, ?)",
-                    [[source, rcid, ts] for rcid, ts in batch.seen],
+                rcids, timestamps = zip(*batch.seen, strict=True)
+                self.db.execute(
+                    """INSERT OR IGNORE INTO seen_changes
+                       SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[])""",
+                    [source, list(rcids), list(timestamps)],
                 )
             if batch.state is not None:
                 self._write_state(source, batch.state)
