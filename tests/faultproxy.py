@@ -4,6 +4,7 @@ It can also hold the n-th request so a test can kill the client mid-run."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,16 @@ def truncated_json(lie_about_length: bool) -> Fault:
         handler.wfile.flush()
         handler.close_connection = True
         return True
+
+    return answer
+
+
+def rewrite_json(change: Callable[[dict], None]) -> Fault:
+    """Forward to the wiki, then let ``change`` edit the decoded JSON body before answering."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> bool:
+        handler.rewrite = change  # type: ignore[attr-defined]
+        return False
 
     return answer
 
@@ -116,6 +127,13 @@ class FaultProxy:
         }
         upstream = requests.request(method, url, data=body, headers=headers, timeout=60)
         content = upstream.content
+        change = getattr(handler, "rewrite", None)
+        if change is not None and upstream.headers.get("Content-Type", "").startswith(
+            "application/json"
+        ):
+            body = json.loads(content)
+            change(body)
+            content = json.dumps(body).encode()
         handler.send_response(upstream.status_code)
         for key, value in upstream.headers.items():
             if key.lower() not in (

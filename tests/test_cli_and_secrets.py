@@ -105,7 +105,10 @@ def test_private_wiki_needs_the_bot_password(
 
     # Nothing the Prefect server recorded (parameters, logs, artifacts) holds the password.
     recorded = asyncio.run(_everything_prefect_recorded())
-    assert wiki.bot_user in recorded  # the user is recorded, so the check reads real records
+    assert wiki.bot_user in recorded
+    assert (
+        '"key": "sync-' in recorded
+    )  # the sync's artifact  # the user is recorded, so the check reads real records
     assert password not in recorded
 
 

@@ -119,6 +119,8 @@ def sync(
             client, store, wiki, settings.rc_overlap_seconds, settings.rc_page_size
         )
 
+        # A page retried within one sync fails once: report the pages failing now.
+        counts.failed = len(store.failures(wiki.name))
         state = store.sync_state(wiki.name)
         summary = SyncSummary(
             source=wiki.name,

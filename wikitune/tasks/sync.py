@@ -169,6 +169,8 @@ def refresh_pages(
     ids = set(pageids)
     stored = store.pages_by_id(source.name, ids)
     failed_before = store.failed_pageids(source.name) & ids
+    if created is not None:  # a page that failed before it was ever stored is still new
+        created = created | (failed_before - stored.keys())
     states = dict(probed or {})
     unprobed = ids - states.keys()
     states.update({s.pageid: s for s in probe_pages(client, unprobed, source.categories)})

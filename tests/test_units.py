@@ -1,0 +1,98 @@
+"""Plain functions, without a wiki or a Prefect server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from wikitune.blocks.source import WikiSource
+from wikitune.config import load_settings
+from wikitune.storage import Store, StoredPage, SyncBatch, SyncState
+from wikitune.tasks.mediawiki import RcRow, describe_request
+from wikitune.tasks.sync import touched_by
+
+
+def test_request_descriptions_never_carry_post_bodies() -> None:
+    params = {"action": "login", "lgname": "Me@bot", "lgpassword": "hunter2" * 5, "lgtoken": "t"}
+    description = describe_request("POST", "https://w/api.php", params)
+    assert description == "POST https://w/api.php action=login"
+    listing = describe_request(
+        "GET",
+        "https://w/api.php",
+        {
+            "action": "query",
+            "list": "recentchanges",
+            "rcstart": "2026-01-01T00:00:00Z",
+            "rccontinue": "2026|5",
+        },
+    )
+    assert "rcstart=2026-01-01T00:00:00Z" in listing and "rccontinue=2026|5" in listing
+
+
+def test_source_spec_leaves_the_password_out() -> None:
+    source = WikiSource(
+        api_url="https://wiki.example.org/w/api.php",
+        categories=["VTuber"],
+        bot_user="Me@bot",
+        bot_password=SecretStr("s" * 32),
+    )
+    assert source.name == "wiki.example.org/w/api.php"
+    assert source.categories == ["Category:VTuber"]
+    assert "s" * 32 not in str(source.spec()) and "bot_password" not in source.spec()
+    assert "s" * 32 not in repr(source)
+    with pytest.raises(ValueError, match="at least one category or namespace"):
+        WikiSource(api_url="https://wiki.example.org/w/api.php")
+
+
+def test_touched_by_follows_moves_deletes_templates_and_categorize_rows() -> None:
+    rows = [
+        RcRow(1, "t", "new", 0, "Alice", 10, 1),
+        RcRow(2, "t", "log", 0, "Bob", 11, 0, "move", "move", "Bob (VTuber)"),
+        RcRow(3, "t", "log", 0, "Carol", 12, 0, "delete", "delete"),
+        RcRow(4, "t", "edit", 10, "Template:Infobox", 13, 5),
+        RcRow(5, "t", "categorize", 14, "Category:VTuber", 14, 6),
+    ]
+    pageids, titles, templates, created = touched_by(rows)
+    assert pageids == {10, 11, 12, 13, 14}
+    assert titles == {"Bob", "Bob (VTuber)", "Carol"}
+    assert templates == {"Template:Infobox"}
+    assert created == {10}
+
+
+def test_store_migrates_once_and_keeps_rows(tmp_path: Path) -> None:
+    path = tmp_path / "wiki.duckdb"
+    with Store(path) as store:
+        store.apply(
+            "s",
+            SyncBatch(
+                pages=[StoredPage(1, 0, "A", True, revid=3, wikitext="x")],
+                state=SyncState("2026-01-01T00:00:00Z", 7),
+            ),
+        )
+        version = store.schema_version
+    with Store(path) as store:
+        assert store.schema_version == version == 1
+        assert list(store.in_scope_pages("s")) == [(1, "A", 3)]
+        # An upsert without content keeps the stored revision and text.
+        store.apply("s", SyncBatch(pages=[StoredPage(1, 0, "B", False)]))
+        assert store.wikitext("s", 1) == "x"
+        assert store.pages_by_id("s", [1])[1].revid == 3
+        assert store.sync_state("s").cursor_rcid == 7
+
+
+def test_failed_batches_roll_back(tmp_path: Path) -> None:
+    with Store(tmp_path / "wiki.duckdb") as store:
+        with pytest.raises(RuntimeError), store.transaction():
+            store.db.execute("INSERT INTO sources (name, spec) VALUES ('x', '{}')")
+            raise RuntimeError("crash")
+        assert store.source_names() == []
+
+
+def test_home_comes_from_the_option_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WIKITUNE_HOME", str(tmp_path / "env"))
+    assert load_settings().store_path == tmp_path / "env" / "wiki.duckdb"
+    assert load_settings(tmp_path / "opt").home == tmp_path / "opt"
