@@ -92,6 +92,7 @@ def test_private_wiki_needs_the_bot_password(
     assert len(error_lines) == 1
     assert "login" in error_lines[0] and "Incorrect username or password" in error_lines[0]
     assert "0" * 32 not in wrong.stdout + wrong.stderr
+    assert "Traceback" not in wrong.stderr
 
     right = wikitune(
         *args,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,21 @@ HomeOption = Annotated[
         "--home", help="wikitune's home directory (default: $WIKITUNE_HOME or ./.wikitune)."
     ),
 ]
+
+
+class _OneLineErrors(logging.Filter):
+    """Drop Prefect's traceback for errors whose message already says everything (a refused
+    login, a request that failed after its retries): the user sees one line."""
+
+    def __init__(self, expected: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.expected = expected
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.expected):
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def _fail(message: str) -> typer.Exit:
@@ -91,6 +107,8 @@ def sync(
     elif category or namespace or bot_user:
         raise _fail("--category, --namespace and --bot-user need --api-url")
 
+    expected = (LoginFailed, RequestFailed, ApiError, ValueError)
+    logging.getLogger("prefect.flow_runs").addFilter(_OneLineErrors(expected))
     settings = load_settings(home)
     try:
         summary = sync_flow(source=source, home=str(settings.home), reconcile=reconcile)
