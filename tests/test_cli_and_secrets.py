@@ -104,6 +104,26 @@ def test_private_wiki_needs_the_bot_password(
     assert right.returncode == 0, right.stderr
     assert password not in right.stdout + right.stderr
 
+    # A saved source block carries its password as a Prefect secret field.
+    from pydantic import SecretStr
+
+    from wikitune.blocks.source import WikiSource
+
+    WikiSource(
+        api_url=wiki.api_url,
+        categories=[CATEGORY],
+        name="private",
+        bot_user=wiki.bot_user,
+        bot_password=SecretStr(password),
+    ).save("private-wiki", overwrite=True)
+    wiki.edit("Bob", f"Bob [[{CATEGORY}]]")
+    wiki.run_jobs()
+    from_block = wikitune(
+        "sync", "--source-block", "private-wiki", env=_env(prefect_server), home=home
+    )
+    assert from_block.returncode == 0, from_block.stderr
+    assert "sync of private" in from_block.stdout
+
     # Nothing the Prefect server recorded (parameters, logs, artifacts) holds the password.
     recorded = asyncio.run(_everything_prefect_recorded())
     assert wiki.bot_user in recorded
