@@ -20,3 +20,4 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q "torch==2.13.0" || .venv/bin/pip install -q "torch>=2.6,<2.15"
 fi
 .venv/bin/pip install -q -e ".[dev]"
+.venv/bin/pip check
