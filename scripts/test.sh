@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
-.venv/bin/ruff check wikitune tests benchmarks
-.venv/bin/ruff format --check wikitune tests benchmarks
+.venv/bin/ruff check wikitune tests benchmarks scripts
+.venv/bin/ruff format --check wikitune tests benchmarks scripts
 .venv/bin/python -m pytest "$@"
