@@ -127,6 +127,67 @@ def sync(
         console.print("Failed pages are recorded and retried on the next sync: `wikitune status`.")
 
 
+SourceOption = Annotated[
+    str | None, typer.Option("--source", help="Source name (default: the store's only one).")
+]
+
+
+def _counts_table(title: str, counts: dict[str, int]) -> Table:
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("count", justify="right")
+    for key, value in counts.items():
+        table.add_row(key.replace("_", " "), str(value))
+    return table
+
+
+@app.command()
+def build(source: SourceOption = None, home: HomeOption = None) -> None:
+    """Turn pages whose revision changed into QA pairs; retire pairs no longer supported."""
+    from wikitune.flows.build import build as build_flow
+
+    settings = load_settings(home)
+    logging.getLogger("prefect.flow_runs").addFilter(_OneLineErrors((ValueError,)))
+    try:
+        summary = build_flow(source=source, home=str(settings.home))
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    console.print(_counts_table(f"build of {summary.source}", summary.counts))
+    due = "a retrain is due" if summary.retrain_due else "below the retrain threshold"
+    console.print(
+        f"{summary.active_pairs} active pairs; {summary.changed_since_trained} added or changed"
+        f" since the last trained snapshot ({due}, threshold {summary.threshold})"
+    )
+
+
+@app.command()
+def snapshot(source: SourceOption = None, home: HomeOption = None) -> None:
+    """Freeze the active QA pairs into an immutable snapshot with the general-data mix."""
+    from wikitune.flows.build import snapshot as snapshot_flow
+
+    settings = load_settings(home)
+    logging.getLogger("prefect.flow_runs").addFilter(_OneLineErrors((ValueError,)))
+    try:
+        summary = snapshot_flow(source=source, home=str(settings.home))
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    console.print(_counts_table(f"snapshot {summary.id}", summary.counts))
+    console.print(f"digest {summary.digest}; files in {summary.path}")
+
+
+@app.command("mark-trained")
+def mark_trained(snapshot_id: str, home: HomeOption = None) -> None:
+    """Record that a retrain used this snapshot: later snapshots mark facts fresh against it."""
+    from wikitune.storage import Store
+
+    settings = load_settings(home)
+    with Store(settings.store_path) as store:
+        if store.snapshot(snapshot_id) is None:
+            raise _fail(f"no snapshot {snapshot_id!r} in {settings.store_path}")
+        store.mark_trained(snapshot_id)
+    console.print(f"snapshot {snapshot_id} marked as trained")
+
+
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -142,6 +203,9 @@ def status(
         report: dict[str, Any] = {"store": str(settings.store_path), "sources": []}
         for source in store.source_names():
             state = store.sync_state(source)
+            trained = store.latest_snapshot(source, trained=True)
+            latest = store.latest_snapshot(source)
+            changed = store.pairs_new_since_trained(source)
             report["sources"].append(
                 {
                     "name": source,
@@ -151,6 +215,15 @@ def status(
                     "listing_in_progress": state.listing_timestamp is not None,
                     "last_sync": store.last_run(source),
                     "failures": [f.__dict__ for f in store.failures(source)],
+                    "qa": {
+                        **store.qa_counts(source),
+                        "build_failures": len(store.build_failures(source)),
+                        "changed_since_trained": changed,
+                        "retrain_threshold": settings.retrain_threshold,
+                        "retrain_due": changed >= settings.retrain_threshold,
+                        "latest_snapshot": latest.id if latest else None,
+                        "last_trained_snapshot": trained.id if trained else None,
+                    },
                 }
             )
     if as_json:
@@ -160,9 +233,10 @@ def status(
         console.print(f"[bold]{source['name']}[/] ({source['spec'].get('api_url')})")
         for key, value in source["pages"].items():
             console.print(f"  {key.replace('_', ' ')}: {value}")
-        console.print(
-            f"  cursor: {source['cursor']['timestamp']} (rcid {source['cursor']['rcid']})"
-        )
+        cursor = source["cursor"]
+        console.print(f"  cursor: {cursor['timestamp']} (rcid {cursor['rcid']})")
+        for key, value in source["qa"].items():
+            console.print(f"  qa {key.replace('_', ' ')}: {value}")
 
 
 @app.command()

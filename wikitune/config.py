@@ -46,6 +46,35 @@ class Settings(BaseSettings):
         default=5, description="MediaWiki `maxlag`: ask the wiki to refuse when replicas lag."
     )
 
+    mapping_path: Path | None = Field(
+        default=None,
+        description="QA mapping file (YAML); default: the mapping that ships with wikitune.",
+    )
+    system_prompt: str = Field(
+        default=(
+            "You are a helpful assistant who knows the wiki well. Answer briefly and accurately,"
+            " in the language of the question."
+        ),
+        description="System message of every training and evaluation conversation.",
+    )
+    general_share: float = Field(
+        default=0.10,
+        ge=0,
+        lt=1,
+        description="Share of the training rows that are general chat data (of the final mix).",
+    )
+    general_data_path: Path | None = Field(
+        default=None,
+        description="General chat data: a JSONL file or a `datasets` directory with `messages`;"
+        " default: the set that ships with wikitune.",
+    )
+    snapshot_seed: int = Field(default=0, description="Seed of a snapshot's general sample.")
+    retrain_threshold: int = Field(
+        default=200,
+        ge=1,
+        description="Pairs added or changed since the last trained snapshot that call a retrain.",
+    )
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, home: Path) -> Path:
@@ -54,6 +83,10 @@ class Settings(BaseSettings):
     @cached_property
     def store_path(self) -> Path:
         return self.home / "wiki.duckdb"
+
+    @cached_property
+    def snapshots_dir(self) -> Path:
+        return self.home / "snapshots"
 
 
 def load_settings(home: Path | str | None = None) -> Settings:

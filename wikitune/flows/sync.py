@@ -38,14 +38,7 @@ def resolve_source(store: Store, source: WikiSource | None) -> WikiSource:
     if source is not None:
         store.record_source(source.name, source.spec())
         return source
-    names = store.source_names()
-    if len(names) != 1:
-        found = ", ".join(names) or "none"
-        raise ValueError(
-            f"the store at {store.path} records {len(names)} sources ({found}):"
-            " give the wiki source (--api-url and --category/--namespace) on the first sync"
-        )
-    spec = store.source_spec(names[0])
+    spec = store.source_spec(store.source_name())
     assert spec is not None
     return WikiSource(**spec)
 

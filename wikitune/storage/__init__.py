@@ -1,5 +1,25 @@
 """The DuckDB store: schema, migrations and the Store class (the only code that speaks SQL)."""
 
-from wikitune.storage.store import PageFailure, Store, StoredPage, SyncBatch, SyncState
+from wikitune.storage.store import (
+    BuildResult,
+    BuildTodo,
+    PageFailure,
+    QaPair,
+    SnapshotRecord,
+    Store,
+    StoredPage,
+    SyncBatch,
+    SyncState,
+)
 
-__all__ = ["PageFailure", "Store", "StoredPage", "SyncBatch", "SyncState"]
+__all__ = [
+    "BuildResult",
+    "BuildTodo",
+    "PageFailure",
+    "QaPair",
+    "SnapshotRecord",
+    "Store",
+    "StoredPage",
+    "SyncBatch",
+    "SyncState",
+]

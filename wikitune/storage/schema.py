@@ -62,4 +62,50 @@ MIGRATIONS: list[str] = [
         finished_at TIMESTAMP NOT NULL DEFAULT current_timestamp
     );
     """,
+    # 2: QA pairs, page builds, dataset snapshots and the facts each snapshot held.
+    """
+    CREATE TABLE qa_pairs (
+        source      VARCHAR NOT NULL,
+        pair_id     VARCHAR NOT NULL,       -- hash of page, field, language and phrasing
+        pageid      BIGINT NOT NULL,
+        revid       BIGINT NOT NULL,        -- the revision the pair came from
+        title       VARCHAR NOT NULL,
+        field       VARCHAR NOT NULL,
+        lang        VARCHAR NOT NULL,
+        split       VARCHAR NOT NULL,       -- train or eval phrasing
+        question    VARCHAR NOT NULL,
+        answer      VARCHAR NOT NULL,
+        fact_hash   VARCHAR NOT NULL,       -- page, field and value: what freshness compares
+        created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        changed_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        retired_at  TIMESTAMP,
+        PRIMARY KEY (source, pair_id)
+    );
+    CREATE TABLE page_builds (
+        source   VARCHAR NOT NULL,
+        pageid   BIGINT NOT NULL,
+        revid    BIGINT NOT NULL,
+        failure  VARCHAR,                   -- why the page could not be parsed, if it could not
+        built_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (source, pageid)
+    );
+    CREATE TABLE build_state (
+        source         VARCHAR PRIMARY KEY,
+        mapping_digest VARCHAR NOT NULL
+    );
+    CREATE TABLE snapshots (
+        id          VARCHAR PRIMARY KEY,
+        source      VARCHAR NOT NULL,
+        digest      VARCHAR NOT NULL,
+        counts      JSON NOT NULL,
+        path        VARCHAR NOT NULL,
+        created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        trained_at  TIMESTAMP
+    );
+    CREATE TABLE snapshot_facts (
+        snapshot_id VARCHAR NOT NULL,
+        fact_hash   VARCHAR NOT NULL,
+        PRIMARY KEY (snapshot_id, fact_hash)
+    );
+    """,
 ]

@@ -68,6 +68,53 @@ class SyncBatch:
     state: SyncState | None = None  # the new sync state, when it moves
 
 
+@dataclass(frozen=True)
+class QaPair:
+    """One chat-format QA pair and where it came from."""
+
+    pair_id: str
+    pageid: int
+    revid: int
+    title: str
+    field: str
+    lang: str
+    split: str
+    question: str
+    answer: str
+    fact_hash: str
+
+
+@dataclass(frozen=True)
+class BuildTodo:
+    """Pages to (re)parse, and pageids whose pairs must all retire (deleted or out of scope)."""
+
+    pages: list[StoredPage]
+    gone: list[int]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    new: int = 0
+    changed: int = 0
+    retired: int = 0
+    unchanged: int = 0
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """An immutable dataset snapshot: its files live under ``path``."""
+
+    id: str
+    source: str
+    digest: str
+    counts: dict[str, int]
+    path: str
+    created_at: str
+    trained_at: str | None = None
+
+
+_PAIR_FIELDS = "pair_id, pageid, revid, title, field, lang, split, question, answer, fact_hash"
+
 _PAGE_COLUMNS = (
     "pageid, ns, title, revid, rev_timestamp, sha1, wikitext, categories, in_scope,"
     " is_redirect, deleted"
@@ -153,6 +200,20 @@ class Store:
 
     def source_names(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT name FROM sources ORDER BY name").fetchall()]
+
+    def source_name(self, name: str | None = None) -> str:
+        """``name`` when the store knows it, else the store's only source; ValueError otherwise."""
+        names = self.source_names()
+        if name is not None and name in names:
+            return name
+        if name is None and len(names) == 1:
+            return names[0]
+        found = ", ".join(names) or "none"
+        wanted = f"source {name!r} is not" if name else "no single source is"
+        raise ValueError(
+            f"{wanted} recorded in the store at {self.path} (sources: {found});"
+            " give the wiki source (--api-url and --category/--namespace) on the first sync"
+        )
 
     # -- sync state ------------------------------------------------------------------------
 
@@ -324,6 +385,255 @@ class Store:
             "SELECT wikitext FROM pages WHERE source = ? AND pageid = ?", [source, pageid]
         ).fetchone()
         return row[0] if row else None
+
+    # -- QA pairs ------------------------------------------------------------------------
+
+    def build_mapping_digest(self, source: str) -> str | None:
+        row = self.db.execute(
+            "SELECT mapping_digest FROM build_state WHERE source = ?", [source]
+        ).fetchone()
+        return row[0] if row else None
+
+    def set_build_mapping_digest(self, source: str, digest: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                """INSERT INTO build_state VALUES (?, ?)
+                   ON CONFLICT (source) DO UPDATE SET mapping_digest = excluded.mapping_digest""",
+                [source, digest],
+            )
+
+    def pages_to_build(self, source: str, *, rebuild_all: bool = False) -> BuildTodo:
+        """In-scope pages whose revision was not built yet (all of them with ``rebuild_all``),
+        and pages with active pairs that are no longer in scope."""
+        rows = self.db.execute(
+            """SELECT p.pageid, p.ns, p.title, p.revid, p.wikitext, p.categories
+               FROM pages p LEFT JOIN page_builds b ON b.source = p.source AND b.pageid = p.pageid
+               WHERE p.source = ? AND p.in_scope AND p.wikitext IS NOT NULL
+                 AND (? OR b.revid IS NULL OR b.revid <> p.revid)
+               ORDER BY p.pageid""",
+            [source, rebuild_all],
+        ).fetchall()
+        pages = [
+            StoredPage(
+                pageid=r[0],
+                ns=r[1],
+                title=r[2],
+                in_scope=True,
+                revid=r[3],
+                wikitext=r[4],
+                categories=tuple(r[5]),
+            )
+            for r in rows
+        ]
+        gone = self.db.execute(
+            """SELECT DISTINCT q.pageid FROM qa_pairs q
+               LEFT JOIN pages p ON p.source = q.source AND p.pageid = q.pageid
+               WHERE q.source = ? AND q.retired_at IS NULL AND NOT coalesce(p.in_scope, false)""",
+            [source],
+        ).fetchall()
+        return BuildTodo(pages=pages, gone=[r[0] for r in gone])
+
+    def apply_build(
+        self,
+        source: str,
+        revids: dict[int, int],
+        built: dict[int, list[QaPair]],
+        failures: dict[int, str],
+    ) -> BuildResult:
+        """Write the pairs of freshly parsed pages in one transaction: insert new ones, update
+        changed ones, retire the page's pairs that are no longer produced."""
+        new = changed = retired = unchanged = 0
+        with self.transaction():
+            known: dict[str, tuple] = {}
+            if built:
+                rows = self.db.execute(
+                    f"""SELECT {_PAIR_FIELDS}, retired_at IS NOT NULL FROM qa_pairs
+                        WHERE source = ? AND list_contains(?, pageid)""",
+                    [source, list(built)],
+                ).fetchall()
+                known = {r[0]: r for r in rows}
+            upserts: list[QaPair] = []
+            produced: set[str] = set()
+            for pairs in built.values():
+                for pair in pairs:
+                    produced.add(pair.pair_id)
+                    old = known.get(pair.pair_id)
+                    if old is None or old[-1]:
+                        new += 1
+                    elif tuple(old[4:10]) != (
+                        pair.field,
+                        pair.lang,
+                        pair.split,
+                        pair.question,
+                        pair.answer,
+                        pair.fact_hash,
+                    ):
+                        changed += 1
+                    else:
+                        unchanged += 1  # a move only renames: same pair, new title
+                        if (old[2], old[3]) == (pair.revid, pair.title):
+                            continue
+                    upserts.append(pair)
+            if upserts:
+                columns = [
+                    list(c)
+                    for c in zip(
+                        *(
+                            (
+                                p.pair_id,
+                                p.pageid,
+                                p.revid,
+                                p.title,
+                                p.field,
+                                p.lang,
+                                p.split,
+                                p.question,
+                                p.answer,
+                                p.fact_hash,
+                            )
+                            for p in upserts
+                        ),
+                        strict=True,
+                    )
+                ]
+                self.db.execute(
+                    f"""INSERT INTO qa_pairs ({_PAIR_FIELDS}, source)
+                        SELECT unnest(?), unnest(?), unnest(?), unnest(?), unnest(?),
+                               unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), ?
+                        ON CONFLICT (source, pair_id) DO UPDATE SET
+                            revid = excluded.revid, title = excluded.title,
+                            split = excluded.split,
+                            changed_at = CASE
+                                WHEN qa_pairs.retired_at IS NOT NULL
+                                  OR qa_pairs.question <> excluded.question
+                                  OR qa_pairs.answer <> excluded.answer
+                                  OR qa_pairs.fact_hash <> excluded.fact_hash
+                                THEN now() ELSE qa_pairs.changed_at END,
+                            question = excluded.question, answer = excluded.answer,
+                            fact_hash = excluded.fact_hash, retired_at = NULL""",
+                    [*columns, source],
+                )
+            stale = [k for k, r in known.items() if k not in produced and not r[-1]]
+            if stale:
+                self.db.execute(
+                    """UPDATE qa_pairs SET retired_at = now()
+                       WHERE source = ? AND list_contains(?, pair_id)""",
+                    [source, stale],
+                )
+                retired += len(stale)
+            done = {pageid: failures.get(pageid) for pageid in revids}
+            self.db.execute(
+                """INSERT INTO page_builds (source, pageid, revid, failure)
+                   SELECT ?, unnest(?::BIGINT[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[])
+                   ON CONFLICT (source, pageid) DO UPDATE SET revid = excluded.revid,
+                       failure = excluded.failure, built_at = now()""",
+                [source, list(done), [revids[p] for p in done], list(done.values())],
+            )
+        return BuildResult(new, changed, retired, unchanged)
+
+    def retire_pages(self, source: str, pageids: list[int]) -> int:
+        """Retire every active pair of these pages (deleted, or out of scope); returns how many."""
+        if not pageids:
+            return 0
+        with self.transaction():
+            row = self.db.execute(
+                """SELECT count(*) FROM qa_pairs WHERE source = ? AND retired_at IS NULL
+                   AND list_contains(?, pageid)""",
+                [source, pageids],
+            ).fetchone()
+            self.db.execute(
+                """UPDATE qa_pairs SET retired_at = now()
+                   WHERE source = ? AND retired_at IS NULL AND list_contains(?, pageid)""",
+                [source, pageids],
+            )
+            self.db.execute(
+                "DELETE FROM page_builds WHERE source = ? AND list_contains(?, pageid)",
+                [source, pageids],
+            )
+        return int(row[0]) if row else 0
+
+    def active_pairs(self, source: str) -> list[QaPair]:
+        rows = self.db.execute(
+            f"""SELECT {_PAIR_FIELDS} FROM qa_pairs WHERE source = ? AND retired_at IS NULL
+                ORDER BY pair_id""",
+            [source],
+        ).fetchall()
+        return [QaPair(*r) for r in rows]
+
+    def build_failures(self, source: str) -> list[tuple[int, str]]:
+        return self.db.execute(
+            """SELECT pageid, failure FROM page_builds WHERE source = ? AND failure IS NOT NULL
+               ORDER BY pageid""",
+            [source],
+        ).fetchall()
+
+    def qa_counts(self, source: str) -> dict[str, int]:
+        row = self.db.execute(
+            """SELECT count(*) FILTER (WHERE retired_at IS NULL),
+                      count(*) FILTER (WHERE retired_at IS NOT NULL),
+                      count(DISTINCT pageid) FILTER (WHERE retired_at IS NULL)
+               FROM qa_pairs WHERE source = ?""",
+            [source],
+        ).fetchone()
+        assert row is not None
+        return {"active": row[0], "retired": row[1], "pages": row[2]}
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def record_snapshot(self, record: SnapshotRecord, fact_hashes: Iterable[str]) -> None:
+        with self.transaction():
+            self.db.execute(
+                """INSERT INTO snapshots (id, source, digest, counts, path)
+                   VALUES (?, ?, ?, ?, ?)""",
+                [record.id, record.source, record.digest, json.dumps(record.counts), record.path],
+            )
+            self.db.execute(
+                """INSERT INTO snapshot_facts SELECT ?, unnest(?::VARCHAR[])""",
+                [record.id, sorted(set(fact_hashes))],
+            )
+
+    def _snapshots(self, where: str, params: list[Any]) -> list[SnapshotRecord]:
+        rows = self.db.execute(
+            f"""SELECT id, source, digest, counts, path, CAST(created_at AS VARCHAR),
+                       CAST(trained_at AS VARCHAR)
+                FROM snapshots WHERE {where} ORDER BY created_at DESC, id DESC""",
+            params,
+        ).fetchall()
+        return [SnapshotRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]) for r in rows]
+
+    def snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        found = self._snapshots("id = ?", [snapshot_id])
+        return found[0] if found else None
+
+    def latest_snapshot(self, source: str, *, trained: bool = False) -> SnapshotRecord | None:
+        where = "source = ?" + (" AND trained_at IS NOT NULL" if trained else "")
+        found = self._snapshots(where, [source])
+        return found[0] if found else None
+
+    def mark_trained(self, snapshot_id: str) -> None:
+        """Record that a retrain used this snapshot: freshness is measured against it."""
+        with self.transaction():
+            self.db.execute(
+                "UPDATE snapshots SET trained_at = now() WHERE id = ? AND trained_at IS NULL",
+                [snapshot_id],
+            )
+
+    def snapshot_facts(self, snapshot_id: str) -> set[str]:
+        rows = self.db.execute(
+            "SELECT fact_hash FROM snapshot_facts WHERE snapshot_id = ?", [snapshot_id]
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def pairs_new_since_trained(self, source: str) -> int:
+        """Active pairs whose fact was added or changed since the last trained snapshot."""
+        trained = self.latest_snapshot(source, trained=True)
+        row = self.db.execute(
+            """SELECT count(*) FROM qa_pairs q WHERE q.source = ? AND q.retired_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM snapshot_facts f
+                               WHERE f.snapshot_id = ? AND f.fact_hash = q.fact_hash)""",
+            [source, trained.id if trained else ""],
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     # -- runs and status -------------------------------------------------------------------
 

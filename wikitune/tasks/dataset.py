@@ -1,0 +1,227 @@
+"""Freeze the active QA pairs into an immutable snapshot: train and eval files that `datasets`
+reads, with general chat data at an exact share of the training rows.
+
+The snapshot's files are the only thing the training side reads; it never opens the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from wikitune.storage import QaPair, SnapshotRecord, Store
+
+__all__ = [
+    "general_rows_needed",
+    "load_general",
+    "make_snapshot",
+    "sample_general",
+    "split_general",
+]
+
+# One general example in this many is held out for the general eval file.
+GENERAL_EVAL_EVERY = 5
+
+
+def load_general(path: Path | None = None) -> list[dict[str, Any]]:
+    """General chat examples with ``messages`` (user/assistant turns): the bundled set, a JSONL
+    file, or a directory saved by ``datasets``."""
+    if path is None:
+        text = resources.files("wikitune.data").joinpath("general.jsonl").read_text("utf-8")
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    elif Path(path).is_dir():
+        from datasets import load_from_disk
+
+        rows = [dict(row) for row in load_from_disk(str(path))]
+    else:
+        with Path(path).open(encoding="utf-8") as lines:
+            rows = [json.loads(line) for line in lines if line.strip()]
+    for index, row in enumerate(rows):
+        messages = row.get("messages")
+        if not messages or not all({"role", "content"} <= set(m) for m in messages):
+            raise ValueError(
+                f"general example {index} in {path or 'the bundled set'} has no"
+                " valid `messages` (a list of {role, content})"
+            )
+        if "id" not in row:
+            row["id"] = (
+                "general-"
+                + hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:12]
+            )
+    return rows
+
+
+def split_general(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training pool, eval rows), disjoint, decided by each example's id."""
+    pool, held = [], []
+    for row in rows:
+        digest = int(hashlib.sha256(str(row["id"]).encode()).hexdigest()[:8], 16)
+        (held if digest % GENERAL_EVAL_EVERY == 0 else pool).append(row)
+    return pool, held
+
+
+def general_rows_needed(wiki_rows: int, share: float) -> int:
+    """How many general rows make them ``share`` of the final mix (rounded to the nearest)."""
+    if share <= 0 or wiki_rows == 0:
+        return 0
+    return round(wiki_rows * share / (1 - share))
+
+
+def sample_general(pool: list[dict[str, Any]], count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` examples drawn deterministically from ``pool`` (cycling when it is smaller)."""
+    if count and not pool:
+        raise ValueError("the general set has no training examples to mix in")
+    rng = random.Random(seed)
+    picked: list[dict[str, Any]] = []
+    while len(picked) < count:
+        order = sorted(pool, key=lambda row: str(row["id"]))
+        rng.shuffle(order)
+        picked += order[: count - len(picked)]
+    return picked
+
+
+def _with_system(messages: list[dict[str, str]], system_prompt: str) -> list[dict[str, str]]:
+    turns = [m for m in messages if m["role"] != "system"]
+    return [{"role": "system", "content": system_prompt}, *turns]
+
+
+def _wiki_row(pair: QaPair, system_prompt: str) -> dict[str, Any]:
+    return {
+        "id": pair.pair_id,
+        "kind": "wiki",
+        "pageid": pair.pageid,
+        "revid": pair.revid,
+        "title": pair.title,
+        "field": pair.field,
+        "lang": pair.lang,
+        "messages": _with_system(
+            [
+                {"role": "user", "content": pair.question},
+                {"role": "assistant", "content": pair.answer},
+            ],
+            system_prompt,
+        ),
+    }
+
+
+def _general_row(row: dict[str, Any], system_prompt: str) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "kind": "general",
+        "pageid": None,
+        "revid": None,
+        "title": None,
+        "field": None,
+        "lang": row.get("lang"),
+        "messages": _with_system(row["messages"], system_prompt),
+    }
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+
+
+def make_snapshot(
+    store: Store,
+    source: str,
+    *,
+    snapshots_dir: Path,
+    system_prompt: str,
+    general_share: float = 0.10,
+    general_path: Path | None = None,
+    seed: int = 0,
+) -> SnapshotRecord:
+    """Freeze the active pairs of ``source`` into a snapshot (or return the latest snapshot when
+    its content is identical). Files: ``train.jsonl``, ``eval.jsonl``, ``general_eval.jsonl``
+    and ``manifest.json`` under ``snapshots_dir/<id>/``."""
+    pairs = store.active_pairs(source)
+    if not pairs:
+        raise ValueError(f"source {source!r} has no active QA pairs: run `wikitune build` first")
+    trained = store.latest_snapshot(source, trained=True)
+    trained_facts = store.snapshot_facts(trained.id) if trained else set()
+
+    wiki_train = [_wiki_row(p, system_prompt) for p in pairs if p.split == "train"]
+    eval_rows = []
+    for pair in (p for p in pairs if p.split == "eval"):
+        row = _wiki_row(pair, system_prompt)
+        row["fresh"] = pair.fact_hash not in trained_facts
+        eval_rows.append(row)
+
+    pool, general_eval = split_general(load_general(general_path))
+    general = sample_general(pool, general_rows_needed(len(wiki_train), general_share), seed)
+    train = wiki_train + [_general_row(r, system_prompt) for r in general]
+    random.Random(seed).shuffle(train)
+    general_eval_rows = [_general_row(r, system_prompt) for r in general_eval]
+
+    files = {
+        "train.jsonl": _jsonl(train),
+        "eval.jsonl": _jsonl(eval_rows),
+        "general_eval.jsonl": _jsonl(general_eval_rows),
+    }
+    digest = hashlib.sha256(
+        "".join(f"{name}\n{text}" for name, text in sorted(files.items())).encode()
+    ).hexdigest()
+    latest = store.latest_snapshot(source)
+    if latest is not None and latest.digest == digest and Path(latest.path).exists():
+        return latest
+
+    fresh = sum(1 for r in eval_rows if r["fresh"])
+    counts = {
+        "pages": len({p.pageid for p in pairs}),
+        "train_rows": len(train),
+        "wiki_train_rows": len(wiki_train),
+        "general_train_rows": len(general),
+        "eval_rows": len(eval_rows),
+        "eval_fresh": fresh,
+        "eval_stable": len(eval_rows) - fresh,
+        "general_eval_rows": len(general_eval_rows),
+    }
+    created = datetime.now(UTC)
+    snapshot_id = f"{created:%Y%m%dT%H%M%S}-{digest[:8]}"
+    target = snapshots_dir / snapshot_id
+    manifest = {
+        "id": snapshot_id,
+        "source": source,
+        "digest": digest,
+        "created_at": created.isoformat(),
+        "counts": counts,
+        "general_share": general_share,
+        "seed": seed,
+        "system_prompt": system_prompt,
+        "fresh_against": trained.id if trained else None,
+        "files": {
+            "train": "train.jsonl",
+            "eval": "eval.jsonl",
+            "general_eval": "general_eval.jsonl",
+        },
+    }
+    snapshots_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{snapshot_id}-", dir=snapshots_dir))
+    try:
+        for name, text in files.items():
+            (staging / name).write_text(text, encoding="utf-8")
+        (staging / "manifest.json").write_text(
+            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        os.replace(staging, target)  # the snapshot appears whole or not at all
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    record = SnapshotRecord(
+        id=snapshot_id,
+        source=source,
+        digest=digest,
+        counts=counts,
+        path=str(target),
+        created_at=created.isoformat(),
+    )
+    store.record_snapshot(record, (p.fact_hash for p in pairs))
+    return record
