@@ -121,6 +121,7 @@ def _general_row(row: dict[str, Any], system_prompt: str) -> dict[str, Any]:
         "title": None,
         "field": None,
         "lang": row.get("lang"),
+        "fresh": None,
         "messages": _with_system(row["messages"], system_prompt),
     }
 
@@ -148,12 +149,12 @@ def make_snapshot(
     trained = store.latest_snapshot(source, trained=True)
     trained_facts = store.snapshot_facts(trained.id) if trained else set()
 
-    wiki_train = [_wiki_row(p, system_prompt) for p in pairs if p.split == "train"]
-    eval_rows = []
-    for pair in (p for p in pairs if p.split == "eval"):
+    # Every file has the same columns, so `datasets` can load them as splits of one dataset.
+    wiki_train, eval_rows = [], []
+    for pair in pairs:
         row = _wiki_row(pair, system_prompt)
         row["fresh"] = pair.fact_hash not in trained_facts
-        eval_rows.append(row)
+        (wiki_train if pair.split == "train" else eval_rows).append(row)
 
     pool, general_eval = split_general(load_general(general_path))
     general = sample_general(pool, general_rows_needed(len(wiki_train), general_share), seed)
