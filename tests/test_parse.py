@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from wikitune.tasks.parse import ParseFailed, parse_page
+from wikitune.tasks.parse import PageFacts, ParseFailed, parse_page
 from wikitune.tasks.qa import load_mapping
 
 CASES = sorted((Path(__file__).parent / "infoboxes").glob("*.wikitext"))
 MAPPING = load_mapping()
 
 
-def _parse(title: str, text: str):  # noqa: ANN202
+def _parse(title: str, text: str) -> PageFacts:
     return parse_page(
         title,
         text,
