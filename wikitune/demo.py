@@ -1,4 +1,5 @@
-"""The demo: a local MediaWiki filled with invented VTubers, synced, edited and synced again."""
+"""The demo: a local MediaWiki filled with invented VTubers, synced, built into QA pairs and
+snapshotted; then edited, and synced, built and snapshotted again."""
 
 from __future__ import annotations
 
@@ -63,8 +64,9 @@ def sample_page(name: str, debut: str, agency: str, fans: str, language: str, pl
 
 
 def run_demo(home: Path, report: Callable[[str, dict[str, int]], None]) -> None:
-    """Start a local wiki under ``home``, sync it, edit it, sync again; report each sync."""
+    """Start a local wiki under ``home`` and run sync, build and snapshot twice around edits."""
     from wikitune.blocks.source import WikiSource
+    from wikitune.flows.build import build, snapshot
     from wikitune.flows.sync import sync
 
     wiki = LocalWiki(home / "demo-wiki")
@@ -76,6 +78,8 @@ def run_demo(home: Path, report: Callable[[str, dict[str, int]], None]) -> None:
         source = WikiSource(api_url=wiki.api_url, categories=[CATEGORY], name="demo-wiki")
         first = sync(source=source, home=str(home))
         report("first sync (backfill)", first.counts)
+        report("first build (QA pairs)", build(home=str(home)).counts)
+        report("first snapshot", snapshot(home=str(home)).counts)
 
         title, *fields = SAMPLE_VTUBERS[0]
         fields[2] = "晨星社二期"  # the agency changes
@@ -91,3 +95,5 @@ def run_demo(home: Path, report: Callable[[str, dict[str, int]], None]) -> None:
         wiki.run_jobs()
         second = sync(source=source, home=str(home))
         report("second sync (recent changes)", second.counts)
+        report("second build (QA pairs)", build(home=str(home)).counts)
+        report("second snapshot", snapshot(home=str(home)).counts)
