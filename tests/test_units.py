@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from wikitune.blocks.source import WikiSource
 from wikitune.config import load_settings
 from wikitune.storage import Store, StoredPage, SyncBatch, SyncState
+from wikitune.storage.schema import MIGRATIONS
 from wikitune.tasks.mediawiki import RcRow, describe_request
 from wikitune.tasks.sync import touched_by
 
@@ -73,7 +74,7 @@ def test_store_migrates_once_and_keeps_rows(tmp_path: Path) -> None:
         )
         version = store.schema_version
     with Store(path) as store:
-        assert store.schema_version == version == 1
+        assert store.schema_version == version == len(MIGRATIONS)
         assert list(store.in_scope_pages("s")) == [(1, "A", 3)]
         # An upsert without content keeps the stored revision and text.
         store.apply("s", SyncBatch(pages=[StoredPage(1, 0, "B", False)]))

@@ -6,8 +6,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+T = TypeVar("T")
 
 HomeOption = Annotated[
     Path | None,
@@ -47,6 +49,15 @@ class _OneLineErrors(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+def _run_flow(flow: Callable[..., T], expected: tuple[type[Exception], ...], **params: Any) -> T:
+    """Run a flow; errors of the expected kinds become one ``error:`` line and exit code 1."""
+    logging.getLogger("prefect.flow_runs").addFilter(_OneLineErrors(expected))
+    try:
+        return flow(**params)
+    except expected as error:
+        raise _fail(str(error)) from None
 
 
 def _fail(message: str) -> typer.Exit:
@@ -107,20 +118,15 @@ def sync(
     elif category or namespace or bot_user:
         raise _fail("--category, --namespace and --bot-user need --api-url")
 
-    expected = (LoginFailed, RequestFailed, ApiError, ValueError)
-    logging.getLogger("prefect.flow_runs").addFilter(_OneLineErrors(expected))
     settings = load_settings(home)
-    try:
-        summary = sync_flow(source=source, home=str(settings.home), reconcile=reconcile)
-    except (LoginFailed, RequestFailed, ApiError, ValueError) as error:
-        raise _fail(str(error)) from None
-
-    table = Table(title=f"sync of {summary.source} ({summary.mode})")
-    table.add_column("change")
-    table.add_column("pages", justify="right")
-    for key, value in summary.counts.items():
-        table.add_row(key.replace("_", " "), str(value))
-    console.print(table)
+    summary = _run_flow(
+        sync_flow,
+        (LoginFailed, RequestFailed, ApiError, ValueError),
+        source=source,
+        home=str(settings.home),
+        reconcile=reconcile,
+    )
+    console.print(_counts_table(f"sync of {summary.source} ({summary.mode})", summary.counts))
     cursor = f"{summary.cursor_timestamp} (rcid {summary.cursor_rcid})"
     console.print(f"{summary.requests} requests; cursor {cursor}")
     if summary.counts.get("failed"):
@@ -147,11 +153,7 @@ def build(source: SourceOption = None, home: HomeOption = None) -> None:
     from wikitune.flows.build import build as build_flow
 
     settings = load_settings(home)
-    logging.getLogger("prefect.flow_runs").addFilter(_OneLineErrors((ValueError,)))
-    try:
-        summary = build_flow(source=source, home=str(settings.home))
-    except ValueError as error:
-        raise _fail(str(error)) from None
+    summary = _run_flow(build_flow, (ValueError,), source=source, home=str(settings.home))
     console.print(_counts_table(f"build of {summary.source}", summary.counts))
     due = "a retrain is due" if summary.retrain_due else "below the retrain threshold"
     console.print(
@@ -166,11 +168,7 @@ def snapshot(source: SourceOption = None, home: HomeOption = None) -> None:
     from wikitune.flows.build import snapshot as snapshot_flow
 
     settings = load_settings(home)
-    logging.getLogger("prefect.flow_runs").addFilter(_OneLineErrors((ValueError,)))
-    try:
-        summary = snapshot_flow(source=source, home=str(settings.home))
-    except ValueError as error:
-        raise _fail(str(error)) from None
+    summary = _run_flow(snapshot_flow, (ValueError,), source=source, home=str(settings.home))
     console.print(_counts_table(f"snapshot {summary.id}", summary.counts))
     console.print(f"digest {summary.digest}; files in {summary.path}")
 

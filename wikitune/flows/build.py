@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import partial
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -10,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from wikitune.config import load_settings
+from wikitune.flows.naming import artifact_key, run_name
 from wikitune.storage import Store
 from wikitune.tasks import dataset, qa
 
@@ -40,11 +42,7 @@ class SnapshotSummary(BaseModel):
     counts: dict[str, int]
 
 
-def _key(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60]
-
-
-@flow(name="build", flow_run_name="build-{source}")
+@flow(name="build", flow_run_name=partial(run_name, "build"))
 def build(source: str | None = None, home: str | None = None) -> BuildSummary:
     """Parse the pages that changed since the last build into QA pairs; retire stale pairs."""
     settings = load_settings(home)
@@ -67,14 +65,14 @@ def build(source: str | None = None, home: str | None = None) -> BuildSummary:
         summary.changed_since_trained,
     )
     create_table_artifact(
-        key=f"build-{_key(name)}",
+        key=artifact_key("build", name),
         table=[{"measure": k.replace("_", " "), "count": v} for k, v in summary.counts.items()],
         description=f"QA pairs built from {name}",
     )
     return summary
 
 
-@flow(name="snapshot", flow_run_name="snapshot-{source}")
+@flow(name="snapshot", flow_run_name=partial(run_name, "snapshot"))
 def snapshot(source: str | None = None, home: str | None = None) -> SnapshotSummary:
     """Freeze the active pairs into an immutable snapshot with the general-data mix."""
     settings = load_settings(home)
@@ -93,7 +91,7 @@ def snapshot(source: str | None = None, home: str | None = None) -> SnapshotSumm
     lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in record.counts.items()]
     lines += ["", f"Digest `{record.digest}`; files in `{record.path}`."]
     create_markdown_artifact(
-        key=f"snapshot-{_key(name)}", markdown="\n".join(lines), description="Latest snapshot"
+        key=artifact_key("snapshot", name), markdown="\n".join(lines), description="Latest snapshot"
     )
     return SnapshotSummary(
         id=record.id, digest=record.digest, path=record.path, counts=record.counts

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from wikitune.blocks.source import WikiSource
 from wikitune.config import Settings, load_settings
+from wikitune.flows.naming import artifact_key, run_name
 from wikitune.storage import Store
 from wikitune.tasks import sync as sync_tasks
 from wikitune.tasks.mediawiki import MediaWikiClient
@@ -60,11 +61,6 @@ apply_recent_changes = task(
 )
 
 
-def _run_name() -> str:
-    source = flow_run.parameters.get("source")
-    return f"sync-{getattr(source, 'name', None) or 'stored-source'}"
-
-
 def _summary_markdown(summary: SyncSummary) -> str:
     lines = [
         f"## Sync of `{summary.source}` ({summary.mode})",
@@ -81,7 +77,7 @@ def _summary_markdown(summary: SyncSummary) -> str:
     return "\n".join(lines)
 
 
-@flow(name="sync", flow_run_name=_run_name)
+@flow(name="sync", flow_run_name=partial(run_name, "sync"))
 def sync(
     source: WikiSource | None = None, home: str | None = None, reconcile: bool = False
 ) -> SyncSummary:
@@ -133,13 +129,8 @@ def sync(
         summary.requests,
     )
     create_markdown_artifact(
-        key=f"sync-{_artifact_key(wiki.name)}",
+        key=artifact_key("sync", wiki.name),
         markdown=_summary_markdown(summary),
         description=f"What the last sync of {wiki.name} changed",
     )
     return summary
-
-
-def _artifact_key(name: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:60]

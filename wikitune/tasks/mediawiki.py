@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import requests
@@ -327,7 +327,6 @@ class PageState:
     sha1: str | None = None
     wikitext: str | None = None
     content_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_api(cls, page: dict[str, Any], with_content: bool) -> PageState:
@@ -346,27 +345,21 @@ class PageState:
             return state
         revisions = page.get("revisions") or []
         if not revisions:
-            return _replace(state, content_error="no revision returned")
+            return replace(state, content_error="no revision returned")
         revision = revisions[-1]
         main = (revision.get("slots") or {}).get("main", {})
         if revision.get("texthidden") or main.get("texthidden"):
-            return _replace(state, revid=revision.get("revid"), content_error="revision hidden")
+            return replace(state, revid=revision.get("revid"), content_error="revision hidden")
         content = main.get("content")
         if content is None:
-            return _replace(state, revid=revision.get("revid"), content_error="no content")
-        return _replace(
+            return replace(state, revid=revision.get("revid"), content_error="no content")
+        return replace(
             state,
             revid=int(revision["revid"]),
             timestamp=str(revision.get("timestamp")),
             sha1=main.get("sha1") or revision.get("sha1"),
             wikitext=str(content),
         )
-
-
-def _replace(state: PageState, **changes: Any) -> PageState:
-    from dataclasses import replace
-
-    return replace(state, **changes)
 
 
 def _batches(items: Iterable[Any], size: int = BATCH_SIZE) -> Iterator[list[Any]]:
@@ -455,7 +448,7 @@ def list_scope(
                     member_of = {params["gcmtitle"]} if "gcmtitle" in params else set()
                     if known is not None:
                         member_of |= set(known.categories)
-                    pages[state.pageid] = _replace(state, categories=tuple(sorted(member_of)))
+                    pages[state.pageid] = replace(state, categories=tuple(sorted(member_of)))
     return pages
 
 
