@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -138,12 +138,13 @@ SourceOption = Annotated[
 ]
 
 
-def _counts_table(title: str, counts: dict[str, int]) -> Table:
+def _counts_table(title: str, counts: Mapping[str, float]) -> Table:
     table = Table(title=title)
     table.add_column("measure")
-    table.add_column("count", justify="right")
+    table.add_column("value", justify="right")
     for key, value in counts.items():
-        table.add_row(key.replace("_", " "), str(value))
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        table.add_row(key.replace("_", " "), shown)
     return table
 
 
@@ -184,6 +185,94 @@ def mark_trained(snapshot_id: str, home: HomeOption = None) -> None:
             raise _fail(f"no snapshot {snapshot_id!r} in {settings.store_path}")
         store.mark_trained(snapshot_id)
     console.print(f"snapshot {snapshot_id} marked as trained")
+
+
+@app.command("make-base-model")
+def make_base_model(
+    out: Annotated[Path, typer.Option(help="Directory to write the model to.")],
+    size: Annotated[str, typer.Option(help="tiny (tests) or small (demos).")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    pretrain_steps: Annotated[
+        int | None,
+        typer.Option(help="Full-parameter warm-up steps on pages and general chat (0: none)."),
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Build a small Qwen2-shaped base model offline: a tokenizer trained on the store's text and
+    the general set, a chat template, random weights."""
+    from wikitune.storage import Store
+    from wikitune.tasks import dataset, model
+
+    settings = load_settings(home)
+    pages: list[str] = []
+    pairs: list[str] = []
+    if settings.store_path.exists():
+        with Store(settings.store_path) as store:
+            pages, pairs = store.corpus_texts()
+    system = {"role": "system", "content": settings.system_prompt}
+    general = [
+        [system, *row["messages"]] for row in dataset.load_general(settings.general_data_path)
+    ]
+    try:
+        path = model.make_base_model(
+            out,
+            [*pages, *pairs, *(m["content"] for chat in general for m in chat)],
+            # Pages and general chat, not the QA pairs: those are what an adapter learns.
+            pretrain_texts=pages,
+            pretrain_chats=general,
+            pretrain_steps=pretrain_steps,
+            size=size,  # type: ignore[arg-type]
+            seed=seed,
+        )
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    console.print(
+        f"{size} base model written to {path.resolve()}"
+        f" ({len(pages)} pages, {len(pairs)} QA pairs, {len(general)} general chats)"
+    )
+
+
+@app.command()
+def train(
+    snapshot: Annotated[str, typer.Option(help="Snapshot id, directory or URL.")],
+    base_model: Annotated[
+        str | None, typer.Option(help="Hub id or directory (default: $WIKITUNE_BASE_MODEL).")
+    ] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Training recipe file (YAML).")] = None,
+    recipe_block: Annotated[
+        str | None, typer.Option(help="Name of a saved 'wikitune training recipe' block.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda if any).")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Train a LoRA adapter on a snapshot (QLoRA where 4-bit runs) and log it to MLflow."""
+    from wikitune.blocks.recipe import TrainingRecipe
+    from wikitune.flows.retrain import retrain
+    from wikitune.storage import Store
+    from wikitune.tasks.train import TrainingFailed
+
+    settings = load_settings(home)
+    try:
+        chosen = TrainingRecipe.load(recipe_block) if recipe_block else None
+    except ValueError as error:
+        raise _fail(f"no training recipe block {recipe_block!r}: {error}") from None
+    result = _run_flow(
+        retrain,
+        (TrainingFailed, ValueError, OSError),
+        snapshot=snapshot,
+        base_model=base_model,
+        recipe=chosen,
+        recipe_file=str(recipe) if recipe else None,
+        device=device,
+        home=str(settings.home),
+    )
+    console.print(_counts_table(f"adapter for snapshot {result.snapshot_id}", result.metrics))
+    console.print(f"method {result.method}; MLflow run {result.run_id}; model {result.model_uri}")
+    console.print(f"adapter in {result.adapter_dir}")
+    if settings.store_path.exists():
+        with Store(settings.store_path) as store:
+            if store.snapshot(result.snapshot_id) is not None:
+                store.mark_trained(result.snapshot_id)
 
 
 @app.command()

@@ -75,6 +75,22 @@ class Settings(BaseSettings):
         description="Pairs added or changed since the last trained snapshot that call a retrain.",
     )
 
+    base_model: str = Field(
+        default="Qwen/Qwen2.5-7B-Instruct",
+        description="Base model to train adapters on: a Hugging Face hub id or a local directory"
+        " (`wikitune make-base-model` builds a small one offline).",
+    )
+    recipe_path: Path | None = Field(
+        default=None, description="Training recipe file (YAML); default: the recipe's defaults."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking and registry URI; default: a SQLite file under home.",
+    )
+    device: str | None = Field(
+        default=None, description='Training device ("cuda" or "cpu"); default: cuda when present.'
+    )
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, home: Path) -> Path:
@@ -87,6 +103,20 @@ class Settings(BaseSettings):
     @cached_property
     def snapshots_dir(self) -> Path:
         return self.home / "snapshots"
+
+    @cached_property
+    def runs_dir(self) -> Path:
+        """Training runs' checkpoints and adapters, one directory per snapshot and recipe."""
+        return self.home / "runs"
+
+    @cached_property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @cached_property
+    def mlflow_artifacts_dir(self) -> Path:
+        """Artifact root of experiments that wikitune creates in a local tracking store."""
+        return self.home / "mlartifacts"
 
 
 def load_settings(home: Path | str | None = None) -> Settings:

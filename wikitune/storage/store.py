@@ -386,6 +386,18 @@ class Store:
         ).fetchone()
         return row[0] if row else None
 
+    def corpus_texts(self) -> tuple[list[str], list[str]]:
+        """(in-scope wikitext, active "question\nanswer" pairs) across sources: the text a
+        local tokenizer and base model learn from."""
+        pages = self.db.execute(
+            "SELECT wikitext FROM pages WHERE in_scope AND wikitext IS NOT NULL ORDER BY pageid"
+        ).fetchall()
+        pairs = self.db.execute(
+            """SELECT question || chr(10) || answer FROM qa_pairs WHERE retired_at IS NULL
+               ORDER BY pair_id"""
+        ).fetchall()
+        return [r[0] for r in pages], [r[0] for r in pairs]
+
     # -- QA pairs ------------------------------------------------------------------------
 
     def build_mapping_digest(self, source: str) -> str | None:

@@ -1,0 +1,103 @@
+"""The training recipe as a Prefect Block: LoRA shape, optimiser and schedule, batching, and
+where training starts from. Defaults suit a 7B model on one 24–32 GB GPU; loaded from a YAML or
+JSON file with ``TrainingRecipe.from_file`` or from a saved block with ``TrainingRecipe.load``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from prefect.blocks.core import Block
+from pydantic import Field, ValidationError
+
+__all__ = ["TrainingRecipe"]
+
+
+class TrainingRecipe(Block):
+    """How to train an adapter on a snapshot.
+
+    Examples:
+        >>> recipe = TrainingRecipe(lora_r=8, num_train_epochs=1)
+        >>> recipe = TrainingRecipe.from_file("recipe.yaml")
+    """
+
+    _block_type_name = "wikitune training recipe"
+    _description = "LoRA/QLoRA hyper-parameters for wikitune's retrain (defaults: 7B on one GPU)."
+
+    quantization: Literal["auto", "nf4", "none"] = Field(
+        default="auto",
+        description="auto: 4-bit NF4 (QLoRA) where bitsandbytes runs on the device, else LoRA;"
+        " nf4: require 4-bit; none: plain LoRA.",
+    )
+    lora_r: int = Field(default=16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(default=32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default="all-linear",
+        description="Modules that get LoRA: a list of names or all-linear.",
+    )
+    learning_rate: float = Field(default=2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler_type: str = Field(default="cosine", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1, description="Share of warm-up steps.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    num_train_epochs: float = Field(default=3.0, gt=0, description="Epochs over the snapshot.")
+    max_steps: int = Field(default=-1, description="Optimiser steps; overrides epochs when > 0.")
+    per_device_train_batch_size: int = Field(default=4, ge=1, description="Packed rows a step.")
+    per_device_eval_batch_size: int = Field(default=8, ge=1, description="Eval rows a step.")
+    gradient_accumulation_steps: int = Field(default=4, ge=1, description="Steps per update.")
+    max_length: int = Field(default=1024, ge=16, description="Tokens per packed training row.")
+    gradient_checkpointing: bool | None = Field(
+        default=None, description="Activation checkpointing; default: on for CUDA, off on CPU."
+    )
+    seed: int = Field(default=42, description="Seed of initialisation, data order and dropout.")
+    warm_start: Literal["champion", "base"] = Field(
+        default="champion",
+        description="Start from the champion adapter when there is one, or from the bare base.",
+    )
+    eval_steps: int = Field(default=50, ge=1, description="Evaluate (and checkpoint) this often.")
+    logging_steps: int = Field(default=10, ge=1, description="Log loss and speed this often.")
+    early_stopping_patience: int = Field(
+        default=3,
+        ge=0,
+        description="Evaluations without a better eval loss before stopping (0: never stop early).",
+    )
+    save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept on disk.")
+    sample_generations: int = Field(
+        default=16, ge=0, description="Eval questions answered after training, logged to MLflow."
+    )
+    max_new_tokens: int = Field(default=48, ge=1, description="Length of a sample answer.")
+
+    def fingerprint(self) -> str:
+        """A short hash of the settings (the run directory of a resumable training uses it)."""
+        settings = self.model_dump(mode="json", exclude={"block_type_slug"})
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+    def params(self) -> dict[str, Any]:
+        """The settings, flat, as run parameters."""
+        settings = self.model_dump(mode="json", exclude={"block_type_slug"})
+        return {
+            k: ",".join(v) if isinstance(v, list) else v
+            for k, v in settings.items()
+            if v is not None
+        }
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> TrainingRecipe:
+        """A recipe from a YAML or JSON file of field: value (unknown fields are an error)."""
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ValueError(f"cannot read the recipe {path}: {error}") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"the recipe {path} must be a mapping of field: value")
+        unknown = sorted(set(values) - set(cls.model_fields))
+        if unknown:
+            raise ValueError(f"the recipe {path} has unknown fields: {', '.join(unknown)}")
+        try:
+            return cls(**values)
+        except ValidationError as error:
+            raise ValueError(f"invalid recipe {path}: {error}") from error

@@ -1,0 +1,150 @@
+"""MLflow tracking for training runs: the experiment, the run (resumable by id), parameters,
+step metrics, the snapshot as a dataset input, sample generations, and the adapter as a logged
+model that references its base model instead of copying it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+__all__ = [
+    "ADAPTER_ARTIFACT",
+    "experiment_name",
+    "get_run",
+    "log_adapter",
+    "log_metrics",
+    "log_params",
+    "log_sample_generations",
+    "log_snapshot_inputs",
+    "training_run",
+    "use_tracking",
+]
+
+ADAPTER_ARTIFACT = "adapter"
+# MLflow's own limit on a parameter value's length.
+_MAX_PARAM_LENGTH = 6000
+
+
+def use_tracking(tracking_uri: str) -> None:
+    """Point MLflow's tracking and registry at ``tracking_uri`` for this process."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+
+def experiment_name(source: str) -> str:
+    return f"wikitune-{source}"
+
+
+def _experiment_id(name: str, artifact_root: Path | None) -> str:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def training_run(
+    *,
+    tracking_uri: str,
+    experiment: str,
+    artifact_root: Path | None,
+    run_name: str,
+    run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """An active MLflow run (a new one, or ``run_id`` resumed) that ends FINISHED when the block
+    completes and FAILED, with the reason as the ``failure_reason`` tag, when it raises."""
+    use_tracking(tracking_uri)
+    # A tracking server chooses its own artifact store; a local SQLite store uses ours.
+    local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+    experiment_id = _experiment_id(experiment, artifact_root if local else None)
+    run = mlflow.start_run(
+        run_id=run_id,
+        experiment_id=None if run_id else experiment_id,
+        run_name=None if run_id else run_name,
+        tags=dict(tags or {}) if not run_id else None,
+    )
+    try:
+        yield run.info.run_id
+    except BaseException as error:
+        reason = f"{type(error).__name__}: {error}"[:5000]
+        mlflow.set_tag("failure_reason", reason)
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log parameters of the active run; values already logged with the same value are skipped
+    (a resumed run logs them again)."""
+    run = mlflow.active_run()
+    assert run is not None, "log_params needs an active run"
+    existing = MlflowClient().get_run(run.info.run_id).data.params
+    fresh = {
+        key: str(value)[:_MAX_PARAM_LENGTH]
+        for key, value in params.items()
+        if value is not None and key not in existing
+    }
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def log_metrics(metrics: Mapping[str, float], step: int) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_snapshot_inputs(
+    splits: Mapping[str, Any], *, location: str, snapshot_id: str, digest: str
+) -> None:
+    """Log each split (a `datasets.Dataset`) of the snapshot as a dataset input, named after the
+    snapshot and carrying its digest, with the split as the context."""
+    for context, dataset in splits.items():
+        mlflow.log_input(
+            mlflow.data.from_huggingface(
+                dataset,
+                source=f"{location.rstrip('/')}/{context}.jsonl",
+                name=f"{snapshot_id}/{context}",
+                digest=digest[:32],
+            ),
+            context=context,
+        )
+
+
+def log_sample_generations(rows: Sequence[Mapping[str, Any]]) -> None:
+    """A table of eval questions, references and the trained model's answers."""
+    if rows:
+        columns = {key: [row[key] for row in rows] for key in rows[0]}
+        mlflow.log_table(data=columns, artifact_file="sample_generations.json")
+
+
+def log_adapter(
+    model: Any, tokenizer: Any, *, base_model: str, pip_requirements: Sequence[str]
+) -> str:
+    """Log the PEFT adapter as a `transformers` model of the active run. A local base model is
+    referenced by its absolute path, a hub base by its id; its weights are never copied.
+    Returns the model URI."""
+    base_path = os.path.abspath(base_model) if Path(base_model).is_dir() else None
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        name=ADAPTER_ARTIFACT,
+        task="text-generation",
+        base_model_path=base_path,
+        pip_requirements=list(pip_requirements),
+    )
+    return info.model_uri
+
+
+def get_run(tracking_uri: str, run_id: str) -> Run:
+    use_tracking(tracking_uri)
+    return MlflowClient().get_run(run_id)

@@ -1,0 +1,292 @@
+"""Base models and tokenizers: build a small local base model, probe for 4-bit support, load a
+base (4-bit or not) with its tokenizer, and answer questions greedily in batches.
+
+torch and transformers are imported inside the functions: flows import this module, and
+`prefect deploy` imports flow files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "MODEL_SIZES",
+    "ModelSize",
+    "fourbit_available",
+    "generate_answers",
+    "has_generation_markers",
+    "load_base_model",
+    "load_tokenizer",
+    "make_base_model",
+]
+
+log = logging.getLogger(__name__)
+
+# ChatML, as Qwen models use it, with the assistant turn (and its end-of-turn token) inside
+# `{% generation %}` so TRL's assistant-only loss trains the model to answer and to stop.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- generation -%}{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}"
+    "{{- '\\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+END_OF_TEXT = "<|endoftext|>"
+SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>"]
+
+ModelSize = Literal["tiny", "small"]
+EMBEDDING_STD = 0.25
+PRETRAIN_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class _Shape:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    pretrain_steps: int
+
+
+# Qwen2-shaped (grouped-query attention, SwiGLU MLP, tied embeddings) and small enough to train
+# on two CPU cores: "tiny" for tests (~0.4M parameters), "small" for demos (~8M).
+MODEL_SIZES: dict[str, _Shape] = {
+    "tiny": _Shape(2048, 64, 192, 2, 4, 2, pretrain_steps=300),
+    "small": _Shape(8192, 256, 768, 4, 8, 4, pretrain_steps=300),
+}
+
+
+def has_generation_markers(template: str | None) -> bool:
+    """Whether a chat template marks the assistant's turn for assistant-only loss."""
+    return bool(template and re.search(r"\{%-?\s*generation\s*-?%\}", template))
+
+
+def make_base_model(
+    out: Path,
+    texts: Iterable[str],
+    *,
+    pretrain_texts: Sequence[str] = (),
+    pretrain_chats: Sequence[list[dict[str, str]]] = (),
+    pretrain_steps: int | None = None,
+    size: ModelSize = "tiny",
+    seed: int = 0,
+) -> Path:
+    """Build a Qwen2-shaped model and a byte-level BPE tokenizer trained on ``texts``, saved as
+    a Hugging Face model directory that the Auto classes load.
+
+    The weights are random, then trained in full for ``pretrain_steps`` (default: the size's)
+    on ``pretrain_texts`` and ``pretrain_chats`` (rendered with the chat template): a random
+    network has no attention to adapt, so LoRA alone cannot teach it to read a question. Pass
+    0 steps for purely random weights."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}")
+    shape = MODEL_SIZES[size]
+    corpus = [t for t in texts if t and t.strip()]
+    if not corpus:
+        raise ValueError("no text to train the tokenizer on")
+
+    # Training from Qwen2Tokenizer keeps Qwen's pipeline (NFC, its split regex, byte-level with
+    # use_regex=False), which is what AutoTokenizer rebuilds for model_type=qwen2.
+    tokenizer = Qwen2Tokenizer().train_new_from_iterator(
+        corpus, vocab_size=shape.vocab_size, new_special_tokens=SPECIAL_TOKENS
+    )
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = END_OF_TEXT
+    tokenizer.chat_template = CHAT_TEMPLATE
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(config)
+    # With the default init (std 0.02) the tied output embeddings are so small that, behind the
+    # frozen final norm, no LoRA update can make a token likely: logits stay within about +-1.
+    # Larger embeddings give a LoRA-only fine-tune the range a pretrained model has.
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, EMBEDDING_STD)
+    steps = shape.pretrain_steps if pretrain_steps is None else pretrain_steps
+    chats = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in pretrain_chats]
+    warmup_texts = [*pretrain_texts, *chats]
+    loss = _pretrain(model, tokenizer, warmup_texts, steps=steps, seed=seed) if steps else None
+    model.generation_config = GenerationConfig(
+        eos_token_id=[config.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TEXT)],
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "wikitune_base.json").write_text(
+        json.dumps(
+            {
+                "size": size,
+                "seed": seed,
+                "tokenizer_texts": len(corpus),
+                "pretrain_texts": len(warmup_texts),
+                "pretrain_steps": steps,
+                "pretrain_loss": loss,
+                "parameters": model.num_parameters(),
+            }
+        )
+        + "\n"
+    )
+    return out
+
+
+def _pretrain(
+    model: Any, tokenizer: Any, texts: Sequence[str], *, steps: int, seed: int
+) -> float | None:
+    """Full-parameter next-token training on ``texts`` cut into blocks: a short warm-up that
+    gives the random model a language model's structure. A plain loop: the model is tiny and
+    the data a few thousand blocks, where a Trainer would add only set-up time."""
+    import torch
+
+    stream: list[int] = []
+    for text in texts:
+        stream += tokenizer(text, add_special_tokens=False)["input_ids"]
+        stream.append(tokenizer.pad_token_id)
+    if len(stream) < 2 * PRETRAIN_BLOCK:
+        log.warning("too little text to pre-train the base model (%d tokens)", len(stream))
+        return None
+    blocks = torch.tensor(stream[: len(stream) // PRETRAIN_BLOCK * PRETRAIN_BLOCK])
+    blocks = blocks.view(-1, PRETRAIN_BLOCK)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        batch = blocks[torch.randint(0, len(blocks), (16,), generator=generator)]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    model.eval()
+    return float(loss.item())
+
+
+def fourbit_available(device: str) -> bool:
+    """Whether bitsandbytes can run a 4-bit NF4 layer on ``device`` ("cpu" or "cuda")."""
+    try:
+        import bitsandbytes as bnb
+        import torch
+
+        layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4")
+        layer = layer.to(device)
+        layer(torch.randn(2, 64, device=device))
+    except Exception as error:  # any failure means "not here", whatever the library raises
+        log.info("4-bit NF4 is not available on %s: %s", device, error)
+        return False
+    return True
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a base model or adapter directory; left padding for batched generation."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(path: str, *, device: str, quantize: bool) -> PreTrainedModel:
+    """A base model on ``device``: 4-bit NF4 when ``quantize``, else fp32 on CPU and bf16 on
+    CUDA (this CPU has no fast bf16)."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    compute_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    kwargs: dict[str, Any] = {"dtype": compute_dtype, "device_map": device}
+    if quantize:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def generate_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[list[dict[str, str]]],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 48,
+) -> list[str]:
+    """Greedy answers to the last user turn of each conversation (assistant turns dropped),
+    rendered with the tokenizer's chat template; ``batch_size`` at a time, left-padded."""
+    import torch
+
+    prompts = [
+        tokenizer.apply_chat_template(
+            [m for m in conv if m["role"] != "assistant"],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for conv in conversations
+    ]
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(
+                prompts[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            ).to(device)
+            with torch.inference_mode():
+                output = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            answers += [
+                text.strip()
+                for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            ]
+    finally:
+        model.train(was_training)
+    return answers

@@ -1,0 +1,516 @@
+"""Train a LoRA adapter on a snapshot with TRL's SFTTrainer: QLoRA (4-bit NF4 base) where
+bitsandbytes runs on the device, plain LoRA otherwise; assistant-only loss, packed rows without
+padding, eval loss on the snapshot's eval files, early stopping, resumable checkpoints, and one
+MLflow run per training.
+
+This task reads only the snapshot's files (a path or URL) and writes under its run directory:
+it never opens the DuckDB store, so it runs on any machine of the ``gpu`` pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from wikitune import __version__
+from wikitune.blocks.recipe import TrainingRecipe
+from wikitune.mlflow import tracking
+from wikitune.tasks import model as models
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+__all__ = [
+    "Method",
+    "SnapshotData",
+    "TrainResult",
+    "TrainingFailed",
+    "choose_method",
+    "read_manifest",
+    "read_snapshot",
+    "resolve_snapshot",
+    "run_directory",
+    "train_adapter",
+]
+
+log = logging.getLogger(__name__)
+
+Method = Literal["qlora-nf4", "lora"]
+RESULT_FILE = "result.json"
+MLFLOW_RUN_FILE = "mlflow_run_id"
+# What an MLflow model of the adapter needs to be served; pinned loosely to what trained it.
+ADAPTER_REQUIREMENTS = ["torch", "transformers", "peft", "accelerate", "tokenizers"]
+
+
+class TrainingFailed(RuntimeError):
+    """Training could not run or did not finish; the message says why."""
+
+
+@dataclass
+class SnapshotData:
+    location: str
+    manifest: dict[str, Any]
+    splits: dict[str, Dataset]
+
+    @property
+    def id(self) -> str:
+        return str(self.manifest["id"])
+
+    @property
+    def digest(self) -> str:
+        return str(self.manifest["digest"])
+
+
+class TrainResult(BaseModel):
+    """Where the adapter is and how it was trained; what the retrain flow returns."""
+
+    run_id: str
+    model_uri: str
+    adapter_dir: str
+    method: Method
+    base_model: str
+    snapshot_id: str
+    snapshot_digest: str
+    source: str
+    global_step: int
+    resumed_from: str | None = None
+    init_adapter: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+def resolve_snapshot(ref: str, snapshots_dir: Path) -> str:
+    """A snapshot's location: a URL or directory as given, or an id under ``snapshots_dir``."""
+    if "://" in ref or Path(ref).is_dir():
+        return ref if "://" in ref else str(Path(ref).resolve())
+    candidate = snapshots_dir / ref
+    if candidate.is_dir():
+        return str(candidate)
+    raise TrainingFailed(
+        f"no snapshot {ref!r}: not a URL, a directory, or an id in {snapshots_dir}"
+    )
+
+
+def read_manifest(location: str) -> dict[str, Any]:
+    """A snapshot's manifest, by path or URL."""
+    import fsspec
+
+    try:
+        with fsspec.open(f"{location.rstrip('/')}/manifest.json", "r", encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as error:
+        raise TrainingFailed(f"cannot read the snapshot manifest at {location}: {error}") from error
+    if not isinstance(manifest, dict) or not {"id", "digest", "files"} <= set(manifest):
+        raise TrainingFailed(f"{location}/manifest.json is not a wikitune snapshot manifest")
+    return manifest
+
+
+def read_snapshot(location: str) -> SnapshotData:
+    """The manifest and the train/eval/general_eval splits of a snapshot, by path or URL."""
+    from datasets import load_dataset
+
+    manifest = read_manifest(location)
+    base = location.rstrip("/")
+    files = {split: f"{base}/{name}" for split, name in manifest["files"].items()}
+    try:
+        splits = load_dataset("json", data_files=files)
+    except (OSError, ValueError) as error:
+        raise TrainingFailed(f"cannot read the snapshot files at {location}: {error}") from error
+    return SnapshotData(location=location, manifest=manifest, splits=dict(splits))
+
+
+def choose_method(recipe: TrainingRecipe, device: str) -> Method:
+    """QLoRA when the recipe allows it and 4-bit runs on ``device``; LoRA otherwise."""
+    if recipe.quantization == "none":
+        return "lora"
+    if models.fourbit_available(device):
+        return "qlora-nf4"
+    if recipe.quantization == "nf4":
+        raise TrainingFailed(
+            f"the recipe requires 4-bit NF4 but bitsandbytes cannot run it on {device}"
+        )
+    log.warning("4-bit NF4 is not available on %s: training plain LoRA instead of QLoRA", device)
+    return "lora"
+
+
+def run_directory(
+    runs_dir: Path,
+    snapshot: SnapshotData,
+    base_model: str,
+    recipe: TrainingRecipe,
+    init: str | None,
+) -> Path:
+    """One directory per (snapshot, base, recipe, starting adapter): a re-run resumes there."""
+    key = hashlib.sha256(
+        json.dumps([snapshot.digest, base_model, recipe.fingerprint(), init]).encode()
+    ).hexdigest()[:10]
+    return runs_dir / f"{snapshot.id}-{key}"
+
+
+def _last_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint that was written whole (its trainer state is saved last)."""
+    candidates = sorted(
+        (p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for candidate in candidates:
+        try:
+            json.loads((candidate / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return candidate
+    return None
+
+
+def _metrics_callback() -> TrainerCallback:
+    """Per-step loss, learning rate and tokens per second to the active MLflow run."""
+    from transformers import TrainerCallback
+
+    class MlflowMetrics(TrainerCallback):
+        def __init__(self) -> None:
+            self.last: tuple[float, float] | None = None
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
+            values = {
+                k: float(v)
+                for k, v in (logs or {}).items()
+                if isinstance(v, int | float) and math.isfinite(v)
+            }
+            tokens = values.get("num_tokens")
+            now = time.perf_counter()
+            if tokens is not None and "loss" in values:
+                if self.last is not None and now > self.last[1] and tokens > self.last[0]:
+                    values["tokens_per_second"] = (tokens - self.last[0]) / (now - self.last[1])
+                self.last = (tokens, now)
+            if values:
+                tracking.log_metrics(values, step=state.global_step)
+                shown = ("loss", "eval_wiki_loss", "eval_general_loss", "tokens_per_second")
+                log.info(
+                    "step %d: %s",
+                    state.global_step,
+                    ", ".join(f"{k}={values[k]:.4g}" for k in shown if k in values),
+                )
+
+    return MlflowMetrics()
+
+
+def _early_stopping(patience: int) -> TrainerCallback:
+    """Early stopping on the wiki eval loss that ignores the general eval's results (each eval
+    dataset reports separately, and only the wiki one carries the metric)."""
+    from transformers import EarlyStoppingCallback
+
+    class WikiLossEarlyStopping(EarlyStoppingCallback):
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any, **kw: Any) -> None:
+            if args.metric_for_best_model in (metrics or {}):
+                super().on_evaluate(args, state, control, metrics, **kw)
+
+    return WikiLossEarlyStopping(early_stopping_patience=patience)
+
+
+def _sft_config(recipe: TrainingRecipe, device: str, output_dir: Path, eval_strategy: str) -> Any:
+    from trl import SFTConfig
+
+    cuda = device == "cuda"
+    bf16 = cuda and _cuda_bf16()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        use_cpu=not cuda,
+        # TRL turns bf16 on by default; this CPU has no fast bf16, so CPU runs use fp32.
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        gradient_checkpointing=_checkpointing(recipe, device),
+        assistant_only_loss=True,
+        packing=True,
+        packing_strategy="bfd",
+        max_length=recipe.max_length,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.lr_scheduler_type,
+        warmup_steps=recipe.warmup_ratio,
+        weight_decay=recipe.weight_decay,
+        num_train_epochs=recipe.num_train_epochs,
+        max_steps=recipe.max_steps,
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        per_device_eval_batch_size=recipe.per_device_eval_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        eval_strategy=eval_strategy,
+        eval_steps=recipe.eval_steps,
+        save_strategy=eval_strategy,
+        save_steps=recipe.eval_steps,
+        save_total_limit=recipe.save_total_limit,
+        load_best_model_at_end=eval_strategy != "no",
+        metric_for_best_model="eval_wiki_loss",
+        greater_is_better=False,
+        logging_steps=recipe.logging_steps,
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def _checkpointing(recipe: TrainingRecipe, device: str) -> bool:
+    """Activation checkpointing saves GPU memory; on CPU it only costs time (1.6-3x here)."""
+    if recipe.gradient_checkpointing is not None:
+        return recipe.gradient_checkpointing
+    return device == "cuda"
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _prepare_model(
+    base_model: str,
+    recipe: TrainingRecipe,
+    *,
+    method: Method,
+    device: str,
+    init_adapter: str | None,
+) -> Any:
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    base = models.load_base_model(base_model, device=device, quantize=method == "qlora-nf4")
+    if method == "qlora-nf4":
+        base = prepare_model_for_kbit_training(
+            base, use_gradient_checkpointing=_checkpointing(recipe, device)
+        )
+    if init_adapter:
+        return PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
+    config = LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=recipe.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, config)
+
+
+def _sample_rows(eval_split: Dataset, count: int) -> list[dict[str, Any]]:
+    """Up to ``count`` eval rows, fresh facts first, in a stable order."""
+    rows = sorted(eval_split, key=lambda r: (not r.get("fresh"), str(r["id"])))
+    return rows[:count]
+
+
+def train_adapter(
+    *,
+    snapshot: str,
+    base_model: str,
+    recipe: TrainingRecipe,
+    runs_dir: Path,
+    tracking_uri: str,
+    artifact_root: Path | None = None,
+    init_adapter: str | None = None,
+    device: str | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+    on_run_started: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train an adapter of ``base_model`` on the snapshot at ``snapshot`` (path or URL); log the
+    run to MLflow and return where the adapter is. Re-running with the same inputs resumes from
+    the last checkpoint, or returns the finished result."""
+    import torch
+    from datasets import disable_progress_bars
+
+    disable_progress_bars()
+    data = read_snapshot(snapshot)
+    base_model = str(Path(base_model).resolve()) if Path(base_model).is_dir() else base_model
+    run_dir = run_directory(runs_dir, data, base_model, recipe, init_adapter)
+    if (run_dir / RESULT_FILE).exists():
+        log.info("training of snapshot %s already finished in %s", data.id, run_dir)
+        return TrainResult.model_validate_json((run_dir / RESULT_FILE).read_text())
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    method = choose_method(recipe, device)
+    log.info(
+        "training %s on snapshot %s with %s on %s",
+        base_model,
+        data.id,
+        "QLoRA (4-bit NF4 base)" if method == "qlora-nf4" else "plain LoRA (16/32-bit base)",
+        device,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id_file = run_dir / MLFLOW_RUN_FILE
+    previous_run = run_id_file.read_text().strip() if run_id_file.exists() else None
+    source = str(data.manifest.get("source", "wiki"))
+
+    with tracking.training_run(
+        tracking_uri=tracking_uri,
+        experiment=tracking.experiment_name(source),
+        artifact_root=artifact_root,
+        run_name=f"train-{data.id}",
+        run_id=previous_run,
+        tags={"wikitune.source": source, "wikitune.snapshot": data.id},
+    ) as run_id:
+        run_id_file.write_text(run_id + "\n")
+        if on_run_started:
+            on_run_started(run_id)
+        try:
+            return _train_in_run(
+                data=data,
+                base_model=base_model,
+                recipe=recipe,
+                method=method,
+                device=device,
+                run_dir=run_dir,
+                run_id=run_id,
+                init_adapter=init_adapter,
+                callbacks=callbacks or [],
+            )
+        except torch.OutOfMemoryError as error:
+            raise TrainingFailed(
+                f"out of memory on {device} training snapshot {data.id}: lower"
+                " per_device_train_batch_size or max_length, or use 4-bit (quantization: auto)"
+            ) from error
+
+
+def _train_in_run(
+    *,
+    data: SnapshotData,
+    base_model: str,
+    recipe: TrainingRecipe,
+    method: Method,
+    device: str,
+    run_dir: Path,
+    run_id: str,
+    init_adapter: str | None,
+    callbacks: list[TrainerCallback],
+) -> TrainResult:
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    tokenizer = models.load_tokenizer(base_model)
+    model = _prepare_model(
+        base_model, recipe, method=method, device=device, init_adapter=init_adapter
+    )
+    checkpoints = run_dir / "checkpoints"
+    resume = _last_checkpoint(checkpoints)
+    tracking.log_params(
+        {
+            **recipe.params(),
+            "method": method,
+            "device": device,
+            "base_model": base_model,
+            "init_adapter": init_adapter or "base",
+            "snapshot_id": data.id,
+            "snapshot_digest": data.digest,
+            "snapshot_location": data.location,
+            **{f"snapshot_{k}": v for k, v in data.manifest.get("counts", {}).items()},
+            "wikitune_version": __version__,
+            "trainable_parameters": model.get_nb_trainable_parameters()[0],
+        }
+    )
+    tracking.log_snapshot_inputs(
+        data.splits, location=data.location, snapshot_id=data.id, digest=data.digest
+    )
+
+    train_split = data.splits["train"].select_columns(["messages"])
+    named = {"wiki": data.splits.get("eval"), "general": data.splits.get("general_eval")}
+    eval_splits = {
+        name: split.select_columns(["messages"])
+        for name, split in named.items()
+        if split is not None and len(split)
+    }
+    has_eval = "wiki" in eval_splits
+    trainer_callbacks = [_metrics_callback(), *callbacks]
+    if has_eval and recipe.early_stopping_patience:
+        trainer_callbacks.append(_early_stopping(recipe.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_config(recipe, device, checkpoints, "steps" if has_eval else "no"),
+        train_dataset=train_split,
+        eval_dataset=eval_splits or None,
+        processing_class=tokenizer,
+        callbacks=trainer_callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # our callback logs instead of printing dicts
+    if device == "cpu":
+        # TRL casts trainable weights of quantized models to bf16, which this CPU runs slowly.
+        for parameter in trainer.model.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
+
+    metrics: dict[str, float] = {}
+    if has_eval and resume is None:
+        before = trainer.evaluate()
+        metrics |= {f"base_{k}": v for k, v in before.items() if k.endswith("_loss")}
+        tracking.log_metrics(metrics, step=0)
+    if resume is not None:
+        log.info("resuming training from %s", resume)
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    metrics |= {k if k.startswith("train") else f"train_{k}": v for k, v in output.metrics.items()}
+    if has_eval:
+        after = trainer.evaluate()
+        metrics |= {f"final_{k}": v for k, v in after.items() if k.endswith("_loss")}
+    tracking.log_metrics(metrics, step=trainer.state.global_step)
+
+    # The tokenizer carries the template that training used, so inference renders the same.
+    if trainer.chat_template is not None:
+        tokenizer.chat_template = trainer.chat_template
+    adapter_dir = run_dir / "adapter"
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    trainer.model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+
+    samples = _sample_rows(data.splits["eval"], recipe.sample_generations) if has_eval else []
+    if samples:
+        answers = models.generate_answers(
+            trainer.model,
+            tokenizer,
+            [row["messages"] for row in samples],
+            max_new_tokens=recipe.max_new_tokens,
+        )
+        tracking.log_sample_generations(
+            [
+                {
+                    "question": row["messages"][-2]["content"],
+                    "reference": row["messages"][-1]["content"],
+                    "answer": answer,
+                    "fresh": bool(row.get("fresh")),
+                    "exact": answer == row["messages"][-1]["content"],
+                }
+                for row, answer in zip(samples, answers, strict=True)
+            ]
+        )
+    model_uri = tracking.log_adapter(
+        trainer.model,
+        tokenizer,
+        base_model=base_model,
+        pip_requirements=[f"{name}=={_version(name)}" for name in ADAPTER_REQUIREMENTS],
+    )
+    result = TrainResult(
+        run_id=run_id,
+        model_uri=model_uri,
+        adapter_dir=str(adapter_dir),
+        method=method,
+        base_model=base_model,
+        snapshot_id=data.id,
+        snapshot_digest=data.digest,
+        source=str(data.manifest.get("source", "wiki")),
+        global_step=trainer.state.global_step,
+        resumed_from=str(resume) if resume else None,
+        init_adapter=init_adapter,
+        metrics={k: float(v) for k, v in metrics.items()},
+    )
+    (run_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2) + "\n")
+    return result
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import version
+
+    return version(distribution)
