@@ -53,7 +53,8 @@ class _OneLineErrors(logging.Filter):
 
 def _run_flow(flow: Callable[..., T], expected: tuple[type[Exception], ...], **params: Any) -> T:
     """Run a flow; errors of the expected kinds become one ``error:`` line and exit code 1."""
-    logging.getLogger("prefect.flow_runs").addFilter(_OneLineErrors(expected))
+    for logger in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(logger).addFilter(_OneLineErrors(expected))
     try:
         return flow(**params)
     except expected as error:

@@ -37,6 +37,8 @@ __all__ = [
     "TrainResult",
     "TrainingFailed",
     "choose_method",
+    "make_trainer",
+    "prepare_model",
     "read_manifest",
     "read_snapshot",
     "resolve_snapshot",
@@ -218,20 +220,64 @@ def _early_stopping(patience: int) -> TrainerCallback:
     return WikiLossEarlyStopping(early_stopping_patience=patience)
 
 
-def _sft_config(recipe: TrainingRecipe, device: str, output_dir: Path, eval_strategy: str) -> Any:
+def make_trainer(
+    model: Any,
+    tokenizer: Any,
+    recipe: TrainingRecipe,
+    *,
+    device: str,
+    output_dir: Path,
+    train_dataset: Dataset,
+    eval_datasets: dict[str, Dataset],
+    callbacks: list[TrainerCallback],
+    batching: Literal["packed", "padded"] = "packed",
+) -> Any:
+    """TRL's SFTTrainer for ``recipe`` on ``device``: assistant-only loss, and rows packed
+    without padding ("padded" pads every row to ``max_length``: the benchmark's baseline)."""
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_config(recipe, device, output_dir, eval_datasets, batching),
+        train_dataset=train_dataset,
+        eval_dataset=eval_datasets or None,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # our callback logs instead of printing dicts
+    if device == "cpu":
+        # TRL casts trainable weights of quantized models to bf16, which this CPU runs slowly.
+        for parameter in trainer.model.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
+    return trainer
+
+
+def _sft_config(
+    recipe: TrainingRecipe,
+    device: str,
+    output_dir: Path,
+    eval_datasets: dict[str, Any],
+    batching: Literal["packed", "padded"],
+) -> Any:
     from trl import SFTConfig
 
     cuda = device == "cuda"
     bf16 = cuda and _cuda_bf16()
+    eval_strategy = "steps" if "wiki" in eval_datasets else "no"
+    packed = batching == "packed"
     return SFTConfig(
         output_dir=str(output_dir),
+        packing=packed,
+        padding_free=packed,
+        pad_to_multiple_of=None if packed else recipe.max_length,
         use_cpu=not cuda,
         # TRL turns bf16 on by default; this CPU has no fast bf16, so CPU runs use fp32.
         bf16=bf16,
         fp16=cuda and not bf16,
         gradient_checkpointing=_checkpointing(recipe, device),
         assistant_only_loss=True,
-        packing=True,
         packing_strategy="bfd",
         max_length=recipe.max_length,
         learning_rate=recipe.learning_rate,
@@ -273,7 +319,7 @@ def _cuda_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def _prepare_model(
+def prepare_model(
     base_model: str,
     recipe: TrainingRecipe,
     *,
@@ -281,6 +327,8 @@ def _prepare_model(
     device: str,
     init_adapter: str | None,
 ) -> Any:
+    """The base model (4-bit for QLoRA) with a new LoRA adapter, or ``init_adapter`` to go on
+    training."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     base = models.load_base_model(base_model, device=device, quantize=method == "qlora-nf4")
@@ -389,13 +437,16 @@ def _train_in_run(
     init_adapter: str | None,
     callbacks: list[TrainerCallback],
 ) -> TrainResult:
-    from transformers import PrinterCallback
-    from trl import SFTTrainer
-
-    tokenizer = models.load_tokenizer(base_model)
-    model = _prepare_model(
-        base_model, recipe, method=method, device=device, init_adapter=init_adapter
-    )
+    try:
+        tokenizer = models.load_tokenizer(base_model)
+        model = prepare_model(
+            base_model, recipe, method=method, device=device, init_adapter=init_adapter
+        )
+    except Exception as error:  # transformers and safetensors raise many kinds here
+        start = f"adapter {init_adapter} on " if init_adapter else ""
+        raise TrainingFailed(
+            f"cannot load the {start}base model {base_model}: {type(error).__name__}: {error}"
+        ) from error
     checkpoints = run_dir / "checkpoints"
     resume = _last_checkpoint(checkpoints)
     tracking.log_params(
@@ -428,20 +479,16 @@ def _train_in_run(
     trainer_callbacks = [_metrics_callback(), *callbacks]
     if has_eval and recipe.early_stopping_patience:
         trainer_callbacks.append(_early_stopping(recipe.early_stopping_patience))
-    trainer = SFTTrainer(
-        model=model,
-        args=_sft_config(recipe, device, checkpoints, "steps" if has_eval else "no"),
+    trainer = make_trainer(
+        model,
+        tokenizer,
+        recipe,
+        device=device,
+        output_dir=checkpoints,
         train_dataset=train_split,
-        eval_dataset=eval_splits or None,
-        processing_class=tokenizer,
+        eval_datasets=eval_splits,
         callbacks=trainer_callbacks,
     )
-    trainer.remove_callback(PrinterCallback)  # our callback logs instead of printing dicts
-    if device == "cpu":
-        # TRL casts trainable weights of quantized models to bf16, which this CPU runs slowly.
-        for parameter in trainer.model.parameters():
-            if parameter.requires_grad:
-                parameter.data = parameter.data.float()
 
     metrics: dict[str, float] = {}
     if has_eval and resume is None:

@@ -1,0 +1,281 @@
+"""Training with real parts: a snapshot from a real wiki, a base model built by
+`make-base-model`, real TRL steps (QLoRA on this CPU), a real MLflow store and Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wikitune.blocks.recipe import TrainingRecipe
+from wikitune.blocks.source import WikiSource
+from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
+from wikitune.flows.build import build, snapshot
+from wikitune.flows.sync import sync
+from wikitune.localwiki import LocalWiki
+from wikitune.tasks import model as models
+from wikitune.tasks import train as training
+
+# Small and fast, but enough steps for a tiny model to learn two pages' facts.
+TEST_RECIPE = {
+    "num_train_epochs": 20,
+    "learning_rate": 0.005,
+    "lora_r": 32,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "max_length": 128,
+    "per_device_train_batch_size": 2,
+    "per_device_eval_batch_size": 16,
+    "gradient_accumulation_steps": 1,
+    "eval_steps": 100,
+    "logging_steps": 10,
+    "sample_generations": 6,
+    "warm_start": "base",
+}
+
+
+def _cli(*args: str, home: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "COLUMNS": "200", "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    return subprocess.run(
+        [sys.executable, "-m", "wikitune.cli", *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def world(
+    tmp_path_factory: pytest.TempPathFactory, prefect_server: str, _mediawiki_available: None
+) -> Iterator[dict[str, Any]]:
+    """Two VTuber pages synced from a real wiki, built and snapshotted; a tiny base model built
+    by the CLI; one training run by the CLI."""
+    root = tmp_path_factory.mktemp("train")
+    home = root / "home"
+    wiki = LocalWiki(root / "wiki").start()
+    try:
+        wiki.edit("Template:Infobox VTuber", INFOBOX_TEMPLATE)
+        for _, *fields in SAMPLE_VTUBERS[:2]:
+            wiki.edit(fields[0], sample_page(*fields))
+        wiki.run_jobs()
+        source = WikiSource(api_url=wiki.api_url, categories=["Category:VTuber"], name="trainwiki")
+        sync(source=source, home=str(home))
+    finally:
+        wiki.stop()
+    build(home=str(home))
+    snap = snapshot(home=str(home))
+
+    made = _cli("make-base-model", "--out", str(root / "base"), home=home)
+    assert made.returncode == 0, made.stderr
+    recipe = root / "recipe.yaml"
+    recipe.write_text(json.dumps(TEST_RECIPE))
+    trained = _cli(
+        "train",
+        "--snapshot",
+        snap.id,
+        "--base-model",
+        str(root / "base"),
+        "--recipe",
+        str(recipe),
+        home=home,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run_dir,) = (home / "runs").glob(f"{snap.id}-*")
+    result = training.TrainResult.model_validate_json((run_dir / "result.json").read_text())
+    yield {"home": home, "root": root, "snapshot": snap, "recipe": recipe, "result": result}
+
+
+def _mlflow(home: Path) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    from wikitune.mlflow.tracking import use_tracking
+
+    use_tracking(f"sqlite:///{home / 'mlflow.db'}")
+    return MlflowClient()
+
+
+def test_training_lowers_eval_loss_and_logs_the_run(world: dict[str, Any]) -> None:
+    result: training.TrainResult = world["result"]
+    snap = world["snapshot"]
+    assert result.method == "qlora-nf4"  # bitsandbytes' 4-bit runs on this CPU
+    assert result.metrics["final_eval_wiki_loss"] < 0.5 * result.metrics["base_eval_wiki_loss"]
+
+    client = _mlflow(world["home"])
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["method"] == "qlora-nf4"
+    assert params["lora_r"] == "32" and params["learning_rate"] == "0.005"
+    assert params["snapshot_id"] == snap.id and params["snapshot_digest"] == snap.digest
+    for metric in ("loss", "learning_rate", "tokens_per_second", "eval_wiki_loss"):
+        history = client.get_metric_history(result.run_id, metric)
+        assert len({m.step for m in history}) >= 2, metric
+    assert all(m.value > 0 for m in client.get_metric_history(result.run_id, "tokens_per_second"))
+
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {f"{snap.id}/{split}" for split in ("train", "eval", "general_eval")}
+    assert {d.dataset.digest for d in inputs.values()} == {snap.digest[:32]}
+    assert "train" in inputs[f"{snap.id}/train"].dataset.source
+
+    # The logged model holds the adapter and references the base instead of copying it.
+    artifacts = Path(client.download_artifacts(result.run_id, "sample_generations.json"))
+    table = json.loads(artifacts.read_text())
+    assert set(table["columns"]) >= {"question", "reference", "answer", "fresh"}
+    assert len(table["data"]) == TEST_RECIPE["sample_generations"]
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(result.model_uri))
+    files = {p.name for p in local.rglob("*") if p.is_file()}
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    assert str(world["root"] / "base") in (local / "MLmodel").read_text()
+
+
+def test_adapter_reloads_and_answers_trained_questions(world: dict[str, Any]) -> None:
+    from peft import PeftModel
+
+    result: training.TrainResult = world["result"]
+    train_rows = [
+        json.loads(line)
+        for line in (Path(world["snapshot"].path) / "train.jsonl").read_text().splitlines()
+    ]
+    wiki_rows = [r for r in train_rows if r["kind"] == "wiki"]
+    tokenizer = models.load_tokenizer(result.adapter_dir)
+    base = models.load_base_model(result.base_model, device="cpu", quantize=False)
+    base_answers = models.generate_answers(base, tokenizer, [r["messages"] for r in wiki_rows])
+    tuned = PeftModel.from_pretrained(base, result.adapter_dir)
+    answers = models.generate_answers(tuned, tokenizer, [r["messages"] for r in wiki_rows])
+    references = [r["messages"][-1]["content"] for r in wiki_rows]
+
+    exact = [a for a, ref in zip(answers, references, strict=True) if a == ref]
+    assert not any(a == ref for a, ref in zip(base_answers, references, strict=True))
+    assert len(exact) >= len(wiki_rows) // 10, list(zip(answers, references, strict=True))[:10]
+    assert len(set(exact)) >= 2  # not one memorised string for every question
+
+
+def test_store_marks_the_snapshot_trained(world: dict[str, Any]) -> None:
+    status = _cli("status", "--json", home=world["home"])
+    (source,) = json.loads(status.stdout)["sources"]
+    assert source["qa"]["last_trained_snapshot"] == world["snapshot"].id
+    assert source["qa"]["changed_since_trained"] == 0
+
+
+def test_plain_lora_when_4bit_is_unavailable(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models, "fourbit_available", lambda device: False)
+    recipe = TrainingRecipe(**{**TEST_RECIPE, "max_steps": 8, "eval_steps": 4})
+    result = training.train_adapter(
+        snapshot=world["snapshot"].path,
+        base_model=str(world["root"] / "base"),
+        recipe=recipe,
+        runs_dir=tmp_path / "runs",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_root=tmp_path / "artifacts",
+    )
+    assert result.method == "lora" and result.global_step == 8
+    client = _mlflow(tmp_path)
+    assert client.get_run(result.run_id).data.params["method"] == "lora"
+
+    with pytest.raises(training.TrainingFailed, match="requires 4-bit NF4"):
+        training.train_adapter(
+            snapshot=world["snapshot"].path,
+            base_model=str(world["root"] / "base"),
+            recipe=recipe.model_copy(update={"quantization": "nf4"}),
+            runs_dir=tmp_path / "runs",
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        )
+
+
+def test_killed_training_resumes_from_its_checkpoint(world: dict[str, Any], tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    steps = {"max_steps": 120, "eval_steps": 20, "save_total_limit": 10, "sample_generations": 0}
+    recipe.write_text(json.dumps({**TEST_RECIPE, **steps}))
+    home = tmp_path / "home"
+    args = [
+        "train",
+        "--snapshot",
+        world["snapshot"].path,
+        "--base-model",
+        str(world["root"] / "base"),
+        "--recipe",
+        str(recipe),
+        "--home",
+        str(home),
+    ]
+    from prefect.settings import PREFECT_API_URL
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wikitune.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
+    )
+    deadline = time.monotonic() + 600
+    try:
+        while not list(home.glob("runs/*/checkpoints/checkpoint-40/trainer_state.json")):
+            assert process.poll() is None, "training ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    (run_dir,) = home.glob("runs/*")
+    assert not (run_dir / "result.json").exists()
+    killed_run = (run_dir / "mlflow_run_id").read_text().strip()
+
+    again = _cli(*args[:-2], home=home)
+    assert again.returncode == 0, again.stderr[-3000:]
+    result = training.TrainResult.model_validate_json((run_dir / "result.json").read_text())
+    assert result.resumed_from is not None
+    assert int(result.resumed_from.rsplit("-", 1)[1]) >= 40
+    assert result.global_step == 120 and result.run_id == killed_run
+    assert _mlflow(home).get_run(killed_run).info.status == "FINISHED"
+
+
+def test_failed_training_fails_in_prefect_and_mlflow(world: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    broken = tmp_path / "broken-base"
+    shutil.copytree(world["root"] / "base", broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    home = tmp_path / "home"
+    failed = _cli(
+        "train",
+        "--snapshot",
+        world["snapshot"].path,
+        "--base-model",
+        str(broken),
+        "--recipe",
+        str(world["recipe"]),
+        home=home,
+    )
+    assert failed.returncode == 1
+    assert failed.stderr.count("error:") == 1 and "Traceback" not in failed.stderr
+
+    client = _mlflow(home)
+    (run,) = client.search_runs([client.get_experiment_by_name("wikitune-trainwiki").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "cannot load the base model" in run.data.tags["failure_reason"]
+    assert client.search_registered_models() == []
+
+    with get_client(sync_client=True) as prefect:
+        name = f"retrain-{world['snapshot'].id}"
+        runs = prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+    assert any(r.state and r.state.is_failed() for r in runs)
+    assert any(r.state and r.state.is_completed() for r in runs)
