@@ -1,7 +1,6 @@
 """Training batches: the share of tokens in a batch that are real (not padding) and the training
 throughput in real tokens per second, wikitune's packed padding-free rows against padding every
-row to max length, as ratios in one run. On CUDA, also the peak GPU memory of a 4-bit (QLoRA)
-run against a 16-bit LoRA run.
+row to max length, as ratios in one run.
 
     .venv/bin/python benchmarks/train_bench.py [--pages 40] [--steps 30] [--size tiny]
 """
@@ -40,9 +39,6 @@ def run(
     base: Path, snapshot: str, recipe: TrainingRecipe, *, device: str, method: str, batching: str
 ) -> dict[str, Any]:
     data = training.read_snapshot(snapshot)
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
     model = training.prepare_model(
         str(base), recipe, method=method, device=device, init_adapter=None
     )
@@ -67,9 +63,8 @@ def run(
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     del trainer, model
-    return {"real_share": real / total, "real_tokens_per_s": real / seconds, "peak_gib": peak}
+    return {"real_share": real / total, "real_tokens_per_s": real / seconds}
 
 
 def main() -> None:
@@ -105,12 +100,6 @@ def main() -> None:
         share = packed["real_share"] / padded["real_share"]
         speed = packed["real_tokens_per_s"] / padded["real_tokens_per_s"]
         print(f"ratio packed/padded: real-token share {share:.2f}x, throughput {speed:.2f}x")
-        if device == "cuda":
-            lora = run(base, snapshot, recipe, device=device, method="lora", batching="packed")
-            print(
-                f"peak GPU memory: 4-bit {packed['peak_gib']:.2f} GiB, 16-bit LoRA"
-                f" {lora['peak_gib']:.2f} GiB, ratio {packed['peak_gib'] / lora['peak_gib']:.2f}x"
-            )
 
 
 if __name__ == "__main__":
