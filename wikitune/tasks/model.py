@@ -50,7 +50,7 @@ CHAT_TEMPLATE = (
 END_OF_TEXT = "<|endoftext|>"
 SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
-ModelSize = Literal["tiny", "small", "medium"]
+ModelSize = Literal["tiny", "small"]
 EMBEDDING_STD = 0.25
 PRETRAIN_BLOCK = 128
 
@@ -71,8 +71,6 @@ class _Shape:
 MODEL_SIZES: dict[str, _Shape] = {
     "tiny": _Shape(2048, 64, 192, 2, 4, 2, pretrain_steps=300),
     "small": _Shape(8192, 256, 768, 4, 8, 4, pretrain_steps=300),
-    # Qwen2.5-0.5B's shape with a small vocabulary: for GPU memory measurements.
-    "medium": _Shape(8192, 896, 4864, 24, 14, 2, pretrain_steps=0),
 }
 
 
