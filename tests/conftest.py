@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers import TEST_RECIPE, cli
 
+from wikitune.blocks.source import WikiSource
+from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
+from wikitune.flows.build import build, snapshot
+from wikitune.flows.sync import sync
 from wikitune.localwiki import LocalWiki, mediawiki_installed
+from wikitune.tasks import train as training
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -67,3 +75,44 @@ def wiki_factory(tmp_path: Path, _mediawiki_available: None) -> Iterator:
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
+
+
+@pytest.fixture(scope="session")
+def world(
+    tmp_path_factory: pytest.TempPathFactory, prefect_server: str, _mediawiki_available: None
+) -> Iterator[dict[str, Any]]:
+    """Two VTuber pages synced from a real wiki, built and snapshotted; a tiny base model built
+    by the CLI; one training run by the CLI."""
+    root = tmp_path_factory.mktemp("train")
+    home = root / "home"
+    wiki = LocalWiki(root / "wiki").start()
+    try:
+        wiki.edit("Template:Infobox VTuber", INFOBOX_TEMPLATE)
+        for _, *fields in SAMPLE_VTUBERS[:2]:
+            wiki.edit(fields[0], sample_page(*fields))
+        wiki.run_jobs()
+        source = WikiSource(api_url=wiki.api_url, categories=["Category:VTuber"], name="trainwiki")
+        sync(source=source, home=str(home))
+    finally:
+        wiki.stop()
+    build(home=str(home))
+    snap = snapshot(home=str(home))
+
+    made = cli("make-base-model", "--out", str(root / "base"), home=home)
+    assert made.returncode == 0, made.stderr
+    recipe = root / "recipe.yaml"
+    recipe.write_text(json.dumps(TEST_RECIPE))
+    trained = cli(
+        "train",
+        "--snapshot",
+        snap.id,
+        "--base-model",
+        str(root / "base"),
+        "--recipe",
+        str(recipe),
+        home=home,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run_dir,) = (home / "runs").glob(f"{snap.id}-*")
+    result = training.TrainResult.model_validate_json((run_dir / "result.json").read_text())
+    yield {"home": home, "root": root, "snapshot": snap, "recipe": recipe, "result": result}

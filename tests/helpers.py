@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 from wikitune.blocks.source import WikiSource
 from wikitune.flows.sync import SyncSummary, sync
@@ -40,3 +44,43 @@ def run_sync(wiki: LocalWiki, home: Path, api_url: str | None = None, **options)
 def assert_store_equals_wiki(wiki: LocalWiki, home: Path) -> None:
     wiki.run_jobs()
     assert store_listing(home, "testwiki") == wiki_listing(wiki)
+
+
+# Small and fast, but enough steps for a tiny model to learn two pages' facts.
+TEST_RECIPE = {
+    "num_train_epochs": 20,
+    "learning_rate": 0.005,
+    "lora_r": 32,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "max_length": 128,
+    "per_device_train_batch_size": 2,
+    "per_device_eval_batch_size": 16,
+    "gradient_accumulation_steps": 1,
+    "eval_steps": 100,
+    "logging_steps": 10,
+    "sample_generations": 6,
+    "warm_start": "base",
+}
+
+
+def cli(*args: str, home: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "COLUMNS": "200", "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    return subprocess.run(
+        [sys.executable, "-m", "wikitune.cli", *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def mlflow_client(home: Path) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    from wikitune.mlflow.tracking import use_tracking
+
+    use_tracking(f"sqlite:///{home / 'mlflow.db'}")
+    return MlflowClient()

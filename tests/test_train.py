@@ -9,100 +9,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import TEST_RECIPE, cli, mlflow_client
 
 from wikitune.blocks.recipe import TrainingRecipe
-from wikitune.blocks.source import WikiSource
-from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
-from wikitune.flows.build import build, snapshot
-from wikitune.flows.sync import sync
-from wikitune.localwiki import LocalWiki
 from wikitune.tasks import model as models
 from wikitune.tasks import train as training
-
-# Small and fast, but enough steps for a tiny model to learn two pages' facts.
-TEST_RECIPE = {
-    "num_train_epochs": 20,
-    "learning_rate": 0.005,
-    "lora_r": 32,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "max_length": 128,
-    "per_device_train_batch_size": 2,
-    "per_device_eval_batch_size": 16,
-    "gradient_accumulation_steps": 1,
-    "eval_steps": 100,
-    "logging_steps": 10,
-    "sample_generations": 6,
-    "warm_start": "base",
-}
-
-
-def _cli(*args: str, home: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "COLUMNS": "200", "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    return subprocess.run(
-        [sys.executable, "-m", "wikitune.cli", *args, "--home", str(home)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module")
-def world(
-    tmp_path_factory: pytest.TempPathFactory, prefect_server: str, _mediawiki_available: None
-) -> Iterator[dict[str, Any]]:
-    """Two VTuber pages synced from a real wiki, built and snapshotted; a tiny base model built
-    by the CLI; one training run by the CLI."""
-    root = tmp_path_factory.mktemp("train")
-    home = root / "home"
-    wiki = LocalWiki(root / "wiki").start()
-    try:
-        wiki.edit("Template:Infobox VTuber", INFOBOX_TEMPLATE)
-        for _, *fields in SAMPLE_VTUBERS[:2]:
-            wiki.edit(fields[0], sample_page(*fields))
-        wiki.run_jobs()
-        source = WikiSource(api_url=wiki.api_url, categories=["Category:VTuber"], name="trainwiki")
-        sync(source=source, home=str(home))
-    finally:
-        wiki.stop()
-    build(home=str(home))
-    snap = snapshot(home=str(home))
-
-    made = _cli("make-base-model", "--out", str(root / "base"), home=home)
-    assert made.returncode == 0, made.stderr
-    recipe = root / "recipe.yaml"
-    recipe.write_text(json.dumps(TEST_RECIPE))
-    trained = _cli(
-        "train",
-        "--snapshot",
-        snap.id,
-        "--base-model",
-        str(root / "base"),
-        "--recipe",
-        str(recipe),
-        home=home,
-    )
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    (run_dir,) = (home / "runs").glob(f"{snap.id}-*")
-    result = training.TrainResult.model_validate_json((run_dir / "result.json").read_text())
-    yield {"home": home, "root": root, "snapshot": snap, "recipe": recipe, "result": result}
-
-
-def _mlflow(home: Path) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    from wikitune.mlflow.tracking import use_tracking
-
-    use_tracking(f"sqlite:///{home / 'mlflow.db'}")
-    return MlflowClient()
 
 
 def test_training_lowers_eval_loss_and_logs_the_run(world: dict[str, Any]) -> None:
@@ -111,7 +26,7 @@ def test_training_lowers_eval_loss_and_logs_the_run(world: dict[str, Any]) -> No
     assert result.method == "qlora-nf4"  # bitsandbytes' 4-bit runs on this CPU
     assert result.metrics["final_eval_wiki_loss"] < 0.5 * result.metrics["base_eval_wiki_loss"]
 
-    client = _mlflow(world["home"])
+    client = mlflow_client(world["home"])
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     params = run.data.params
@@ -163,8 +78,51 @@ def test_adapter_reloads_and_answers_trained_questions(world: dict[str, Any]) ->
     assert len(set(exact)) >= 2  # not one memorised string for every question
 
 
+def test_retrain_flow_result_is_persisted(world: dict[str, Any]) -> None:
+    """A parent flow that starts retrain through run_deployment reads its result this way."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    name = f"retrain-{world['snapshot'].id}"
+    with get_client(sync_client=True) as prefect:
+        (run,) = prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+    assert run.state is not None and run.state.is_completed()
+    result = run.state.result()
+    assert isinstance(result, training.TrainResult)
+    assert result.run_id == world["result"].run_id
+    assert result.adapter_dir == world["result"].adapter_dir
+
+
+def test_out_of_memory_fails_the_run_and_says_why(world: dict[str, Any], tmp_path: Path) -> None:
+    import torch
+    from transformers import TrainerCallback
+
+    class OutOfMemoryAtStep3(TrainerCallback):  # this CPU never runs out; a GPU does
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == 3:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(training.TrainingFailed, match="out of memory") as failure:
+        training.train_adapter(
+            snapshot=world["snapshot"].path,
+            base_model=str(world["root"] / "base"),
+            recipe=TrainingRecipe(**{**TEST_RECIPE, "max_steps": 10}),
+            runs_dir=tmp_path / "runs",
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            callbacks=[OutOfMemoryAtStep3()],
+        )
+    assert "per_device_train_batch_size" in str(failure.value)
+    client = mlflow_client(tmp_path)
+    (run,) = client.search_runs([client.get_experiment_by_name("wikitune-trainwiki").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "out of memory" in run.data.tags["failure_reason"]
+    assert client.search_registered_models() == []
+
+
 def test_store_marks_the_snapshot_trained(world: dict[str, Any]) -> None:
-    status = _cli("status", "--json", home=world["home"])
+    status = cli("status", "--json", home=world["home"])
     (source,) = json.loads(status.stdout)["sources"]
     assert source["qa"]["last_trained_snapshot"] == world["snapshot"].id
     assert source["qa"]["changed_since_trained"] == 0
@@ -184,7 +142,7 @@ def test_plain_lora_when_4bit_is_unavailable(
         artifact_root=tmp_path / "artifacts",
     )
     assert result.method == "lora" and result.global_step == 8
-    client = _mlflow(tmp_path)
+    client = mlflow_client(tmp_path)
     assert client.get_run(result.run_id).data.params["method"] == "lora"
 
     with pytest.raises(training.TrainingFailed, match="requires 4-bit NF4"):
@@ -234,13 +192,13 @@ def test_killed_training_resumes_from_its_checkpoint(world: dict[str, Any], tmp_
     assert not (run_dir / "result.json").exists()
     killed_run = (run_dir / "mlflow_run_id").read_text().strip()
 
-    again = _cli(*args[:-2], home=home)
+    again = cli(*args[:-2], home=home)
     assert again.returncode == 0, again.stderr[-3000:]
     result = training.TrainResult.model_validate_json((run_dir / "result.json").read_text())
     assert result.resumed_from is not None
     assert int(result.resumed_from.rsplit("-", 1)[1]) >= 40
     assert result.global_step == 120 and result.run_id == killed_run
-    assert _mlflow(home).get_run(killed_run).info.status == "FINISHED"
+    assert mlflow_client(home).get_run(killed_run).info.status == "FINISHED"
 
 
 def test_failed_training_fails_in_prefect_and_mlflow(world: dict[str, Any], tmp_path: Path) -> None:
@@ -253,7 +211,7 @@ def test_failed_training_fails_in_prefect_and_mlflow(world: dict[str, Any], tmp_
     shutil.copytree(world["root"] / "base", broken)
     (broken / "model.safetensors").write_bytes(b"not weights")
     home = tmp_path / "home"
-    failed = _cli(
+    failed = cli(
         "train",
         "--snapshot",
         world["snapshot"].path,
@@ -266,7 +224,7 @@ def test_failed_training_fails_in_prefect_and_mlflow(world: dict[str, Any], tmp_
     assert failed.returncode == 1
     assert failed.stderr.count("error:") == 1 and "Traceback" not in failed.stderr
 
-    client = _mlflow(home)
+    client = mlflow_client(home)
     (run,) = client.search_runs([client.get_experiment_by_name("wikitune-trainwiki").experiment_id])
     assert run.info.status == "FAILED"
     assert "cannot load the base model" in run.data.tags["failure_reason"]

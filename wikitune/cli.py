@@ -211,9 +211,9 @@ def make_base_model(
         with Store(settings.store_path) as store:
             pages, pairs = store.corpus_texts()
     system = {"role": "system", "content": settings.system_prompt}
-    general = [
-        [system, *row["messages"]] for row in dataset.load_general(settings.general_data_path)
-    ]
+    # Only the general training pool: the held-out general eval must stay unseen.
+    pool, _ = dataset.split_general(dataset.load_general(settings.general_data_path))
+    general = [[system, *row["messages"]] for row in pool]
     try:
         path = model.make_base_model(
             out,
@@ -246,7 +246,8 @@ def train(
     device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda if any).")] = None,
     home: HomeOption = None,
 ) -> None:
-    """Train a LoRA adapter on a snapshot (QLoRA where 4-bit runs) and log it to MLflow."""
+    """Train a LoRA adapter on a snapshot (QLoRA where 4-bit runs) and log it to MLflow;
+    `wikitune promote --run ID` then evaluates and registers it."""
     from wikitune.blocks.recipe import TrainingRecipe
     from wikitune.flows.retrain import retrain
     from wikitune.storage import Store
@@ -265,6 +266,7 @@ def train(
         recipe=chosen,
         recipe_file=str(recipe) if recipe else None,
         device=device,
+        promote=False,
         home=str(settings.home),
     )
     console.print(_counts_table(f"adapter for snapshot {result.snapshot_id}", result.metrics))
@@ -274,6 +276,130 @@ def train(
         with Store(settings.store_path) as store:
             if store.snapshot(result.snapshot_id) is not None:
                 store.mark_trained(result.snapshot_id)
+
+
+RunOption = Annotated[str, typer.Option("--run", help="MLflow run id of a training.")]
+
+
+@app.command()
+def evaluate(run: RunOption, home: HomeOption = None) -> None:
+    """Score a trained adapter against the champion (or the bare base) and print the decision;
+    the registry is not changed."""
+    from wikitune.flows.retrain import evaluate_candidate
+
+    settings = load_settings(home)
+    evaluation = _run_flow(
+        evaluate_candidate, (LookupError, ValueError), run_id=run, home=str(settings.home)
+    )
+    console.print(evaluation.decision.markdown(), highlight=False)
+
+
+@app.command()
+def promote(run: RunOption, home: HomeOption = None) -> None:
+    """Evaluate a trained adapter, register it as a version, and make it champion if it wins."""
+    from wikitune.flows.retrain import promote_candidate
+
+    settings = load_settings(home)
+    promotion = _run_flow(
+        promote_candidate, (LookupError, ValueError), run_id=run, home=str(settings.home)
+    )
+    console.print(promotion.evaluation.decision.markdown(), highlight=False)
+    console.print(
+        f"version {promotion.version}: {promotion.outcome};"
+        f" champion is version {promotion.champion_version or '(none)'}"
+    )
+
+
+def _source_for_registry(settings: Any, source: str | None) -> str:
+    from wikitune.storage import Store
+
+    if source:
+        return source
+    if not settings.store_path.exists():
+        raise _fail("no store to name the source: pass --source")
+    with Store(settings.store_path) as store:
+        try:
+            return store.source_name(None)
+        except ValueError as error:
+            raise _fail(str(error)) from None
+
+
+@app.command()
+def models(
+    source: SourceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """The registered versions of a source's adapters: aliases, metrics and decisions."""
+    from wikitune.mlflow import registry
+
+    settings = load_settings(home)
+    name = _source_for_registry(settings, source)
+    versions = registry.list_versions(settings.tracking_uri, name)
+    if as_json:
+        sys.stdout.write(json.dumps([v.__dict__ for v in versions], indent=2) + "\n")
+        return
+    table = Table(title=registry.registered_model_name(name))
+    for column in ("version", "aliases", "decision", "snapshot", "domain F1", "F1 gain", "vs"):
+        table.add_column(column)
+    for v in versions:
+        table.add_row(
+            v.version,
+            ", ".join(v.aliases),
+            v.tags.get("decision", ""),
+            v.tags.get("snapshot_id", ""),
+            v.tags.get("candidate_f1", ""),
+            v.tags.get("f1_gain", ""),
+            v.tags.get("compared_against", ""),
+        )
+    console.print(table)
+
+
+@app.command()
+def rollback(
+    to: Annotated[
+        str | None, typer.Option(help="Version to make champion (default: the one before).")
+    ] = None,
+    source: SourceOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Move the champion alias back: to the version the champion replaced, or to --to."""
+    from wikitune.mlflow import registry
+
+    settings = load_settings(home)
+    name = _source_for_registry(settings, source)
+    try:
+        before, after = registry.rollback(
+            settings.tracking_uri, name, to=to, lock_path=settings.registry_lock
+        )
+    except (LookupError, ValueError) as error:
+        raise _fail(str(error)) from None
+    console.print(f"champion moved from version {before} to version {after}")
+
+
+@app.command()
+def ask(
+    question: str,
+    source: SourceOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Answer a question with the champion (models:/NAME@champion) and the training template."""
+    from wikitune.tasks.evaluate import answer_with_champion
+
+    settings = load_settings(home)
+    name = _source_for_registry(settings, source)
+    try:
+        answer = answer_with_champion(
+            settings.tracking_uri,
+            name,
+            question,
+            system_prompt=settings.system_prompt,
+            workdir=settings.runs_dir / "ask",
+            device=settings.device,
+        )
+    except LookupError as error:
+        raise _fail(str(error)) from None
+    sys.stdout.write(answer + "\n")
 
 
 @app.command()

@@ -87,6 +87,18 @@ class Settings(BaseSettings):
         default=None,
         description="MLflow tracking and registry URI; default: a SQLite file under home.",
     )
+    mlflow_ui_url: str | None = Field(
+        default=None, description="The MLflow UI's URL, for links in Prefect artifacts."
+    )
+    promote_min_gain: float = Field(
+        default=0.01, description="Domain F1 a candidate must gain over the champion to win."
+    )
+    promote_stable_tolerance: float = Field(
+        default=0.02, description="Stable-fact F1 a winning candidate may lose."
+    )
+    promote_general_loss_tolerance: float = Field(
+        default=0.10, description="Relative rise of general-chat loss a winner may show."
+    )
     device: str | None = Field(
         default=None, description='Training device ("cuda" or "cpu"); default: cuda when present.'
     )
@@ -112,6 +124,11 @@ class Settings(BaseSettings):
     @cached_property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @cached_property
+    def registry_lock(self) -> Path:
+        """Every promotion from this home moves the champion alias under this lock."""
+        return self.home / "registry.lock"
 
     @cached_property
     def mlflow_artifacts_dir(self) -> Path:

@@ -8,19 +8,88 @@ that starts it with ``run_deployment`` can read it.
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from wikitune.blocks.recipe import TrainingRecipe
-from wikitune.config import load_settings
+from wikitune.config import Settings, load_settings
 from wikitune.flows.naming import artifact_key
 from wikitune.mlflow import registry
+from wikitune.tasks import evaluate as evaluation
 from wikitune.tasks import train as training
 
-__all__ = ["retrain"]
+__all__ = ["RetrainResult", "evaluate_candidate", "promote_candidate", "retrain"]
 
 train_adapter = task(training.train_adapter, name="train-adapter", cache_policy=NO_CACHE)
+
+
+class RetrainResult(training.TrainResult):
+    """The training's result, and what the registry made of it (None when not promoted)."""
+
+    promotion: evaluation.Promotion | None = None
+
+
+def _margins(settings: Settings) -> evaluation.Margins:
+    return evaluation.Margins(
+        min_gain=settings.promote_min_gain,
+        stable_tolerance=settings.promote_stable_tolerance,
+        general_loss_tolerance=settings.promote_general_loss_tolerance,
+    )
+
+
+@task(name="evaluate-candidate", cache_policy=NO_CACHE)
+def evaluate_task(run_id: str, home: str) -> evaluation.Evaluation:
+    """Score the candidate and the champion on the same questions; publish the table."""
+    settings = load_settings(home)
+    result = evaluation.evaluate_run(
+        run_id,
+        tracking_uri=settings.tracking_uri,
+        workdir=settings.runs_dir / "evaluations" / run_id,
+        margins=_margins(settings),
+        device=settings.device,
+        ui_url=settings.mlflow_ui_url,
+    )
+    decision = result.decision
+    verdict = "promote" if decision.promote else "reject"
+    create_table_artifact(
+        key=artifact_key("evaluation", result.source),
+        table=decision.table(),
+        description=(
+            f"**{verdict}** candidate run [{run_id}]({result.run_link}) against"
+            f" {decision.champion_name}: F1 gain {decision.f1_gain:+.4f}, 95% interval"
+            f" [{decision.ci_low:+.4f}, {decision.ci_high:+.4f}]. "
+            + " ".join(f"{reason}." for reason in decision.reasons)
+        ),
+    )
+    get_run_logger().info("evaluation of %s: %s", run_id, "; ".join(decision.reasons))
+    return result
+
+
+@task(name="promote-candidate", cache_policy=NO_CACHE)
+def promote_task(result: evaluation.Evaluation, home: str) -> evaluation.Promotion:
+    """Register the candidate; move the champion alias if it won and nobody moved it first."""
+    settings = load_settings(home)
+    promotion = evaluation.promote(
+        result, tracking_uri=settings.tracking_uri, lock_path=settings.registry_lock
+    )
+    get_run_logger().info(
+        "version %s of %s: %s", promotion.version, result.source, promotion.outcome
+    )
+    return promotion
+
+
+@flow(name="evaluate", flow_run_name="evaluate-{run_id}")
+def evaluate_candidate(run_id: str, home: str | None = None) -> evaluation.Evaluation:
+    """Score a trained adapter against the champion; the registry is not changed."""
+    return evaluate_task(run_id, str(load_settings(home).home))
+
+
+@flow(name="promote", flow_run_name="promote-{run_id}")
+def promote_candidate(run_id: str, home: str | None = None) -> evaluation.Promotion:
+    """Evaluate a trained adapter, register it, and make it champion if it wins."""
+    home = str(load_settings(home).home)
+    return promote_task(evaluate_task(run_id, home), home)
 
 
 def _retrain_run_name() -> str:
@@ -35,10 +104,12 @@ def retrain(
     recipe: TrainingRecipe | None = None,
     recipe_file: str | None = None,
     device: str | None = None,
+    promote: bool = True,
     home: str | None = None,
-) -> training.TrainResult:
+) -> RetrainResult:
     """Train a LoRA adapter (QLoRA where 4-bit runs) on ``snapshot`` (an id under the snapshots
-    directory, a directory, or a URL); return the MLflow run id and where the adapter is."""
+    directory, a directory, or a URL); then, with ``promote``, evaluate it against the champion
+    and register it. Returns the MLflow run id, where the adapter is, and the promotion."""
     settings = load_settings(home)
     logger = get_run_logger()
     if recipe is None:
@@ -87,4 +158,8 @@ def retrain(
         markdown="\n".join(lines),
         description="Latest trained adapter",
     )
-    return result
+    promotion = None
+    if promote:
+        home = str(settings.home)
+        promotion = promote_task(evaluate_task(result.run_id, home), home)
+    return RetrainResult(**result.model_dump(), promotion=promotion)

@@ -1,23 +1,46 @@
-"""The MLflow model registry: one registered model per wiki source, its `champion` alias."""
+"""The MLflow model registry: one registered model per wiki source; every candidate a version
+with its numbers and decision; the aliases `champion` and `challenger` (no stages)."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from wikitune.mlflow.tracking import use_tracking
 
-__all__ = ["CHAMPION", "champion_adapter", "registered_model_name"]
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "LoggedModel",
+    "VersionView",
+    "champion",
+    "champion_adapter",
+    "download_logged_model",
+    "list_versions",
+    "move_champion",
+    "register_candidate",
+    "registered_model_name",
+    "rollback",
+    "set_version_tags",
+]
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-# Where mlflow.transformers keeps a PEFT adapter inside a logged model.
+CHALLENGER = "challenger"
+# Where mlflow.transformers keeps a PEFT adapter and the tokenizer inside a logged model.
 _PEFT_DIR = "peft"
+_TOKENIZER_DIR = "components/tokenizer"
 
 
 def registered_model_name(source: str) -> str:
@@ -25,21 +48,179 @@ def registered_model_name(source: str) -> str:
     return f"wikitune-{source}"
 
 
+@dataclass(frozen=True)
+class LoggedModel:
+    """A logged adapter, downloaded: its PEFT directory and the tokenizer it trained with."""
+
+    adapter_dir: str
+    tokenizer_dir: str
+
+
+@dataclass(frozen=True)
+class VersionView:
+    version: str
+    aliases: list[str]
+    tags: dict[str, str]
+    run_id: str | None
+    created_ms: int
+    description: str
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    use_tracking(tracking_uri)
+    return MlflowClient()
+
+
+def download_logged_model(tracking_uri: str, model_uri: str, dst: Path) -> LoggedModel:
+    """Download a logged adapter (``models:/...``) into ``dst``."""
+    use_tracking(tracking_uri)
+    dst.mkdir(parents=True, exist_ok=True)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    adapter, tokenizer = local / _PEFT_DIR, local / _TOKENIZER_DIR
+    if not (adapter / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{model_uri} holds no PEFT adapter")
+    return LoggedModel(str(adapter), str(tokenizer if tokenizer.is_dir() else adapter))
+
+
+def champion(tracking_uri: str, source: str) -> ModelVersion | None:
+    """The version the `champion` alias points at, or None."""
+    try:
+        return _client(tracking_uri).get_model_version_by_alias(
+            registered_model_name(source), CHAMPION
+        )
+    except MlflowException:
+        return None
+
+
 def champion_adapter(tracking_uri: str, source: str, dst: Path) -> str | None:
     """Download the champion adapter of ``source`` into ``dst`` and return its directory, or
     None when the source has no champion yet."""
-    use_tracking(tracking_uri)
+    current = champion(tracking_uri, source)
+    if current is None:
+        return None
+    name = registered_model_name(source)
+    log.info("warm start from %s version %s", name, current.version)
+    return download_logged_model(tracking_uri, f"models:/{name}@{CHAMPION}", dst).adapter_dir
+
+
+def register_candidate(
+    tracking_uri: str,
+    source: str,
+    *,
+    run_id: str,
+    model_uri: str,
+    tags: Mapping[str, Any],
+    description: str,
+) -> str:
+    """Register a candidate as a new version (creating the registered model on first use) and
+    point `challenger` at it. Returns the version number."""
+    client = _client(tracking_uri)
     name = registered_model_name(source)
     try:
-        version = MlflowClient().get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-    dst.mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{name}@{CHAMPION}", dst_path=str(dst)
+        client.create_registered_model(
+            name, description=f"LoRA adapters trained by wikitune on the wiki source {source}."
+        )
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(
+        name,
+        source=model_uri,
+        run_id=run_id,
+        tags={k: str(v) for k, v in tags.items() if v is not None},
+        description=description,
     )
-    adapter = Path(local) / _PEFT_DIR
-    if not (adapter / "adapter_config.json").exists():
-        raise FileNotFoundError(f"version {version.version} of {name} holds no PEFT adapter")
-    log.info("warm start from %s version %s", name, version.version)
-    return str(adapter)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return str(version.version)
+
+
+def set_version_tags(tracking_uri: str, source: str, version: str, tags: Mapping[str, Any]) -> None:
+    client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_model_name(source), version, key, str(value))
+
+
+@contextmanager
+def _registry_lock(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def move_champion(
+    tracking_uri: str,
+    source: str,
+    version: str,
+    *,
+    expected: str | None,
+    lock_path: Path,
+) -> bool:
+    """Point `champion` at ``version`` if it still points at ``expected`` (None: no champion),
+    re-read under a lock that every promotion of this home takes; False when another promotion
+    moved it first."""
+    client = _client(tracking_uri)
+    with _registry_lock(lock_path):
+        current = champion(tracking_uri, source)
+        if (str(current.version) if current else None) != expected:
+            return False
+        client.set_registered_model_alias(registered_model_name(source), CHAMPION, version)
+    return True
+
+
+def list_versions(tracking_uri: str, source: str) -> list[VersionView]:
+    """Every version of the source's registered model, newest first."""
+    client = _client(tracking_uri)
+    name = registered_model_name(source)
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException:
+        return []
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    versions = client.search_model_versions(f"name = '{name}'")
+    return sorted(
+        (
+            VersionView(
+                version=str(v.version),
+                aliases=sorted(by_version.get(str(v.version), [])),
+                tags=dict(v.tags),
+                run_id=v.run_id,
+                created_ms=v.creation_timestamp,
+                description=v.description or "",
+            )
+            for v in versions
+        ),
+        key=lambda v: int(v.version),
+        reverse=True,
+    )
+
+
+def rollback(tracking_uri: str, source: str, *, to: str | None, lock_path: Path) -> tuple[str, str]:
+    """Point `champion` at ``to``, or at the version the current champion replaced. Returns
+    (from version, to version)."""
+    client = _client(tracking_uri)
+    name = registered_model_name(source)
+    current = champion(tracking_uri, source)
+    if current is None:
+        raise LookupError(f"{name} has no champion to roll back")
+    target = to or current.tags.get("parent_version")
+    if not target or target == "base":
+        raise ValueError(
+            f"version {current.version} of {name} replaced the bare base model; name a version"
+            " with --to"
+        )
+    try:
+        client.get_model_version(name, target)
+    except MlflowException as error:
+        raise LookupError(f"{name} has no version {target}") from error
+    if not move_champion(
+        tracking_uri, source, target, expected=str(current.version), lock_path=lock_path
+    ):
+        raise ValueError(f"the champion of {name} moved while rolling back; try again")
+    client.set_model_version_tag(name, str(current.version), "rolled_back", "true")
+    return str(current.version), str(target)

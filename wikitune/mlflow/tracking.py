@@ -21,15 +21,19 @@ __all__ = [
     "experiment_name",
     "get_run",
     "log_adapter",
+    "log_evaluation",
     "log_metrics",
     "log_params",
     "log_sample_generations",
     "log_snapshot_inputs",
+    "run_link",
     "training_run",
     "use_tracking",
 ]
 
 ADAPTER_ARTIFACT = "adapter"
+MODEL_URI_TAG = "wikitune.model_uri"
+SOURCE_TAG = "wikitune.source"
 # MLflow's own limit on a parameter value's length.
 _MAX_PARAM_LENGTH = 6000
 
@@ -142,9 +146,43 @@ def log_adapter(
         base_model_path=base_path,
         pip_requirements=list(pip_requirements),
     )
+    mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     return info.model_uri
 
 
 def get_run(tracking_uri: str, run_id: str) -> Run:
     use_tracking(tracking_uri)
-    return MlflowClient().get_run(run_id)
+    try:
+        return MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        raise LookupError(f"no MLflow run {run_id!r} in {tracking_uri}") from error
+
+
+def log_evaluation(
+    tracking_uri: str,
+    run_id: str,
+    *,
+    metrics: Mapping[str, float],
+    table: Sequence[Mapping[str, Any]],
+    report: str,
+    tags: Mapping[str, str],
+) -> None:
+    """Add an evaluation's metrics, table (``evaluation.json``) and report (``evaluation.md``)
+    to a finished run."""
+    use_tracking(tracking_uri)
+    client = MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    if table:
+        columns = {key: [row[key] for row in table] for key in table[0]}
+        client.log_table(run_id, data=columns, artifact_file="evaluation.json")
+    client.log_text(run_id, report, "evaluation.md")
+
+
+def run_link(ui_url: str | None, run: Run) -> str:
+    """The run's page in the MLflow UI when its URL is known, else ``runs:/<id>``."""
+    if not ui_url:
+        return f"runs:/{run.info.run_id}"
+    return f"{ui_url.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"

@@ -401,7 +401,7 @@ def train_adapter(
         artifact_root=artifact_root,
         run_name=f"train-{data.id}",
         run_id=previous_run,
-        tags={"wikitune.source": source, "wikitune.snapshot": data.id},
+        tags={tracking.SOURCE_TAG: source, "wikitune.snapshot": data.id},
     ) as run_id:
         run_id_file.write_text(run_id + "\n")
         if on_run_started:

@@ -1,0 +1,210 @@
+"""Evaluation and promotion with real parts: the tiny base model, real adapters trained on a
+real wiki's snapshot, the real MLflow registry, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import TEST_RECIPE, cli, mlflow_client
+
+from wikitune.blocks.recipe import TrainingRecipe
+from wikitune.mlflow import registry
+from wikitune.tasks import evaluate as ev
+from wikitune.tasks import model as models
+from wikitune.tasks import train as training
+
+
+def _aliases(home: Path) -> dict[str, str]:
+    model = mlflow_client(home).get_registered_model("wikitune-trainwiki")
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def _shuffled_snapshot(snapshot: Path, out: Path) -> Path:
+    """The snapshot with every wiki answer moved to another question: a damaged training set."""
+    shutil.copytree(snapshot, out)
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    wiki = [r for r in rows if r["kind"] == "wiki"]
+    answers = [r["messages"][-1]["content"] for r in wiki]
+    for row, answer in zip(wiki, answers[7:] + answers[:7], strict=True):
+        row["messages"][-1]["content"] = answer
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    (out / "train.jsonl").write_text(text)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["id"] += "-shuffled"
+    manifest["digest"] = hashlib.sha256(text.encode()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_promote_reject_rollback_and_ask(world: dict[str, Any], tmp_path: Path) -> None:
+    home: Path = world["home"]
+    first = world["result"].run_id
+
+    promoted = cli("promote", "--run", first, home=home)
+    assert promoted.returncode == 0, promoted.stderr[-3000:]
+    assert "version 1: promoted; champion is version 1" in promoted.stdout
+    assert _aliases(home) == {"champion": "1", "challenger": "1"}
+    client = mlflow_client(home)
+    version = client.get_model_version("wikitune-trainwiki", "1")
+    assert version.tags["decision"] == "promoted" and version.tags["parent_version"] == "base"
+    assert version.tags["snapshot_digest"] == world["snapshot"].digest
+    assert "| f1 |" in version.description and "bootstrap" in version.description
+    run = client.get_run(first)
+    assert run.data.metrics["candidate_f1"] > run.data.metrics["champion_f1"] + 0.1
+    assert run.data.tags["wikitune.compared_against"] == "base"
+
+    # A candidate trained on shuffled answers loses, is kept as a rejected version, and the
+    # champion stays.
+    damaged = training.train_adapter(
+        snapshot=str(_shuffled_snapshot(Path(world["snapshot"].path), tmp_path / "shuffled")),
+        base_model=str(world["root"] / "base"),
+        recipe=TrainingRecipe(**TEST_RECIPE),
+        runs_dir=tmp_path / "runs",
+        tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        artifact_root=home / "mlartifacts",
+    )
+    rejected = cli("promote", "--run", damaged.run_id, home=home)
+    assert rejected.returncode == 0, rejected.stderr[-3000:]
+    assert "version 2: rejected; champion is version 1" in rejected.stdout
+    assert _aliases(home) == {"champion": "1", "challenger": "2"}
+    assert client.get_model_version("wikitune-trainwiki", "2").tags["parent_version"] == "1"
+
+    # A failed evaluation moves no alias.
+    failed = cli("promote", "--run", "0" * 32, home=home)
+    assert failed.returncode == 1 and "no MLflow run" in failed.stderr
+    assert _aliases(home) == {"champion": "1", "challenger": "2"}
+
+    listed = cli("models", "--json", home=home)
+    versions = {v["version"]: v for v in json.loads(listed.stdout)}
+    assert versions["1"]["aliases"] == ["champion"] and versions["2"]["aliases"] == ["challenger"]
+    assert versions["2"]["tags"]["decision"] == "rejected"
+
+    # Rollback: to a named version, then back to the version it replaced.
+    assert cli("rollback", "--to", "2", home=home).returncode == 0
+    assert _aliases(home)["champion"] == "2"
+    back = cli("rollback", home=home)
+    assert back.returncode == 0 and "from version 2 to version 1" in back.stdout
+    assert _aliases(home)["champion"] == "1"
+    assert cli("rollback", home=home).returncode == 1  # version 1 replaced the bare base
+
+    # `ask` answers through models:/wikitune-trainwiki@champion with the training template.
+    result: training.TrainResult = world["result"]
+    tokenizer = models.load_tokenizer(result.adapter_dir)
+    from peft import PeftModel
+
+    tuned = PeftModel.from_pretrained(
+        models.load_base_model(result.base_model, device="cpu", quantize=True),
+        result.adapter_dir,
+    )
+    rows = [
+        json.loads(line)
+        for line in (Path(world["snapshot"].path) / "train.jsonl").read_text().splitlines()
+    ]
+    questions = [r["messages"] for r in rows if r["kind"] == "wiki"]
+    answers = models.generate_answers(tuned, tokenizer, questions)
+    known = next((q, a) for q, a in zip(questions, answers, strict=True) if a == q[-1]["content"])
+    asked = cli("ask", known[0][1]["content"], home=home)
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    assert asked.stdout.strip() == known[1]
+
+
+def test_two_promotions_at_once_make_one_champion(world: dict[str, Any], tmp_path: Path) -> None:
+    """Two winners compared against the same champion finish together: one moves the alias,
+    the other records that it lost the race."""
+    tracking_uri = f"sqlite:///{world['home'] / 'mlflow.db'}"
+    base = ev.evaluate_run(
+        world["result"].run_id,
+        tracking_uri=tracking_uri,
+        workdir=tmp_path / "eval",
+        margins=ev.Margins(),
+    )
+    # A separate registered model, so the lifecycle test's aliases are not involved.
+    contender = base.model_copy(update={"source": "racewiki", "champion_version": None})
+    contender.decision.promote = True
+    lock = world["home"] / "registry.lock"
+    barrier = threading.Barrier(2)
+    outcomes: list[ev.Promotion] = []
+
+    def promote() -> None:
+        barrier.wait()
+        outcomes.append(ev.promote(contender, tracking_uri=tracking_uri, lock_path=lock))
+
+    threads = [threading.Thread(target=promote) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(p.outcome for p in outcomes) == ["lost-race", "promoted"]
+    (winner,) = [p.version for p in outcomes if p.outcome == "promoted"]
+    champion = registry.champion(tracking_uri, "racewiki")
+    assert champion is not None and str(champion.version) == winner
+    loser = next(p.version for p in outcomes if p.outcome == "lost-race")
+    tags = mlflow_client(world["home"]).get_model_version("wikitune-racewiki", loser).tags
+    assert tags["decision"] == "lost-race"
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "em", "f1"),
+    [
+        ("星野灯属于晨星社。", "星野灯属于晨星社。", 1.0, 1.0),
+        ("星野灯属于晨星社", "星野灯属于晨星社二期。", 0.0, 2 * 8 / 18),  # CJK: per character
+        ("Mira streams on YouTube.", "mira streams on youtube", 1.0, 1.0),
+        ("Mira streams on Twitch", "Mira streams on YouTube", 0.0, 0.75),  # words
+        ("", "anything", 0.0, 0.0),
+    ],
+)
+def test_answer_scores(prediction: str, reference: str, em: float, f1: float) -> None:
+    assert ev.exact_match(prediction, reference) == em
+    assert ev.f1_score(prediction, reference) == pytest.approx(f1)
+
+
+def test_answer_tokens_split_cjk_by_character_and_other_text_by_word() -> None:
+    assert ev.answer_tokens("Nova Quill属于Harbor Live。") == [
+        "nova",
+        "quill",
+        "属",
+        "于",
+        "harbor",
+        "live",
+    ]
+
+
+def _scores(name: str, f1: list[float], stable: float, general: float) -> ev.ModelScores:
+    return ev.ModelScores(
+        name=name,
+        exact_match=0.0,
+        f1=sum(f1) / len(f1),
+        fresh_exact_match=0.0,
+        fresh_f1=sum(f1) / len(f1),
+        stable_exact_match=0.0,
+        stable_f1=stable,
+        wiki_loss=1.0,
+        general_loss=general,
+        per_question_f1=f1,
+        answers=[""] * len(f1),
+    )
+
+
+def test_decision_rule_and_bootstrap_interval() -> None:
+    margins = ev.Margins(min_gain=0.05, stable_tolerance=0.02, general_loss_tolerance=0.10)
+    champion = _scores("version 1", [0.5] * 40, stable=0.8, general=2.0)
+    better = _scores("candidate", [0.7] * 20 + [0.5] * 20, stable=0.79, general=2.1)
+    decision = ev.decide(better, champion, margins)
+    assert decision.promote and decision.f1_gain == pytest.approx(0.1)
+    assert decision.ci_low < 0.1 < decision.ci_high and decision.ci_low > 0
+
+    assert not ev.decide(
+        _scores("candidate", [0.52] * 40, 0.8, 2.0), champion, margins
+    ).promote  # gain below the margin
+    forgot_facts = _scores("candidate", [0.9] * 40, stable=0.7, general=2.0)
+    assert not ev.decide(forgot_facts, champion, margins).promote
+    forgot_chat = _scores("candidate", [0.9] * 40, stable=0.8, general=2.5)
+    decision = ev.decide(forgot_chat, champion, margins)
+    assert not decision.promote and any("beyond" in r for r in decision.reasons)
