@@ -213,3 +213,31 @@ def test_decision_rule_and_bootstrap_interval() -> None:
     forgot_chat = _scores("candidate", [0.9] * 40, stable=0.8, general=2.5)
     decision = ev.decide(forgot_chat, champion, margins)
     assert not decision.promote and any("beyond" in r for r in decision.reasons)
+
+
+def test_retrain_flow_evaluates_promotes_and_publishes_the_table(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    from wikitune.flows.retrain import retrain
+
+    monkeypatch.setenv("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
+    monkeypatch.setenv("WIKITUNE_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+    recipe = TrainingRecipe(**TEST_RECIPE)
+    result = retrain(
+        snapshot=world["snapshot"].path,
+        base_model=str(world["root"] / "base"),
+        recipe=recipe,
+        home=str(tmp_path / "home"),
+    )
+    assert result.promotion is not None and result.promotion.outcome == "promoted"
+    assert result.promotion.champion_version == "1"
+
+    with get_client(sync_client=True) as prefect:
+        artifact = prefect.read_latest_artifacts()
+        (table,) = [a for a in artifact if a.key == "evaluation-trainwiki"]
+    assert table.type == "table" and "**promote**" in (table.description or "")
+    assert "http://127.0.0.1:5000/#/experiments/" in (table.description or "")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert {row["metric"] for row in rows} >= {"f1", "exact_match", "wiki_loss", "general_loss"}
