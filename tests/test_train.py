@@ -85,14 +85,14 @@ def test_retrain_flow_result_is_persisted(world: dict[str, Any]) -> None:
 
     name = f"retrain-{world['snapshot'].id}"
     with get_client(sync_client=True) as prefect:
-        (run,) = prefect.read_flow_runs(
+        runs = prefect.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
         )
-    assert run.state is not None and run.state.is_completed()
-    result = run.state.result()
-    assert isinstance(result, training.TrainResult)
-    assert result.run_id == world["result"].run_id
-    assert result.adapter_dir == world["result"].adapter_dir
+    # Other tests retrain the same snapshot too; the CLI's run is among the completed ones.
+    results = [r.state.result() for r in runs if r.state is not None and r.state.is_completed()]
+    assert all(isinstance(result, training.TrainResult) for result in results)
+    (ours,) = [result for result in results if result.run_id == world["result"].run_id]
+    assert ours.adapter_dir == world["result"].adapter_dir
 
 
 def test_out_of_memory_fails_the_run_and_says_why(world: dict[str, Any], tmp_path: Path) -> None:
