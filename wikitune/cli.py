@@ -66,43 +66,43 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-@app.command()
-def sync(
-    api_url: Annotated[str | None, typer.Option(help="The wiki's api.php URL.")] = None,
-    category: Annotated[
-        list[str] | None, typer.Option(help='A category in scope, e.g. "Category:VTuber".')
-    ] = None,
-    namespace: Annotated[
-        list[int] | None, typer.Option(help="A namespace number in scope (or to restrict to).")
-    ] = None,
-    name: Annotated[str | None, typer.Option(help="Key of this source in the store.")] = None,
-    user_agent: Annotated[
-        str | None, typer.Option(help="User-Agent with your contact (wikis ask for one).")
-    ] = None,
-    request_interval: Annotated[
-        float | None, typer.Option(help="Seconds between requests.")
-    ] = None,
-    bot_user: Annotated[
-        str | None,
-        typer.Option(help='Bot-password user "User@appid"; password from WIKITUNE_BOT_PASSWORD.'),
-    ] = None,
-    source_block: Annotated[
-        str | None, typer.Option(help="Name of a saved 'wikitune wiki source' Prefect block.")
-    ] = None,
-    reconcile: Annotated[
-        bool, typer.Option("--reconcile", help="Re-list the whole scope before applying changes.")
-    ] = False,
-    home: HomeOption = None,
-) -> None:
-    """Bring the store level with the wiki: a backfill the first time, recent changes after."""
-    from wikitune.blocks.source import WikiSource
-    from wikitune.flows.sync import sync as sync_flow
-    from wikitune.tasks.mediawiki import ApiError, LoginFailed, RequestFailed
+ApiUrlOption = Annotated[str | None, typer.Option(help="The wiki's api.php URL.")]
+CategoryOption = Annotated[
+    list[str] | None, typer.Option(help='A category in scope, e.g. "Category:VTuber".')
+]
+NamespaceOption = Annotated[
+    list[int] | None, typer.Option(help="A namespace number in scope (or to restrict to).")
+]
+NameOption = Annotated[str | None, typer.Option(help="Key of this source in the store.")]
+UserAgentOption = Annotated[
+    str | None, typer.Option(help="User-Agent with your contact (wikis ask for one).")
+]
+IntervalOption = Annotated[float | None, typer.Option(help="Seconds between requests.")]
+BotUserOption = Annotated[
+    str | None,
+    typer.Option(help='Bot-password user "User@appid"; password from WIKITUNE_BOT_PASSWORD.'),
+]
+SourceBlockOption = Annotated[
+    str | None, typer.Option(help="Name of a saved 'wikitune wiki source' Prefect block.")
+]
 
-    source = None
+
+def _wiki_source(
+    api_url: str | None,
+    category: list[str] | None,
+    namespace: list[int] | None,
+    name: str | None,
+    user_agent: str | None,
+    request_interval: float | None,
+    bot_user: str | None,
+    source_block: str | None,
+) -> Any:
+    """The wiki source the options describe, or None to use the one the store recorded."""
+    from wikitune.blocks.source import WikiSource
+
     if source_block:
-        source = WikiSource.load(source_block)
-    elif api_url:
+        return WikiSource.load(source_block)
+    if api_url:
         options: dict[str, Any] = {
             "api_url": api_url,
             "categories": category or [],
@@ -113,16 +113,47 @@ def sync(
             "request_interval": request_interval,
         }
         try:
-            source = WikiSource(**{k: v for k, v in options.items() if v is not None})
+            return WikiSource(**{k: v for k, v in options.items() if v is not None})
         except ValueError as error:
             raise _fail(f"invalid wiki source: {error}") from None
-    elif category or namespace or bot_user:
+    if category or namespace or bot_user:
         raise _fail("--category, --namespace and --bot-user need --api-url")
+    return None
+
+
+def _wiki_errors() -> tuple[type[Exception], ...]:
+    """Errors of a sync whose message says everything: printed as one line."""
+    from wikitune.tasks.mediawiki import ApiError, LoginFailed, RequestFailed
+
+    return (LoginFailed, RequestFailed, ApiError, ValueError)
+
+
+@app.command()
+def sync(
+    api_url: ApiUrlOption = None,
+    category: CategoryOption = None,
+    namespace: NamespaceOption = None,
+    name: NameOption = None,
+    user_agent: UserAgentOption = None,
+    request_interval: IntervalOption = None,
+    bot_user: BotUserOption = None,
+    source_block: SourceBlockOption = None,
+    reconcile: Annotated[
+        bool, typer.Option("--reconcile", help="Re-list the whole scope before applying changes.")
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Bring the store level with the wiki: a backfill the first time, recent changes after."""
+    from wikitune.flows.sync import sync as sync_flow
+
+    source = _wiki_source(
+        api_url, category, namespace, name, user_agent, request_interval, bot_user, source_block
+    )
 
     settings = load_settings(home)
     summary = _run_flow(
         sync_flow,
-        (LoginFailed, RequestFailed, ApiError, ValueError),
+        _wiki_errors(),
         source=source,
         home=str(settings.home),
         reconcile=reconcile,
@@ -186,6 +217,66 @@ def mark_trained(snapshot_id: str, home: HomeOption = None) -> None:
             raise _fail(f"no snapshot {snapshot_id!r} in {settings.store_path}")
         store.mark_trained(snapshot_id)
     console.print(f"snapshot {snapshot_id} marked as trained")
+
+
+@app.command()
+def run(
+    force: Annotated[
+        bool, typer.Option("--force", help="Retrain even below the retrain threshold.")
+    ] = False,
+    base_model: Annotated[
+        str | None, typer.Option(help="Hub id or directory (default: $WIKITUNE_BASE_MODEL).")
+    ] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Training recipe file (YAML).")] = None,
+    api_url: ApiUrlOption = None,
+    category: CategoryOption = None,
+    namespace: NamespaceOption = None,
+    name: NameOption = None,
+    user_agent: UserAgentOption = None,
+    request_interval: IntervalOption = None,
+    bot_user: BotUserOption = None,
+    source_block: SourceBlockOption = None,
+    home: HomeOption = None,
+) -> None:
+    """One whole cycle: sync, build, and when enough changed (or --force) snapshot, retrain,
+    evaluate and promote. The source options are needed on the first run only."""
+    from wikitune.blocks.recipe import TrainingRecipe
+    from wikitune.flows.pipeline import pipeline
+    from wikitune.tasks.train import TrainingFailed
+
+    settings = load_settings(home)
+    source = _wiki_source(
+        api_url, category, namespace, name, user_agent, request_interval, bot_user, source_block
+    )
+    try:
+        chosen = TrainingRecipe.from_file(recipe) if recipe else None
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    summary = _run_flow(
+        pipeline,
+        (*_wiki_errors(), TrainingFailed, LookupError, OSError),
+        source=source,
+        force=force,
+        base_model=base_model,
+        recipe=chosen,
+        home=str(settings.home),
+    )
+    console.print(_counts_table(f"sync of {summary.source}", summary.sync_counts))
+    console.print(_counts_table(f"build of {summary.source}", summary.build_counts))
+    if not summary.retrain:
+        console.print(
+            f"{summary.changed_since_trained} pairs changed since the last trained snapshot,"
+            f" below the threshold {summary.threshold}: no retrain (--force retrains)"
+        )
+        return
+    promotion = summary.retrain.promotion
+    console.print(f"trained on snapshot {summary.snapshot_id}: MLflow run {summary.retrain.run_id}")
+    if promotion is not None:
+        console.print(promotion.evaluation.decision.markdown(), highlight=False)
+        console.print(
+            f"version {promotion.version}: {promotion.outcome};"
+            f" champion is version {promotion.champion_version or '(none)'}"
+        )
 
 
 @app.command("make-base-model")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,8 +45,9 @@ _TOKENIZER_DIR = "components/tokenizer"
 
 
 def registered_model_name(source: str) -> str:
-    """The registered model of a wiki source's adapters."""
-    return f"wikitune-{source}"
+    """The registered model of a wiki source's adapters; MLflow forbids '/' and ':' in it, which
+    default source names (host:port/path) have."""
+    return "wikitune-" + re.sub(r"[^\w.-]+", "-", source).strip("-")
 
 
 @dataclass(frozen=True)
