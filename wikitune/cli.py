@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -18,6 +19,10 @@ from wikitune.config import load_settings
 
 # The ephemeral Prefect server's telemetry service fights the flow for its SQLite file.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Library deprecation notes and schema hints say nothing a wikitune user can act on.
+for _module in ("transformers", "mlflow", "peft", "trl"):
+    warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{_module}(\.|$)")
+    warnings.filterwarnings("ignore", category=UserWarning, module=rf"{_module}(\.|$)")
 
 app = typer.Typer(
     help="Keep a domain language model fresh with its MediaWiki.",
@@ -569,9 +574,11 @@ def pages(
 
 @app.command()
 def demo(home: HomeOption = None) -> None:
-    """Start a local MediaWiki (Debian's package) with sample VTubers, sync it, edit, sync again."""
+    """Start a local MediaWiki (Debian's package) with sample VTubers, build a tiny base model,
+    run the whole cycle, edit the wiki, and run it again; print what was promoted and why."""
     from wikitune.demo import run_demo
     from wikitune.localwiki import mediawiki_installed
+    from wikitune.tasks.evaluate import Promotion
 
     if not mediawiki_installed():
         raise _fail("the demo needs Debian's mediawiki and php-cli packages: run scripts/setup.sh")
@@ -581,8 +588,22 @@ def demo(home: HomeOption = None) -> None:
         changed = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v)
         console.print(f"[bold]{title}:[/] {changed or 'no changes'}")
 
-    run_demo(settings.home, report)
-    console.print(f"Store: {settings.store_path}. Try `wikitune pages --home {settings.home}`.")
+    def explain(title: str, promotion: Promotion | None) -> None:
+        if promotion is None:
+            console.print(f"[bold]{title}:[/] no retrain")
+            return
+        decision = promotion.evaluation.decision
+        console.print(
+            f"[bold]{title}:[/] candidate version {promotion.version} against"
+            f" {decision.champion_name}: {promotion.outcome}"
+        )
+        console.print(decision.markdown(), highlight=False)
+
+    run_demo(settings.home, report, explain)
+    console.print(
+        f"Store: {settings.store_path}. Try `wikitune models --home {settings.home}` and"
+        f' `wikitune ask "星野灯的粉丝叫什么？" --home {settings.home}`.'
+    )
 
 
 if __name__ == "__main__":
