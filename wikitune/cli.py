@@ -297,36 +297,23 @@ def make_base_model(
 ) -> None:
     """Build a small Qwen2-shaped base model offline: a tokenizer trained on the store's text and
     the general set, a chat template, random weights."""
-    from wikitune.storage import Store
-    from wikitune.tasks import dataset, model
+    from wikitune.tasks import model
 
     settings = load_settings(home)
-    pages: list[str] = []
-    pairs: list[str] = []
-    if settings.store_path.exists():
-        with Store(settings.store_path) as store:
-            pages, pairs = store.corpus_texts()
-    system = {"role": "system", "content": settings.system_prompt}
-    # Only the general training pool: the held-out general eval must stay unseen.
-    pool, _ = dataset.split_general(dataset.load_general(settings.general_data_path))
-    general = [[system, *row["messages"]] for row in pool]
     try:
-        path = model.make_base_model(
+        counts = model.make_base_model_for_wiki(
             out,
-            [*pages, *pairs, *(m["content"] for chat in general for m in chat)],
-            # Pages and general chat, not the QA pairs: those are what an adapter learns.
-            pretrain_texts=pages,
-            pretrain_chats=general,
-            pretrain_steps=pretrain_steps,
+            store_path=settings.store_path,
+            general_path=settings.general_data_path,
+            system_prompt=settings.system_prompt,
             size=size,  # type: ignore[arg-type]
             seed=seed,
+            pretrain_steps=pretrain_steps,
         )
     except ValueError as error:
         raise _fail(str(error)) from None
-    console.print(
-        f"{size} base model written to {path.resolve()}"
-        f" ({len(pages)} pages, {len(pairs)} QA pairs, {len(general)} general chats)"
-    )
+    texts = ", ".join(f"{count} {kind}" for kind, count in counts.items())
+    console.print(f"{size} base model written to {out.resolve()} ({texts})")
 
 
 @app.command()

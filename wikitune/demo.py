@@ -96,10 +96,10 @@ def run_demo(
     a second candidate meets the first champion."""
     from wikitune.blocks.recipe import TrainingRecipe
     from wikitune.blocks.source import WikiSource
+    from wikitune.config import load_settings
     from wikitune.flows.pipeline import pipeline
     from wikitune.flows.sync import sync
-    from wikitune.storage import Store
-    from wikitune.tasks import dataset, model
+    from wikitune.tasks import model
 
     # The 0.2M-parameter demo model forgets general chat faster than a 7B model does.
     os.environ.setdefault("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
@@ -115,15 +115,12 @@ def run_demo(
         # The base model's tokenizer learns the wiki's text, so the first sync comes first.
         report("first sync (backfill)", sync(source=source, home=str(home)).counts)
         if not (base / "config.json").exists():
-            with Store(home / "wiki.duckdb") as store:
-                pages, pairs = store.corpus_texts()
-            pool, _ = dataset.split_general(dataset.load_general())
-            model.make_base_model(
+            settings = load_settings(home)
+            model.make_base_model_for_wiki(
                 base,
-                [*pages, *pairs, *(m["content"] for row in pool for m in row["messages"])],
-                pretrain_texts=pages,
-                pretrain_chats=[row["messages"] for row in pool],
-                size="tiny",
+                store_path=settings.store_path,
+                general_path=settings.general_data_path,
+                system_prompt=settings.system_prompt,
             )
         first = pipeline(source=source, base_model=str(base), recipe=recipe, home=str(home))
         report("first build (QA pairs)", first.build_counts)

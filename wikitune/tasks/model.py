@@ -28,6 +28,7 @@ __all__ = [
     "load_base_model",
     "load_tokenizer",
     "make_base_model",
+    "make_base_model_for_wiki",
 ]
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,43 @@ def make_base_model(
         + "\n"
     )
     return out
+
+
+def make_base_model_for_wiki(
+    out: Path,
+    *,
+    store_path: Path,
+    general_path: Path | None,
+    system_prompt: str,
+    size: ModelSize = "tiny",
+    seed: int = 0,
+    pretrain_steps: int | None = None,
+) -> dict[str, int]:
+    """``make_base_model`` on a wiki's text: the tokenizer learns the store's pages and QA pairs
+    (when the store exists) and the general set; the warm-up sees pages and general chat, not
+    the QA pairs, which are what an adapter learns. Returns how many texts of each kind."""
+    from wikitune.storage import Store
+    from wikitune.tasks import dataset
+
+    pages: list[str] = []
+    pairs: list[str] = []
+    if store_path.exists():
+        with Store(store_path) as store:
+            pages, pairs = store.corpus_texts()
+    system = {"role": "system", "content": system_prompt}
+    # Only the general training pool: the held-out general eval must stay unseen.
+    pool, _ = dataset.split_general(dataset.load_general(general_path))
+    general = [[system, *row["messages"]] for row in pool]
+    make_base_model(
+        out,
+        [*pages, *pairs, *(m["content"] for chat in general for m in chat)],
+        pretrain_texts=pages,
+        pretrain_chats=general,
+        pretrain_steps=pretrain_steps,
+        size=size,
+        seed=seed,
+    )
+    return {"pages": len(pages), "QA pairs": len(pairs), "general chats": len(general)}
 
 
 def _pretrain(
