@@ -10,6 +10,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -331,15 +332,6 @@ class Promotion(BaseModel):
     champion_version: str | None
 
 
-def _score_inputs(data: Any, *, batch_size: int, max_new_tokens: int) -> dict[str, Any]:
-    return {
-        "eval_rows": list(data.splits["eval"]),
-        "general_rows": list(data.splits.get("general_eval") or []),
-        "batch_size": batch_size,
-        "max_new_tokens": max_new_tokens,
-    }
-
-
 def evaluate_run(
     run_id: str,
     *,
@@ -374,11 +366,18 @@ def evaluate_run(
     tokenizer = models.load_tokenizer(candidate.tokenizer_dir)
     base = models.load_base_model(params["base_model"], device=device, quantize=quantize)
     model = PeftModel.from_pretrained(base, candidate.adapter_dir, adapter_name="candidate")
-    inputs = _score_inputs(data, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    candidate_scores = score_model("candidate", model, tokenizer, **inputs)
+    # Both models answer the same questions with the same settings.
+    score = partial(
+        score_model,
+        eval_rows=list(data.splits["eval"]),
+        general_rows=list(data.splits.get("general_eval") or []),
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+    )
+    candidate_scores = score("candidate", model, tokenizer)
     if current is None:
         with model.disable_adapter():
-            champion_scores = score_model("base", model, tokenizer, **inputs)
+            champion_scores = score("base", model, tokenizer)
     else:
         name = registry.registered_model_name(source)
         held = registry.download_logged_model(
@@ -393,9 +392,7 @@ def evaluate_run(
             model.load_adapter(held.adapter_dir, adapter_name="champion")
             model.set_adapter("champion")
             champion_model = model
-        champion_scores = score_model(
-            f"version {current.version}", champion_model, tokenizer, **inputs
-        )
+        champion_scores = score(f"version {current.version}", champion_model, tokenizer)
     decision = decide(candidate_scores, champion_scores, margins)
     evaluation = Evaluation(
         run_id=run_id,
