@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from wikitune.blocks.source import WikiSource
+from wikitune.demo import DEMO_RECIPE
 from wikitune.flows.sync import SyncSummary, sync
 from wikitune.localwiki import LocalWiki
 from wikitune.storage import Store
@@ -46,17 +47,10 @@ def assert_store_equals_wiki(wiki: LocalWiki, home: Path) -> None:
     assert store_listing(home, "testwiki") == wiki_listing(wiki)
 
 
-# Small and fast, but enough steps for a tiny model to learn two pages' facts.
+# The demo's recipe, longer: enough steps for the tiny model to learn two pages' facts.
 TEST_RECIPE = {
+    **DEMO_RECIPE,
     "num_train_epochs": 20,
-    "learning_rate": 0.005,
-    "lora_r": 32,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "max_length": 128,
-    "per_device_train_batch_size": 2,
-    "per_device_eval_batch_size": 16,
-    "gradient_accumulation_steps": 1,
     "eval_steps": 100,
     "logging_steps": 10,
     "sample_generations": 6,
@@ -64,10 +58,16 @@ TEST_RECIPE = {
 }
 
 
-def cli(*args: str, home: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, home: Path, ephemeral: bool = False, timeout: int = 900, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI against the test Prefect server, or in ephemeral mode (no PREFECT_API_URL)."""
     from prefect.settings import PREFECT_API_URL
 
-    env = {**os.environ, "COLUMNS": "200", "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"COLUMNS": "200", **extra_env}
+    if not ephemeral:
+        env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
     return subprocess.run(
         [sys.executable, "-m", "wikitune.cli", *args, "--home", str(home)],
         capture_output=True,

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from helpers import cli
 
 from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
 from wikitune.localwiki import LocalWiki
 
 
 def _run_ephemeral(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env |= {"COLUMNS": "200", "WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE": "0.6"}
-    return subprocess.run(
-        [sys.executable, "-m", "wikitune.cli", *args, "--home", str(home)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    return cli(*args, home=home, ephemeral=True, WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE="0.6")
 
 
 def test_run_does_a_whole_cycle_and_retrains_when_due_or_forced(
@@ -47,11 +39,7 @@ def test_run_does_a_whole_cycle_and_retrains_when_due_or_forced(
     forced = _run_ephemeral("run", "--force", *model, home=home)  # the stored source
     assert forced.returncode == 0, forced.stderr[-3000:]
     assert "version 1: promoted; champion is version 1" in forced.stdout
-    status = subprocess.run(
-        [sys.executable, "-m", "wikitune.cli", "status", "--json", "--home", str(home)],
-        capture_output=True,
-        text=True,
-    )
+    status = _run_ephemeral("status", "--json", home=home)
     (source,) = json.loads(status.stdout)["sources"]
     assert source["qa"]["last_trained_snapshot"] == source["qa"]["latest_snapshot"]
     assert source["qa"]["changed_since_trained"] == 0
