@@ -233,6 +233,10 @@ def run(
         str | None, typer.Option(help="Hub id or directory (default: $WIKITUNE_BASE_MODEL).")
     ] = None,
     recipe: Annotated[Path | None, typer.Option(help="Training recipe file (YAML).")] = None,
+    retrain_deployment: Annotated[
+        str | None,
+        typer.Option(help='Retrain as this deployment (e.g. "retrain/gpu") instead of in-process.'),
+    ] = None,
     api_url: ApiUrlOption = None,
     category: CategoryOption = None,
     namespace: NamespaceOption = None,
@@ -246,7 +250,7 @@ def run(
     """One whole cycle: sync, build, and when enough changed (or --force) snapshot, retrain,
     evaluate and promote. The source options are needed on the first run only."""
     from wikitune.blocks.recipe import TrainingRecipe
-    from wikitune.flows.pipeline import pipeline
+    from wikitune.flows.pipeline import RetrainDeploymentFailed, pipeline
     from wikitune.tasks.train import TrainingFailed
 
     settings = load_settings(home)
@@ -259,11 +263,12 @@ def run(
         raise _fail(str(error)) from None
     summary = _run_flow(
         pipeline,
-        (*_wiki_errors(), TrainingFailed, LookupError, OSError),
+        (*_wiki_errors(), TrainingFailed, LookupError, OSError, RetrainDeploymentFailed),
         source=source,
-        force=force,
+        retrain_when="always" if force else "threshold",
         base_model=base_model,
         recipe=chosen,
+        retrain_deployment=retrain_deployment,
         home=str(settings.home),
     )
     console.print(_counts_table(f"sync of {summary.source}", summary.sync_counts))
@@ -591,6 +596,180 @@ def demo(home: HomeOption = None) -> None:
         f"Store: {settings.store_path}. Try `wikitune models --home {settings.home}` and"
         f' `wikitune ask "星野灯的粉丝叫什么？" --home {settings.home}`.'
     )
+
+
+TimezoneOption = Annotated[
+    str, typer.Option(help="Time zone of the schedules (IANA name, e.g. Asia/Shanghai).")
+]
+SyncMinutesOption = Annotated[float, typer.Option(help="Minutes between scheduled syncs.")]
+NightlyCronOption = Annotated[str, typer.Option(help="Cron of the nightly retrain.")]
+NightlyWhenOption = Annotated[
+    str,
+    typer.Option(help="When the nightly run retrains: new-data, threshold or always."),
+]
+
+
+def _deploy_plan(
+    settings: Any,
+    source: Any,
+    timezone: str,
+    sync_minutes: float,
+    nightly_cron: str,
+    nightly_retrain_when: str,
+    base_model: str | None,
+) -> Any:
+    """Check what ``deploy`` is given before anything is started or applied."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from wikitune.deployments import DeployOptions
+    from wikitune.storage import Store
+
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _fail(
+            f"unknown time zone {timezone!r}: use an IANA name like Asia/Shanghai"
+        ) from None
+    if nightly_retrain_when not in ("new-data", "threshold", "always"):
+        raise _fail("--nightly-retrain-when must be new-data, threshold or always")
+    if source is None:
+        with Store(settings.store_path) as store:
+            if not store.source_names():
+                raise _fail(
+                    f"no wiki source in {settings.store_path}: give --api-url and --category"
+                    " (or --source-block)"
+                )
+    return DeployOptions(
+        timezone=timezone,
+        sync_minutes=sync_minutes,
+        nightly_cron=nightly_cron,
+        nightly_retrain_when=nightly_retrain_when,
+        base_model=base_model,
+    )
+
+
+def _print_applied(applied: Any, ui_url: str | None) -> None:
+    table = Table(title="applied to the Prefect server")
+    table.add_column("deployment")
+    table.add_column("id")
+    for name, deployment_id in applied.deployments.items():
+        table.add_row(name, deployment_id)
+    console.print(table)
+    pools = ", ".join(f"{k} (limit {v or 'none'})" for k, v in applied.pools.items())
+    console.print(f"work pools: {pools}")
+    if applied.source_block:
+        console.print(f"wiki source block: {applied.source_block}")
+    if ui_url:
+        console.print(f"deployments: {ui_url}/deployments")
+
+
+@app.command()
+def deploy(
+    timezone: TimezoneOption = "UTC",
+    sync_minutes: SyncMinutesOption = 15,
+    nightly_cron: NightlyCronOption = "0 2 * * *",
+    nightly_retrain_when: NightlyWhenOption = "new-data",
+    base_model: Annotated[
+        str | None, typer.Option(help="Base model for retrains (default: the worker's setting).")
+    ] = None,
+    api_url: ApiUrlOption = None,
+    category: CategoryOption = None,
+    namespace: NamespaceOption = None,
+    name: NameOption = None,
+    user_agent: UserAgentOption = None,
+    request_interval: IntervalOption = None,
+    bot_user: BotUserOption = None,
+    source_block: SourceBlockOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Apply the work pools (cpu; gpu with limit 1), the 15-minute sync, the nightly retrain and
+    the data-ready automation to the Prefect server in PREFECT_API_URL. Safe to repeat."""
+    from prefect.settings import PREFECT_API_URL
+
+    from wikitune.deployments import apply
+
+    settings = load_settings(home)
+    if not PREFECT_API_URL.value():
+        raise _fail("deploy needs a Prefect server: set PREFECT_API_URL, or run `wikitune up`")
+    source = _wiki_source(
+        api_url, category, namespace, name, user_agent, request_interval, bot_user, source_block
+    )
+    plan = _deploy_plan(
+        settings, source, timezone, sync_minutes, nightly_cron, nightly_retrain_when, base_model
+    )
+    _print_applied(apply(source, plan), PREFECT_API_URL.value().removesuffix("/api"))
+
+
+@app.command()
+def up(
+    prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server and UI.")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow server and UI.")] = 5000,
+    timezone: TimezoneOption = "UTC",
+    sync_minutes: SyncMinutesOption = 15,
+    nightly_cron: NightlyCronOption = "0 2 * * *",
+    nightly_retrain_when: NightlyWhenOption = "new-data",
+    base_model: Annotated[
+        str | None, typer.Option(help="Base model for retrains (default: $WIKITUNE_BASE_MODEL).")
+    ] = None,
+    api_url: ApiUrlOption = None,
+    category: CategoryOption = None,
+    namespace: NamespaceOption = None,
+    name: NameOption = None,
+    user_agent: UserAgentOption = None,
+    request_interval: IntervalOption = None,
+    bot_user: BotUserOption = None,
+    source_block: SourceBlockOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Start a Prefect server, an MLflow server and a worker per pool on 127.0.0.1, then
+    deploy. Their PIDs and logs are kept under the home; `wikitune down` stops them."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from wikitune import services
+    from wikitune.deployments import apply
+
+    settings = load_settings(home)
+    source = _wiki_source(
+        api_url, category, namespace, name, user_agent, request_interval, bot_user, None
+    )
+    plan = _deploy_plan(
+        settings, source, timezone, sync_minutes, nightly_cron, nightly_retrain_when, base_model
+    )
+    try:
+        record = services.start(settings, prefect_port=prefect_port, mlflow_port=mlflow_port)
+    except services.ServicesError as error:
+        raise _fail(str(error)) from None
+    console.print(
+        f"started: {', '.join(s.name for s in record.services)} (logs in {settings.home / 'logs'})"
+    )
+    try:
+        with temporary_settings({PREFECT_API_URL: record.prefect_api_url}):
+            if source_block:
+                from wikitune.blocks.source import WikiSource
+
+                source = WikiSource.load(source_block)
+            applied = apply(source, plan)
+    except Exception as error:
+        services.stop(settings)
+        raise _fail(f"deploy failed, services stopped: {error}") from None
+    _print_applied(applied, record.prefect_ui_url)
+    console.print(f"Prefect UI: {record.prefect_ui_url}")
+    console.print(f"MLflow UI:  {record.mlflow_url}")
+    console.print("Point this shell's wikitune and prefect at them:")
+    console.print(services.env_exports(record), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def down(home: HomeOption = None) -> None:
+    """Stop exactly what `wikitune up` started for this home, and the flow runs it started."""
+    from wikitune import services
+
+    settings = load_settings(home)
+    try:
+        stopped = services.stop(settings)
+    except services.ServicesError as error:
+        raise _fail(str(error)) from None
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 if __name__ == "__main__":

@@ -131,8 +131,11 @@ class Settings(BaseSettings):
         return self.home / "registry.lock"
 
     @cached_property
-    def mlflow_artifacts_dir(self) -> Path:
-        """Artifact root of experiments that wikitune creates in a local tracking store."""
+    def mlflow_artifacts_dir(self) -> Path | None:
+        """Artifact root of experiments that wikitune creates in a local tracking store; None
+        for a tracking server, which stores (or proxies) artifacts itself."""
+        if self.tracking_uri.startswith(("http://", "https://", "databricks")):
+            return None
         return self.home / "mlartifacts"
 
 

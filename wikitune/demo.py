@@ -140,7 +140,11 @@ def run_demo(
         wiki.run_jobs()
         # Fewer pairs changed than the threshold: forced, as a nightly retrain may be.
         second = pipeline(
-            source=source, force=True, base_model=str(base), recipe=recipe, home=str(home)
+            source=source,
+            retrain_when="always",
+            base_model=str(base),
+            recipe=recipe,
+            home=str(home),
         )
         report("second sync (recent changes)", second.sync_counts)
         report("second build (QA pairs)", second.build_counts)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect.runtime import flow_run
 
-__all__ = ["artifact_key", "run_name"]
+__all__ = ["artifact_key", "run_name", "source_name"]
 
 
 def artifact_key(prefix: str, name: str) -> str:
@@ -13,8 +15,14 @@ def artifact_key(prefix: str, name: str) -> str:
     return f"{prefix}-{slug}"[:80]
 
 
-def run_name(prefix: str) -> str:
-    """``prefix-<source>`` from the run's ``source`` parameter (a block or a name)."""
-    source = flow_run.parameters.get("source")
+def source_name(source: Any) -> str:
+    """The name of a ``source`` parameter: a block, a plain name, or a block's saved fields."""
     name = getattr(source, "name", None) or (source if isinstance(source, str) else None)
-    return f"{prefix}-{name or 'stored-source'}"
+    if name is None and isinstance(source, dict):
+        name = source.get("name")
+    return name or "stored-source"
+
+
+def run_name(prefix: str) -> str:
+    """``prefix-<source>`` from the run's ``source`` parameter."""
+    return f"{prefix}-{source_name(flow_run.parameters.get('source'))}"

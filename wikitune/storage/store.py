@@ -4,6 +4,7 @@ the cursor that covers them) happens in one transaction here."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -141,14 +142,25 @@ class Store:
     """One DuckDB file holding the pages, the sync cursor and (later) QA pairs and snapshots.
 
     DuckDB allows one writing process: open the store in the process that syncs and builds;
-    the training side reads snapshot files instead.
+    the training side reads snapshot files instead. Flows that overlap (a scheduled sync while a
+    retrain cycle syncs) take turns: opening waits up to ``lock_timeout`` seconds for the file.
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, lock_timeout: float = 600.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = duckdb.connect(str(self.path))
+        self.db = self._connect(lock_timeout)
         self._migrate()
+
+    def _connect(self, lock_timeout: float) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + lock_timeout
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower() or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
 
     def close(self) -> None:
         self.db.close()

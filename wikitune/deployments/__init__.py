@@ -1,0 +1,164 @@
+"""Work pools, deployments, schedules and the data-ready automation, applied to a Prefect server
+by ``wikitune deploy``. Applying twice changes nothing: pools are updated, deployments replaced
+by name, and each deployment's automation is recreated from its trigger."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from wikitune.blocks.source import WikiSource
+from wikitune.flows.naming import artifact_key
+
+__all__ = [
+    "GPU_RETRAIN",
+    "POOLS",
+    "RETRAIN_CYCLE",
+    "SYNC",
+    "Applied",
+    "DeployOptions",
+    "apply",
+]
+
+POOLS: dict[str, tuple[int | None, str]] = {
+    "cpu": (None, "wikitune's bookkeeping: sync the wiki, build QA pairs, snapshot, orchestrate."),
+    "gpu": (1, "wikitune's training and evaluation; one run at a time per pool."),
+}
+SYNC = "pipeline/sync-every-15-minutes"
+RETRAIN_CYCLE = "pipeline/retrain"
+GPU_RETRAIN = "retrain/gpu"
+
+
+class DeployOptions(BaseModel):
+    """What ``wikitune deploy`` lets a user choose."""
+
+    timezone: str = "UTC"
+    sync_minutes: float = 15
+    nightly_cron: str = "0 2 * * *"
+    nightly_retrain_when: str = "new-data"
+    base_model: str | None = None
+
+
+class Applied(BaseModel):
+    """What was applied: pool limits, deployment names and ids, the saved source block."""
+
+    pools: dict[str, int | None]
+    deployments: dict[str, str]
+    source_block: str | None
+
+
+def _ensure_pools() -> dict[str, int | None]:
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        for name, (limit, description) in POOLS.items():
+            try:
+                client.read_work_pool(name)
+            except ObjectNotFound:
+                client.create_work_pool(
+                    WorkPoolCreate(
+                        name=name,
+                        type=ProcessWorker.type,
+                        base_job_template=ProcessWorker.get_default_base_job_template(),
+                    )
+                )
+            client.update_work_pool(
+                name, WorkPoolUpdate(concurrency_limit=limit, description=description)
+            )
+        return {name: client.read_work_pool(name).concurrency_limit for name in POOLS}
+
+
+def _source_parameter(source: WikiSource | None) -> tuple[dict[str, Any], str | None]:
+    """The flows' ``source`` parameter: a reference to the saved block, which the UI shows and
+    lets a person edit; without a source, the flows use the one the store recorded."""
+    if source is None:
+        return {}, None
+    block_name = artifact_key("wiki", source.name)
+    block_id = source.save(block_name, overwrite=True)
+    return {"source": {"$ref": {"block_document_id": str(block_id)}}}, block_name
+
+
+def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Applied:
+    """Create or update the work pools and deployments on the server in PREFECT_API_URL."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.deployments.runner import EntrypointType
+    from prefect.events import DeploymentEventTrigger
+    from prefect.schedules import Cron, Interval
+
+    from wikitune.flows.pipeline import DATASET_READY, pipeline
+    from wikitune.flows.retrain import retrain
+
+    options = options or DeployOptions()
+    pools = _ensure_pools()
+    source_parameter, block_name = _source_parameter(source)
+    model = {"base_model": options.base_model} if options.base_model else {}
+    resource = f"wikitune.source.{artifact_key('wiki', source.name)}" if source else "wikitune.*"
+    cycle = {**source_parameter, "retrain_deployment": GPU_RETRAIN, **model}
+    deployments = [
+        pipeline.to_deployment(
+            SYNC.split("/")[1],
+            work_pool_name="cpu",
+            schedules=[
+                Interval(timedelta(minutes=options.sync_minutes), timezone=options.timezone)
+            ],
+            parameters={**source_parameter, "retrain_when": "never"},
+            description=(
+                f"Every {options.sync_minutes:g} minutes: sync the wiki's recent changes and build"
+                f" QA pairs. When the pairs changed since the last trained snapshot reach"
+                f" WIKITUNE_RETRAIN_THRESHOLD, emit `{DATASET_READY}`, which starts"
+                f" `{RETRAIN_CYCLE}`."
+            ),
+            tags=["wikitune", "sync"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        ),
+        pipeline.to_deployment(
+            RETRAIN_CYCLE.split("/")[1],
+            work_pool_name="cpu",
+            schedules=[Cron(options.nightly_cron, timezone=options.timezone)],
+            triggers=[
+                DeploymentEventTrigger(
+                    name="retrain-when-dataset-ready",
+                    description=f"A sync emitted {DATASET_READY}: enough new QA pairs.",
+                    expect={DATASET_READY},
+                    match={"prefect.resource.id": resource},
+                    parameters={**cycle, "retrain_when": "threshold"},
+                )
+            ],
+            parameters={**cycle, "retrain_when": options.nightly_retrain_when},
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+            ),
+            description=(
+                f"Nightly at `{options.nightly_cron}` ({options.timezone}), retraining only when"
+                f" there is new data (`retrain_when: {options.nightly_retrain_when}`), and"
+                f" whenever a sync emits `{DATASET_READY}`. Syncs, builds and snapshots here,"
+                f" then runs `{GPU_RETRAIN}` (train, evaluate, promote) on the gpu pool. One at a"
+                " time: a run that starts while another is active is cancelled."
+            ),
+            tags=["wikitune", "retrain"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        ),
+        retrain.to_deployment(
+            GPU_RETRAIN.split("/")[1],
+            work_pool_name="gpu",
+            parameters=model,
+            description=(
+                "Train a QLoRA adapter on a snapshot (its directory or URL), evaluate it against"
+                " the champion on the same held-out questions, register it in MLflow and move"
+                " the champion alias if it wins. Started by `pipeline/retrain`."
+            ),
+            tags=["wikitune", "train"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        ),
+    ]
+    ids = {}
+    for deployment in deployments:
+        # The flows are imported from the installed package wherever a worker runs.
+        deployment._path = None
+        ids[f"{deployment.flow_name}/{deployment.name}"] = str(deployment.apply())
+    return Applied(pools=pools, deployments=ids, source_block=block_name)
