@@ -6,11 +6,13 @@ cd "$(dirname "$0")/.."
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-if ! [ -f /usr/share/mediawiki/maintenance/install.php ] || ! command -v php >/dev/null; then
+if ! [ -f /usr/share/mediawiki/maintenance/install.php ] || ! command -v php >/dev/null \
+  || ! command -v chromium >/dev/null; then
   $sudo apt-get update -q
-  # php8.2-cgi and mini-httpd only stop apt from pulling in apache2.
+  # php8.2-cgi and mini-httpd only stop apt from pulling in apache2. chromium: the tests look at
+  # the Prefect and MLflow UIs in a headless browser.
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends \
-    mediawiki php-cli php-sqlite3 php-intl php-mbstring php-xml php8.2-cgi mini-httpd
+    mediawiki php-cli php-sqlite3 php-intl php-mbstring php-xml php8.2-cgi mini-httpd chromium
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -637,7 +637,7 @@ def _deploy_plan(
             if not store.source_names():
                 raise _fail(
                     f"no wiki source in {settings.store_path}: give --api-url and --category"
-                    " (or --source-block)"
+                    " or --source-block NAME (up and deploy save the source as that block)"
                 )
     return DeployOptions(
         timezone=timezone,

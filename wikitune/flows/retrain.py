@@ -76,6 +76,24 @@ def promote_task(result: evaluation.Evaluation, home: str) -> evaluation.Promoti
     get_run_logger().info(
         "version %s of %s: %s", promotion.version, result.source, promotion.outcome
     )
+    link = registry.version_link(settings.mlflow_ui_url, result.source, promotion.version)
+    decision = result.decision
+    create_markdown_artifact(
+        key=artifact_key("promotion", result.source),
+        markdown="\n".join(
+            [
+                f"## Version [{promotion.version}]({link}) of"
+                f" `{registry.registered_model_name(result.source)}`: **{promotion.outcome}**",
+                "",
+                f"Candidate run [{result.run_id}]({result.run_link}) against"
+                f" {decision.champion_name}; the champion is now version"
+                f" {promotion.champion_version or '(none)'}.",
+                "",
+                decision.markdown(),
+            ]
+        ),
+        description=f"Latest registry decision for {result.source}",
+    )
     return promotion
 
 

@@ -50,6 +50,14 @@ def registered_model_name(source: str) -> str:
     return "wikitune-" + re.sub(r"[^\w.-]+", "-", source).strip("-")
 
 
+def version_link(ui_url: str | None, source: str, version: str) -> str:
+    """The version's page in the MLflow UI when its URL is known, else ``models:/<name>/<v>``."""
+    name = registered_model_name(source)
+    if not ui_url:
+        return f"models:/{name}/{version}"
+    return f"{ui_url.rstrip('/')}/#/models/{name}/versions/{version}"
+
+
 @dataclass(frozen=True)
 class LoggedModel:
     """A logged adapter, downloaded: its PEFT directory and the tokenizer it trained with."""
@@ -125,10 +133,15 @@ def register_candidate(
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+    # A tracking server asks which logged model a `models:/m-...` source names.
+    logged_model_id = (
+        model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    )
     version = client.create_model_version(
         name,
         source=model_uri,
         run_id=run_id,
+        model_id=logged_model_id,
         tags={k: str(v) for k, v in tags.items() if v is not None},
         description=description,
     )

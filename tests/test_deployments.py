@@ -1,0 +1,287 @@
+"""`wikitune up`, `deploy` and `down` for real: a Prefect server, an MLflow server and two
+workers; an edit burst leads to a sync run, the data-ready event, the automation's retrain on the
+gpu pool and a new registered version. Headless Chromium shows both UIs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from helpers import TEST_RECIPE, cli
+
+from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
+from wikitune.localwiki import LocalWiki
+from wikitune.mlflow.registry import registered_model_name
+
+SOURCE = "deploywiki"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(what: str, check: Callable[[], Any], timeout: float = 420) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class PrefectApi:
+    """The few REST calls the test needs, straight to the server `up` started."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def get(self, path: str) -> Any:
+        response = requests.get(f"{self.url}{path}", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        response = requests.post(f"{self.url}{path}", json=body, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        return self.get(f"/deployments/name/{name}")
+
+    def run_deployment(self, name: str, **parameters: Any) -> str:
+        deployment = self.deployment(name)
+        run = self.post(
+            f"/deployments/{deployment['id']}/create_flow_run", {"parameters": parameters}
+        )
+        return str(run["id"])
+
+    def runs_of(self, name: str) -> list[dict[str, Any]]:
+        """The deployment's runs, leaving out those its schedule created for later."""
+        deployment = self.deployment(name)
+        runs = self.post(
+            "/flow_runs/filter",
+            {"deployments": {"id": {"any_": [deployment["id"]]}}, "sort": "START_TIME_ASC"},
+        )
+        return [run for run in runs if not run["auto_scheduled"]]
+
+    def finished(self, run_id: str) -> dict[str, Any] | None:
+        run = self.get(f"/flow_runs/{run_id}")
+        return run if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+
+@pytest.fixture
+def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """`wikitune up` on free ports against the test wiki; `down` however the test ends."""
+    home = tmp_path / "home"
+    env = {
+        "WIKITUNE_BASE_MODEL": str(world["root"] / "base"),
+        "WIKITUNE_RECIPE_PATH": str(world["recipe"]),
+        "WIKITUNE_RETRAIN_THRESHOLD": "60",
+        "WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE": "0.6",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+    }
+    prefect_port, mlflow_port = _free_port(), _free_port()
+    started = cli(
+        "up",
+        *("--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)),
+        *("--api-url", wiki.api_url, "--category", "Category:VTuber", "--name", SOURCE),
+        *("--timezone", "Asia/Shanghai"),
+        home=home,
+        ephemeral=True,
+        **env,
+    )
+    try:
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        record = json.loads((home / "services.json").read_text())
+        yield {
+            "home": home,
+            "stdout": started.stdout,
+            "record": record,
+            "prefect": PrefectApi(f"http://127.0.0.1:{prefect_port}/api"),
+            "prefect_ui": f"http://127.0.0.1:{prefect_port}",
+            "mlflow": f"http://127.0.0.1:{mlflow_port}",
+        }
+    finally:
+        cli("down", home=home, ephemeral=True)
+
+
+def _tagged_processes(services_id: str) -> list[int]:
+    needle = f"WIKITUNE_SERVICES_ID={services_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _chromium(url: str, screenshot: Path) -> str:
+    """Load a page in headless Chromium: save a screenshot and return the rendered DOM."""
+    browser = shutil.which("chromium")
+    assert browser, "Debian's chromium package is required (scripts/setup.sh installs it)"
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    common += ["--window-size=1400,900", "--virtual-time-budget=20000"]
+    subprocess.run(
+        [*common, f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True
+    )
+    dom = subprocess.run(
+        [*common, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+    )
+    return dom.stdout
+
+
+def _mlflow_get(base: str, path: str, **params: str) -> Any:
+    response = requests.get(f"{base}/api/2.0/mlflow/{path}", params=params, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_edit_burst_leads_to_event_retrain_and_new_version(
+    services: dict[str, Any], wiki: LocalWiki, tmp_path: Path
+) -> None:
+    api: PrefectApi = services["prefect"]
+    assert "Prefect UI: " + services["prefect_ui"] in services["stdout"]
+    assert "MLflow UI:  " + services["mlflow"] in services["stdout"]
+
+    # What deploy applied: pools, the 15-minute sync, the nightly cron, the automation.
+    assert api.get("/work_pools/gpu")["concurrency_limit"] == 1
+    assert api.get("/work_pools/cpu")["concurrency_limit"] is None
+    sync_deployment = api.deployment("pipeline/sync-every-15-minutes")
+    assert sync_deployment["schedules"][0]["schedule"]["interval"] == 900
+    assert sync_deployment["parameters"]["retrain_when"] == "never"
+    nightly = api.deployment("pipeline/retrain")
+    assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    assert nightly["schedules"][0]["schedule"]["timezone"] == "Asia/Shanghai"
+    assert nightly["parameters"]["retrain_when"] == "new-data"
+    assert nightly["global_concurrency_limit"]["limit"] == 1, nightly
+    assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    assert "wikitune.dataset.ready" in nightly["description"]
+    (automation,) = api.post("/automations/filter", {})
+    assert automation["trigger"]["expect"] == ["wikitune.dataset.ready"]
+    assert automation["actions"][0]["deployment_id"] == nightly["id"]
+    assert api.deployment("retrain/gpu")["work_pool_name"] == "gpu"
+
+    # Deploying again changes nothing.
+    again = cli(
+        *("deploy", "--timezone", "Asia/Shanghai", "--source-block", f"wiki-{SOURCE}"),
+        home=services["home"],
+        ephemeral=True,
+        PREFECT_API_URL=api.url,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert api.deployment("pipeline/retrain")["id"] == nightly["id"]
+    assert len(api.post("/automations/filter", {})) == 1
+
+    # One page: below the threshold of 60 pairs, the sync run emits nothing.
+    wiki.edit("Template:Infobox VTuber", INFOBOX_TEMPLATE)
+    first_page = SAMPLE_VTUBERS[0][1:]
+    wiki.edit(first_page[0], sample_page(*first_page))
+    wiki.run_jobs()
+    quiet = api.run_deployment("pipeline/sync-every-15-minutes")
+    assert _wait_for("the first sync", lambda: api.finished(quiet))["state_type"] == "COMPLETED"
+    time.sleep(5)
+    assert api.runs_of("pipeline/retrain") == []
+
+    # An edit burst beyond the threshold: the next sync emits the event; the automation starts
+    # the retrain cycle, which trains, evaluates and promotes on the gpu pool.
+    for _, *fields in SAMPLE_VTUBERS[1:3]:
+        wiki.edit(fields[0], sample_page(*fields))
+    wiki.run_jobs()
+    burst = api.run_deployment("pipeline/sync-every-15-minutes")
+    assert _wait_for("the burst's sync", lambda: api.finished(burst))["state_type"] == "COMPLETED"
+    (cycle,) = _wait_for("the automation's retrain cycle", lambda: api.runs_of("pipeline/retrain"))
+    assert cycle["created_by"]["type"] == "AUTOMATION"
+    event_filter = {"filter": {"event": {"name": ["wikitune.dataset.ready"]}}}
+    (ready,) = _wait_for(
+        "the event", lambda: api.post("/events/filter", event_filter)["events"], timeout=60
+    )
+    assert ready["resource"]["prefect.resource.name"] == SOURCE
+    assert ready["payload"]["changed_since_trained"] >= 60
+    done = _wait_for("the retrain cycle", lambda: api.finished(cycle["id"]))
+    assert done["state_type"] == "COMPLETED", done["state"]
+    (gpu_run,) = api.runs_of("retrain/gpu")
+    assert gpu_run["state_type"] == "COMPLETED"
+    assert gpu_run["parent_task_run_id"] is not None  # a child of the cycle, not a stray run
+    snapshot_id = gpu_run["name"].removeprefix("retrain-")
+
+    model = registered_model_name(SOURCE)
+    versions = _mlflow_get(services["mlflow"], "model-versions/search", filter=f"name='{model}'")
+    (version,) = versions["model_versions"]
+    tags = {t["key"]: t["value"] for t in version.get("tags", [])}
+    assert tags["snapshot_id"] == snapshot_id
+    champion = _mlflow_get(
+        services["mlflow"], "registered-models/alias", name=model, alias="champion"
+    )
+    assert champion["model_version"]["version"] == version["version"]
+
+    def latest_artifact(key: str) -> dict[str, Any]:
+        (found,) = api.post("/artifacts/latest/filter", {"artifacts": {"key": {"any_": [key]}}})
+        return found
+
+    evaluation = latest_artifact(f"evaluation-{SOURCE}")
+    assert "**promote**" in evaluation["description"]
+    assert f"{services['mlflow']}/#/experiments/" in evaluation["description"]
+    promotion = latest_artifact(f"promotion-{SOURCE}")
+    version_page = f"{services['mlflow']}/#/models/{model}/versions/{version['version']}"
+    assert f"[{version['version']}]({version_page})" in promotion["data"]
+    assert "**promoted**" in promotion["data"]
+    snapshot_artifact = latest_artifact(f"snapshot-{SOURCE}")
+    assert snapshot_id in snapshot_artifact["data"]
+
+    # The gpu pool runs one retrain at a time: two more, started together, do not overlap.
+    snapshot_path = str(services["home"] / "snapshots" / snapshot_id)
+    extra = [
+        api.run_deployment(
+            "retrain/gpu",
+            snapshot=snapshot_path,
+            promote=False,
+            recipe={**TEST_RECIPE, "num_train_epochs": 2, "seed": seed},
+        )
+        for seed in (1, 2)
+    ]
+    for run_id in extra:
+        assert (
+            _wait_for("an extra retrain", lambda run_id=run_id: api.finished(run_id))["state_type"]
+            == "COMPLETED"
+        )
+    spans = sorted((r["start_time"], r["end_time"]) for r in api.runs_of("retrain/gpu"))
+    assert len(spans) == 3
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert end <= start, f"gpu runs overlap: {spans}"
+
+    # The UIs, in a real browser; what they show exists in each server's API.
+    screens = tmp_path / "screens"
+    screens.mkdir()
+    deployments_dom = _chromium(f"{services['prefect_ui']}/deployments", screens / "prefect.png")
+    for name in ("sync-every-15-minutes", "retrain", "gpu"):
+        assert name in deployments_dom
+    model_dom = _chromium(f"{services['mlflow']}/#/models/{model}", screens / "mlflow.png")
+    assert model in model_dom
+    assert _mlflow_get(services["mlflow"], "registered-models/get", name=model)
+    for png in screens.glob("*.png"):
+        assert png.stat().st_size > 20_000, f"{png} looks blank"
+
+    # down stops every process up started, and the flow runs its workers started.
+    services_id = services["record"]["id"]
+    assert _tagged_processes(services_id)
+    stopped = cli("down", home=services["home"], ephemeral=True)
+    assert stopped.returncode == 0, stopped.stderr
+    assert _tagged_processes(services_id) == []
+    assert not (services["home"] / "services.json").exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(services["prefect_ui"], timeout=5)
