@@ -704,6 +704,10 @@ def deploy(
 def up(
     prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server and UI.")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow server and UI.")] = 5000,
+    gpu_worker: Annotated[
+        bool,
+        typer.Option(help="Start a local gpu-pool worker (--no-gpu-worker: GPU machines do)."),
+    ] = True,
     timezone: TimezoneOption = "UTC",
     sync_minutes: SyncMinutesOption = 15,
     nightly_cron: NightlyCronOption = "0 2 * * *",
@@ -736,7 +740,12 @@ def up(
         settings, source, timezone, sync_minutes, nightly_cron, nightly_retrain_when, base_model
     )
     try:
-        record = services.start(settings, prefect_port=prefect_port, mlflow_port=mlflow_port)
+        record = services.start(
+            settings,
+            prefect_port=prefect_port,
+            mlflow_port=mlflow_port,
+            pools=("cpu", "gpu") if gpu_worker else ("cpu",),
+        )
     except services.ServicesError as error:
         raise _fail(str(error)) from None
     console.print(
