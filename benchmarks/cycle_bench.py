@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 import requests
 
 from wikitune.demo import CATEGORY, DEMO_RECIPE, INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
-from wikitune.localwiki import LocalWiki
+from wikitune.localwiki import LocalWiki, free_port
 
 SOURCE = "benchwiki"
 PHASES = ("sync", "build", "snapshot", "train", "evaluate", "promote")
@@ -46,12 +45,6 @@ SETTINGS = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wikitune(*args: str, env: dict[str, str]) -> str:
@@ -112,7 +105,7 @@ def deployed(
     from wikitune.mlflow import registry
     from wikitune.tasks import model as models
 
-    prefect_port, mlflow_port = _free_port(), _free_port()
+    prefect_port, mlflow_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= SETTINGS | {"WIKITUNE_BASE_MODEL": str(base), "WIKITUNE_RECIPE_PATH": str(recipe)}
     home_option = ("--home", str(home))

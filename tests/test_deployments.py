@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,16 +18,11 @@ import requests
 from helpers import TEST_RECIPE, cli
 
 from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
-from wikitune.localwiki import LocalWiki
+from wikitune.localwiki import LocalWiki, free_port
 from wikitune.mlflow.registry import registered_model_name
+from wikitune.services import tagged_processes
 
 SOURCE = "deploywiki"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout: float = 420) -> Any:
@@ -93,7 +87,7 @@ def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
     }
-    prefect_port, mlflow_port = _free_port(), _free_port()
+    prefect_port, mlflow_port = free_port(), free_port()
     started = cli(
         "up",
         *("--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)),
@@ -116,18 +110,6 @@ def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator
         }
     finally:
         cli("down", home=home, ephemeral=True)
-
-
-def _tagged_processes(services_id: str) -> list[int]:
-    needle = f"WIKITUNE_SERVICES_ID={services_id}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def _chromium(url: str, screenshot: Path) -> str:
@@ -278,10 +260,10 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
 
     # down stops every process up started, and the flow runs its workers started.
     services_id = services["record"]["id"]
-    assert _tagged_processes(services_id)
+    assert tagged_processes(services_id)
     stopped = cli("down", home=services["home"], ephemeral=True)
     assert stopped.returncode == 0, stopped.stderr
-    assert _tagged_processes(services_id) == []
+    assert tagged_processes(services_id) == []
     assert not (services["home"] / "services.json").exists()
     with pytest.raises(requests.ConnectionError):
         requests.get(services["prefect_ui"], timeout=5)

@@ -43,7 +43,8 @@ def mediawiki_installed() -> bool:
     return (MEDIAWIKI_ROOT / "maintenance" / "install.php").exists() and bool(shutil.which("php"))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -64,7 +65,7 @@ class LocalWiki:
         self.data_dir = Path(data_dir).resolve()
         self.rc_max_age = rc_max_age
         self.extra_settings = extra_settings
-        self.port = _free_port()
+        self.port = free_port()
         self.admin_password = "adminpass-" + secrets.token_hex(8)
         self.bot_password = SecretStr(secrets.token_hex(16))  # MediaWiki wants [0-9a-w]{32,}
         self.bot_user = f"{ADMIN}@{BOT_APP}"

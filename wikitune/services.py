@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -22,7 +21,16 @@ from pydantic import BaseModel
 
 from wikitune.config import Settings
 
-__all__ = ["Service", "Services", "ServicesError", "env_exports", "running", "start", "stop"]
+__all__ = [
+    "Service",
+    "Services",
+    "ServicesError",
+    "env_exports",
+    "running",
+    "start",
+    "stop",
+    "tagged_processes",
+]
 
 SERVICES_ID = "WIKITUNE_SERVICES_ID"
 
@@ -81,7 +89,9 @@ def _script(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def _wait_healthy(service: Service, process: subprocess.Popen[bytes], url: str, timeout: float):
+def _wait_healthy(
+    service: Service, process: subprocess.Popen[bytes], url: str, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -189,17 +199,19 @@ def start(
     return record
 
 
-def _tagged_processes(services_id: str) -> Iterator[int]:
+def tagged_processes(services_id: str) -> list[int]:
     """PIDs of live processes whose environment carries this ``up``'s id."""
     needle = f"{SERVICES_ID}={services_id}".encode()
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             if needle in (entry / "environ").read_bytes().split(b"\0"):
-                yield int(entry.name)
+                found.append(int(entry.name))
         except OSError:
             continue
+    return found
 
 
 def _signal_group(pid: int, signum: int) -> None:
@@ -229,12 +241,12 @@ def stop(settings: Settings, *, grace: float = 20) -> list[str]:
         if _alive(service.pid):
             _signal_group(service.pid, signal.SIGKILL)
     # Flow runs the workers started live in sessions of their own.
-    for pid in list(_tagged_processes(record.id)):
+    for pid in tagged_processes(record.id):
         _signal_group(pid, signal.SIGKILL)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(True for _ in _tagged_processes(record.id)):
+    while time.monotonic() < deadline and tagged_processes(record.id):
         time.sleep(0.2)
-    leftover = list(_tagged_processes(record.id))
+    leftover = tagged_processes(record.id)
     if leftover:
         raise ServicesError(f"processes still running after stop: {leftover}")
     path.unlink()
