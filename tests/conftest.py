@@ -16,6 +16,7 @@ from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
 from wikitune.flows.build import build, snapshot
 from wikitune.flows.sync import sync
 from wikitune.localwiki import LocalWiki, mediawiki_installed
+from wikitune.tasks import basemodel
 from wikitune.tasks import train as training
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -34,6 +35,21 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One directory of converted GGUF models for the whole session (each conversion of the
+    packaged SmolLM2 takes about 40 s); the CLI's subprocesses inherit it."""
+    path = tmp_path_factory.mktemp("models")
+    os.environ["WIKITUNE_MODELS_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2(shared_models_dir: Path) -> basemodel.ResolvedBase:
+    """The packaged SmolLM2-135M-Instruct, converted from its GGUF file."""
+    return basemodel.resolve_base_model("smollm2-135m-instruct", shared_models_dir)
 
 
 @pytest.fixture(scope="session")

