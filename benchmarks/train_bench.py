@@ -18,6 +18,7 @@ from build_bench import page  # the same synthetic VTuber pages as the build ben
 
 from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.storage import Store, SyncBatch
+from wikitune.tasks import chat
 from wikitune.tasks import model as models
 from wikitune.tasks import train as training
 from wikitune.tasks.dataset import load_general, make_snapshot
@@ -42,13 +43,17 @@ def run(
     model = training.prepare_model(
         str(base), recipe, method=method, device=device, init_adapter=None
     )
+    tokenizer = models.load_tokenizer(str(base))
+    fmt = chat.chat_format(tokenizer)
     trainer = training.make_trainer(
         model,
-        models.load_tokenizer(str(base)),
+        tokenizer,
         recipe,
         device=device,
         output_dir=base.parent / f"out-{method}-{batching}",
-        train_dataset=data.splits["train"].select_columns(["messages"]),
+        train_dataset=chat.tokenize_rows(
+            data.splits["train"].select_columns(["messages"]), tokenizer, fmt
+        ),
         eval_datasets={},
         callbacks=[],
         batching=batching,  # type: ignore[arg-type]

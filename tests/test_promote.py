@@ -241,3 +241,47 @@ def test_retrain_flow_evaluates_promotes_and_publishes_the_table(
     assert "http://127.0.0.1:5000/#/experiments/" in (table.description or "")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert {row["metric"] for row in rows} >= {"f1", "exact_match", "wiki_loss", "general_loss"}
+
+
+def test_a_champion_on_another_base_is_not_warm_started(
+    world: dict[str, Any],
+    smollm2: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The toy model's champion cannot seed an adapter of SmolLM2: training starts from the bare
+    SmolLM2 and says why; the evaluation scores the champion on its own base and template."""
+    from wikitune.flows.retrain import retrain
+
+    monkeypatch.setenv("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
+    home = tmp_path / "home"
+    first = retrain(
+        snapshot=world["snapshot"].path,
+        base_model=str(world["root"] / "base"),
+        recipe=TrainingRecipe(**{**TEST_RECIPE, "warm_start": "champion"}),
+        home=str(home),
+    )
+    assert first.promotion is not None and first.promotion.champion_version == "1"
+    assert first.warm_start == "the bare base model (no champion yet)"
+
+    recipe = TrainingRecipe.from_file("smollm2-135m-cpu").model_copy(
+        update={"max_steps": 3, "eval_steps": 3, "sample_generations": 2}
+    )
+    other = retrain(
+        snapshot=world["snapshot"].path,
+        base_model="smollm2-135m-instruct",
+        recipe=recipe,
+        home=str(home),
+    )
+    assert other.init_adapter is None
+    assert other.base_model_digest == smollm2.digest
+    assert "champion version 1 was trained on" in other.warm_start
+    assert str(world["root"] / "base") in other.warm_start and "smollm2" in other.warm_start
+    run = mlflow_client(home).get_run(other.run_id)
+    assert run.data.tags["wikitune.warm_start"] == other.warm_start
+    assert run.data.params["loss_mode"] == "prompt-completion"
+    assert other.promotion is not None
+    version = mlflow_client(home).get_model_version("wikitune-trainwiki", other.promotion.version)
+    assert version.tags["base_model_digest"] == smollm2.digest
+    assert version.tags["base_model_spec"] == "smollm2-135m-instruct"
+    assert version.tags["compared_against"] == "version 1"

@@ -24,15 +24,25 @@ def test_training_lowers_eval_loss_and_logs_the_run(world: dict[str, Any]) -> No
     result: training.TrainResult = world["result"]
     snap = world["snapshot"]
     assert result.method == "qlora-nf4"  # bitsandbytes' 4-bit runs on this CPU
-    assert result.metrics["final_eval_wiki_loss"] < 0.5 * result.metrics["base_eval_wiki_loss"]
-
     client = mlflow_client(world["home"])
+    history = sorted(client.get_metric_history(result.run_id, "loss"), key=lambda m: m.step)
+    losses = [m.value for m in history]
+    assert losses[-1] < 0.5 * losses[0]
+    evals = sorted(client.get_metric_history(result.run_id, "eval_wiki_loss"), key=lambda m: m.step)
+    assert result.metrics["final_eval_wiki_loss"] == pytest.approx(min(m.value for m in evals))
+
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["method"] == "qlora-nf4"
     assert params["lora_r"] == "32" and params["learning_rate"] == "0.005"
     assert params["snapshot_id"] == snap.id and params["snapshot_digest"] == snap.digest
+    base = json.loads((world["root"] / "base" / "wikitune_base.json").read_text())
+    assert params["base_model"] == str(world["root"] / "base")
+    assert params["base_model_digest"] == base["digest"] == result.base_model_digest
+    assert params["base_model_kind"] == "directory"
+    assert params["loss_mode"] == "assistant-masks"
+    assert params["chat_template_origin"] == "template markers"
     for metric in ("loss", "learning_rate", "tokens_per_second", "eval_wiki_loss"):
         history = client.get_metric_history(result.run_id, metric)
         assert len({m.step for m in history}) >= 2, metric
@@ -223,6 +233,9 @@ def test_failed_training_fails_in_prefect_and_mlflow(world: dict[str, Any], tmp_
     )
     assert failed.returncode == 1
     assert failed.stderr.count("error:") == 1 and "Traceback" not in failed.stderr
+    (line,) = [line for line in failed.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: cannot load the base model") and len(line) < 500
+    assert "cannot load the base model" in (home / "logs" / "wikitune.log").read_text()
 
     client = mlflow_client(home)
     (run,) = client.search_runs([client.get_experiment_by_name("wikitune-trainwiki").experiment_id])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +14,18 @@ import yaml
 from prefect.blocks.core import Block
 from pydantic import Field, ValidationError
 
-__all__ = ["TrainingRecipe"]
+__all__ = ["TrainingRecipe", "default_recipe", "packaged_recipes"]
+
+# The recipe a base model trains with when none is given.
+_DEFAULT_RECIPES = {"smollm2-135m-instruct": "smollm2-135m-cpu"}
+
+
+def packaged_recipes() -> list[str]:
+    """Names of the recipes that ship with wikitune (``wikitune/recipes/*.yaml``)."""
+    folder = resources.files("wikitune.recipes")
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
 
 
 class TrainingRecipe(Block):
@@ -86,8 +98,11 @@ class TrainingRecipe(Block):
 
     @classmethod
     def from_file(cls, path: Path | str) -> TrainingRecipe:
-        """A recipe from a YAML or JSON file of field: value (unknown fields are an error)."""
+        """A recipe from a YAML or JSON file of field: value (unknown fields are an error), or
+        one that ships with wikitune, by name (``smollm2-135m-cpu``)."""
         path = Path(path)
+        if not path.exists() and str(path) in packaged_recipes():
+            path = Path(str(resources.files("wikitune.recipes").joinpath(f"{path}.yaml")))
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as error:
@@ -101,3 +116,10 @@ class TrainingRecipe(Block):
             return cls(**values)
         except ValidationError as error:
             raise ValueError(f"invalid recipe {path}: {error}") from error
+
+
+def default_recipe(base_model: str) -> TrainingRecipe:
+    """The recipe for ``base_model`` when none is given: its packaged recipe if it has one
+    (``smollm2-135m-instruct``: ``smollm2-135m-cpu``), else the defaults (a 7B model, one GPU)."""
+    name = _DEFAULT_RECIPES.get(base_model)
+    return TrainingRecipe.from_file(name) if name else TrainingRecipe()

@@ -12,10 +12,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from wikitune.blocks.recipe import TrainingRecipe
+from wikitune.blocks.recipe import TrainingRecipe, default_recipe
 from wikitune.config import Settings, load_settings
 from wikitune.flows.naming import artifact_key
 from wikitune.mlflow import registry
+from wikitune.tasks import basemodel
 from wikitune.tasks import evaluate as evaluation
 from wikitune.tasks import train as training
 
@@ -110,6 +111,33 @@ def promote_candidate(run_id: str, home: str | None = None) -> evaluation.Promot
     return promote_task(evaluate_task(run_id, home), home)
 
 
+def _starting_point(
+    settings: Settings,
+    recipe: TrainingRecipe,
+    base: basemodel.ResolvedBase,
+    source: str,
+    snapshot_id: str,
+) -> tuple[str | None, str]:
+    """The adapter to warm-start from (the champion's, when it was trained on this very base)
+    and a sentence saying why training starts where it does."""
+    if recipe.warm_start == "base":
+        return None, "the bare base model (the recipe says warm_start: base)"
+    current = registry.champion(settings.tracking_uri, source)
+    if current is None:
+        return None, "the bare base model (no champion yet)"
+    if not evaluation.same_base(current.tags, base.params()):
+        theirs = current.tags.get("base_model_spec") or current.tags.get("base_model", "?")
+        digest = current.tags.get("base_model_digest", "no recorded digest")[:23]
+        return None, (
+            f"the bare base model: champion version {current.version} was trained on"
+            f" {theirs} ({digest}), not on {base.spec} ({base.digest[:23]})"
+        )
+    adapter = registry.champion_adapter(
+        settings.tracking_uri, source, settings.runs_dir / "champions" / snapshot_id
+    )
+    return adapter, f"champion version {current.version} (same base, {base.digest[:23]})"
+
+
 def _retrain_run_name() -> str:
     snapshot = str(flow_run.parameters.get("snapshot", "snapshot"))
     return f"retrain-{snapshot.rstrip('/').rsplit('/', 1)[-1]}"
@@ -130,47 +158,44 @@ def retrain(
     and register it. Returns the MLflow run id, where the adapter is, and the promotion."""
     settings = load_settings(home)
     logger = get_run_logger()
+    base_spec = base_model or settings.base_model
     if recipe is None:
         path = recipe_file or settings.recipe_path
-        recipe = TrainingRecipe.from_file(path) if path else TrainingRecipe()
+        recipe = TrainingRecipe.from_file(path) if path else default_recipe(base_spec)
     location = training.resolve_snapshot(snapshot, settings.snapshots_dir)
     manifest = training.read_manifest(location)
-    init_adapter = None
-    if recipe.warm_start == "champion":
-        init_adapter = registry.champion_adapter(
-            settings.tracking_uri,
-            manifest.get("source", "wiki"),
-            settings.runs_dir / "champions" / manifest["id"],
-        )
-    logger.info(
-        "training on snapshot %s from %s", manifest["id"], init_adapter or "the bare base model"
+    base = basemodel.resolve_base_model(base_spec, settings.models_dir)
+    init_adapter, warm_start = _starting_point(
+        settings, recipe, base, manifest.get("source", "wiki"), manifest["id"]
     )
+    logger.info("training on snapshot %s from %s", manifest["id"], warm_start)
     result = train_adapter(
         snapshot=location,
-        base_model=base_model or settings.base_model,
+        base_model=base,
         recipe=recipe,
         runs_dir=settings.runs_dir,
         tracking_uri=settings.tracking_uri,
         artifact_root=settings.mlflow_artifacts_dir,
         init_adapter=init_adapter,
+        warm_start=warm_start,
         device=device or settings.device,
     )
     lines = [
         f"## Adapter trained on snapshot `{result.snapshot_id}`",
         "",
-        f"- method: **{result.method}** on `{result.base_model}`",
+        f"- method: **{result.method}** on `{result.base_model_spec}`"
+        f" ({result.base_model_digest[:23]}), {result.loss_mode} loss",
+        f"- started from: {result.warm_start}",
         f"- MLflow run: `{result.run_id}` (model `{result.model_uri}`)",
         f"- adapter: `{result.adapter_dir}`",
         f"- steps: {result.global_step}" + (" (resumed)" if result.resumed_from else ""),
         "",
-        "| loss | before | after |",
-        "| --- | ---: | ---: |",
+        "| eval loss at the kept checkpoint | value |",
+        "| --- | ---: |",
     ]
-    for name in ("wiki", "general"):
-        before = result.metrics.get(f"base_eval_{name}_loss")
-        after = result.metrics.get(f"final_eval_{name}_loss")
-        if before is not None and after is not None:
-            lines.append(f"| {name} eval | {before:.4f} | {after:.4f} |")
+    after = result.metrics.get("final_eval_wiki_loss")
+    if after is not None:
+        lines.append(f"| wiki | {after:.4f} |")
     create_markdown_artifact(
         key=artifact_key("retrain", result.source),
         markdown="\n".join(lines),

@@ -27,6 +27,7 @@ __all__ = [
     "log_sample_generations",
     "log_snapshot_inputs",
     "run_link",
+    "set_tags",
     "training_run",
     "use_tracking",
 ]
@@ -102,6 +103,11 @@ def log_params(params: Mapping[str, Any]) -> None:
     }
     if fresh:
         mlflow.log_params(fresh)
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Tag the active run."""
+    mlflow.set_tags(dict(tags))
 
 
 def log_metrics(metrics: Mapping[str, float], step: int) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "make_snapshot",
     "sample_general",
     "split_general",
+    "with_system",
 ]
 
 # One general example in this many is held out for the general eval file.
@@ -88,9 +89,10 @@ def sample_general(pool: list[dict[str, Any]], count: int, seed: int) -> list[di
     return picked
 
 
-def _with_system(messages: list[dict[str, str]], system_prompt: str) -> list[dict[str, str]]:
+def with_system(messages: list[dict[str, str]], system_prompt: str) -> list[dict[str, str]]:
+    """The conversation with ``system_prompt`` as its only system turn (none when empty)."""
     turns = [m for m in messages if m["role"] != "system"]
-    return [{"role": "system", "content": system_prompt}, *turns]
+    return [{"role": "system", "content": system_prompt}, *turns] if system_prompt else turns
 
 
 def _wiki_row(pair: QaPair, system_prompt: str) -> dict[str, Any]:
@@ -102,7 +104,7 @@ def _wiki_row(pair: QaPair, system_prompt: str) -> dict[str, Any]:
         "title": pair.title,
         "field": pair.field,
         "lang": pair.lang,
-        "messages": _with_system(
+        "messages": with_system(
             [
                 {"role": "user", "content": pair.question},
                 {"role": "assistant", "content": pair.answer},
@@ -122,7 +124,7 @@ def _general_row(row: dict[str, Any], system_prompt: str) -> dict[str, Any]:
         "field": None,
         "lang": row.get("lang"),
         "fresh": None,
-        "messages": _with_system(row["messages"], system_prompt),
+        "messages": with_system(row["messages"], system_prompt),
     }
 
 

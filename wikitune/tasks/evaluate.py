@@ -9,13 +9,15 @@ import random
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from wikitune import progress
+from wikitune.tasks import chat
 from wikitune.tasks import model as models
 
 if TYPE_CHECKING:
@@ -29,13 +31,16 @@ __all__ = [
     "Promotion",
     "answer_tokens",
     "answer_with_champion",
+    "ask",
     "assistant_loss",
     "decide",
     "evaluate_run",
     "exact_match",
     "f1_score",
+    "load_adapter",
     "paired_bootstrap",
     "promote",
+    "same_base",
     "score_model",
 ]
 
@@ -81,55 +86,59 @@ def f1_score(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def _loss_sum(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoded: list[Any]
+) -> tuple[float, int]:
+    """Summed cross-entropy over the loss-carrying tokens of one padded batch, and their count."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    device = next(model.parameters()).device
+    ids = pad_sequence(
+        [torch.tensor(i) for i, _ in encoded],
+        batch_first=True,
+        padding_value=tokenizer.pad_token_id,
+    )
+    attention = pad_sequence(
+        [torch.ones(len(i), dtype=torch.long) for i, _ in encoded], batch_first=True
+    )
+    labels = pad_sequence(
+        [torch.tensor(lab) for _, lab in encoded], batch_first=True, padding_value=-100
+    )
+    with torch.inference_mode():
+        total, count = models.answer_loss_sum(
+            model,
+            {"input_ids": ids.to(device), "attention_mask": attention.to(device)},
+            labels.to(device),
+        )
+    return float(total), int(count)
+
+
 def assistant_loss(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     conversations: Sequence[list[dict[str, str]]],
     *,
     batch_size: int = 16,
+    description: str = "scoring answers",
 ) -> float:
-    """Mean cross-entropy per assistant token (the tokens training learns), batched."""
-    import torch
-    from torch.nn.utils.rnn import pad_sequence
-
-    device = next(model.parameters()).device
+    """Mean cross-entropy per answer token: the tokens training puts loss on
+    (``chat.encode``), batched."""
+    fmt = chat.chat_format(tokenizer)
+    encoded = [chat.encode(tokenizer, fmt, conv) for conv in conversations]
+    batches = range(0, len(encoded), batch_size)
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(conversations), batch_size):
-            encoded = [
-                tokenizer.apply_chat_template(
-                    conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        with progress.track(description, len(batches)) as advance:
+            for start in batches:
+                batch_total, batch_count = _loss_sum(
+                    model, tokenizer, encoded[start : start + batch_size]
                 )
-                for conv in conversations[start : start + batch_size]
-            ]
-            ids = pad_sequence(
-                [torch.tensor(e["input_ids"]) for e in encoded],
-                batch_first=True,
-                padding_value=tokenizer.pad_token_id,
-            )
-            attention = pad_sequence(
-                [torch.ones(len(e["input_ids"]), dtype=torch.long) for e in encoded],
-                batch_first=True,
-            )
-            masks = pad_sequence(
-                [torch.tensor(e["assistant_masks"]) for e in encoded], batch_first=True
-            )
-            labels = ids.masked_fill(masks == 0, -100)
-            with torch.inference_mode():
-                logits = model(
-                    input_ids=ids.to(device), attention_mask=attention.to(device)
-                ).logits.float()
-            shifted = labels[:, 1:].to(device)
-            losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)),
-                shifted.reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-            )
-            total += float(losses)
-            count += int((shifted != -100).sum())
+                total += batch_total
+                count += batch_count
+                advance(1)
     finally:
         model.train(was_training)
     return total / max(count, 1)
@@ -167,15 +176,25 @@ def score_model(
     eval_rows: Sequence[dict[str, Any]],
     general_rows: Sequence[dict[str, Any]] = (),
     *,
-    batch_size: int = 16,
-    max_new_tokens: int = 48,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
 ) -> ModelScores:
-    """Greedy answers (batched) to every eval question, scored against the references."""
+    """Greedy answers (batched) to every eval question, scored against the references. Answers
+    stop 8 tokens past the longest reference (or at ``max_new_tokens``): a longer one cannot
+    match, and a rambling model would otherwise cost the whole budget on every question."""
     conversations = [row["messages"] for row in eval_rows]
-    answers = models.generate_answers(
-        model, tokenizer, conversations, batch_size=batch_size, max_new_tokens=max_new_tokens
-    )
     references = [conv[-1]["content"] for conv in conversations]
+    longest = max(
+        (len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references), default=0
+    )
+    answers = models.generate_answers(
+        model,
+        tokenizer,
+        conversations,
+        batch_size=batch_size,
+        max_new_tokens=min(max_new_tokens, longest + 8),
+        description=f"{name}: answering eval questions",
+    )
     em = [exact_match(a, r) for a, r in zip(answers, references, strict=True)]
     f1 = [f1_score(a, r) for a, r in zip(answers, references, strict=True)]
     fresh = [bool(row.get("fresh")) for row in eval_rows]
@@ -192,13 +211,30 @@ def score_model(
         fresh_f1=part(f1, True),
         stable_exact_match=part(em, False),
         stable_f1=part(f1, False),
-        wiki_loss=assistant_loss(model, tokenizer, conversations, batch_size=batch_size),
+        wiki_loss=assistant_loss(
+            model, tokenizer, conversations, batch_size=batch_size, description=f"{name}: wiki loss"
+        ),
         general_loss=(
-            assistant_loss(model, tokenizer, general, batch_size=batch_size) if general else None
+            assistant_loss(
+                model,
+                tokenizer,
+                general,
+                batch_size=batch_size,
+                description=f"{name}: general loss",
+            )
+            if general
+            else None
         ),
         per_question_f1=f1,
         answers=answers,
     )
+
+
+def same_base(champion_tags: Mapping[str, str], run_params: Mapping[str, str]) -> bool:
+    """Whether a champion version and a training run share their base model: the same weights'
+    digest (a version registered before digests were recorded never matches)."""
+    digest = champion_tags.get("base_model_digest")
+    return bool(digest) and digest == run_params.get("base_model_digest")
 
 
 def paired_bootstrap(
@@ -317,6 +353,8 @@ class Evaluation(BaseModel):
     snapshot_id: str
     snapshot_digest: str
     base_model: str
+    base_model_spec: str = ""
+    base_model_digest: str = ""
     method: str
     champion_version: str | None
     decision: Decision
@@ -339,8 +377,8 @@ def evaluate_run(
     workdir: Path,
     margins: Margins,
     device: str | None = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 48,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
     ui_url: str | None = None,
 ) -> Evaluation:
     """Score the adapter of training run ``run_id`` and the champion of its source (the bare base
@@ -383,16 +421,19 @@ def evaluate_run(
         held = registry.download_logged_model(
             tracking_uri, f"models:/{name}/{current.version}", workdir / "champion"
         )
-        if current.tags.get("base_model", params["base_model"]) != params["base_model"]:
+        champion_tokenizer = tokenizer
+        if not same_base(current.tags, params):
+            # A champion on another base answers with its own base, tokenizer and template.
             other = models.load_base_model(
                 current.tags["base_model"], device=device, quantize=quantize
             )
             champion_model = PeftModel.from_pretrained(other, held.adapter_dir)
+            champion_tokenizer = models.load_tokenizer(held.tokenizer_dir)
         else:
             model.load_adapter(held.adapter_dir, adapter_name="champion")
             model.set_adapter("champion")
             champion_model = model
-        champion_scores = score(f"version {current.version}", champion_model, tokenizer)
+        champion_scores = score(f"version {current.version}", champion_model, champion_tokenizer)
     decision = decide(candidate_scores, champion_scores, margins)
     evaluation = Evaluation(
         run_id=run_id,
@@ -401,6 +442,8 @@ def evaluate_run(
         snapshot_id=params["snapshot_id"],
         snapshot_digest=params["snapshot_digest"],
         base_model=params["base_model"],
+        base_model_spec=params.get("base_model_spec", params["base_model"]),
+        base_model_digest=params.get("base_model_digest", ""),
         method=params.get("method", "lora"),
         champion_version=str(current.version) if current else None,
         decision=decision,
@@ -441,6 +484,8 @@ def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Pr
             "snapshot_id": evaluation.snapshot_id,
             "snapshot_digest": evaluation.snapshot_digest,
             "base_model": evaluation.base_model,
+            "base_model_spec": evaluation.base_model_spec,
+            "base_model_digest": evaluation.base_model_digest,
             "method": evaluation.method,
             "parent_version": evaluation.champion_version or "base",
             "compared_against": decision.champion_name,
@@ -471,6 +516,35 @@ def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Pr
     )
 
 
+def load_adapter(
+    base_model: str, adapter_dir: str, tokenizer_dir: str, *, device: str, quantize: bool
+) -> tuple[Any, PreTrainedTokenizerBase]:
+    """A trained adapter on its base model, with the tokenizer (and chat template) it trained
+    with: what ``ask`` answers with."""
+    from peft import PeftModel
+
+    base = models.load_base_model(base_model, device=device, quantize=quantize)
+    return PeftModel.from_pretrained(base, adapter_dir), models.load_tokenizer(tokenizer_dir)
+
+
+def ask(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[str],
+    *,
+    system_prompt: str = "",
+    max_new_tokens: int = 64,
+) -> list[str]:
+    """Greedy answers to questions, each rendered as training rendered its rows."""
+    from wikitune.tasks.dataset import with_system
+
+    conversations = [
+        with_system([{"role": "user", "content": question}], system_prompt)
+        for question in questions
+    ]
+    return models.generate_answers(model, tokenizer, conversations, max_new_tokens=max_new_tokens)
+
+
 def answer_with_champion(
     tracking_uri: str,
     source: str,
@@ -484,7 +558,6 @@ def answer_with_champion(
     """Answer ``question`` with ``models:/<name>@champion`` on its base model, rendered with the
     chat template the adapter was trained with."""
     import torch
-    from peft import PeftModel
 
     from wikitune.mlflow import registry
 
@@ -498,14 +571,14 @@ def answer_with_champion(
     )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     quantize = current.tags.get("method") == "qlora-nf4" and models.fourbit_available(device)
-    base = models.load_base_model(current.tags["base_model"], device=device, quantize=quantize)
-    model = PeftModel.from_pretrained(base, logged.adapter_dir)
-    tokenizer = models.load_tokenizer(logged.tokenizer_dir)
-    conversation = [
-        {"role": "system", "content": system_prompt},
-        {"role": "user", "content": question},
-    ]
-    (answer,) = models.generate_answers(
-        model, tokenizer, [conversation], max_new_tokens=max_new_tokens
+    model, tokenizer = load_adapter(
+        current.tags["base_model"],
+        logged.adapter_dir,
+        logged.tokenizer_dir,
+        device=device,
+        quantize=quantize,
+    )
+    (answer,) = ask(
+        model, tokenizer, [question], system_prompt=system_prompt, max_new_tokens=max_new_tokens
     )
     return answer

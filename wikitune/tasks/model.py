@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from wikitune import progress
+from wikitune.tasks.basemodel import directory_digest
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -22,9 +24,10 @@ __all__ = [
     "CHAT_TEMPLATE",
     "MODEL_SIZES",
     "ModelSize",
+    "answer_loss_sum",
     "fourbit_available",
     "generate_answers",
-    "has_generation_markers",
+    "keep_4bit_layers_trainable",
     "load_base_model",
     "load_tokenizer",
     "make_base_model",
@@ -73,11 +76,6 @@ MODEL_SIZES: dict[str, _Shape] = {
     "tiny": _Shape(2048, 64, 192, 2, 4, 2, pretrain_steps=300),
     "small": _Shape(8192, 256, 768, 4, 8, 4, pretrain_steps=300),
 }
-
-
-def has_generation_markers(template: str | None) -> bool:
-    """Whether a chat template marks the assistant's turn for assistant-only loss."""
-    return bool(template and re.search(r"\{%-?\s*generation\s*-?%\}", template))
 
 
 def make_base_model(
@@ -149,6 +147,7 @@ def make_base_model(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    digest = directory_digest(out)  # before the info file, which would then carry it
     (out / "wikitune_base.json").write_text(
         json.dumps(
             {
@@ -159,6 +158,7 @@ def make_base_model(
                 "pretrain_steps": steps,
                 "pretrain_loss": loss,
                 "parameters": model.num_parameters(),
+                "digest": digest,
             }
         )
         + "\n"
@@ -187,10 +187,9 @@ def make_base_model_for_wiki(
     if store_path.exists():
         with Store(store_path) as store:
             pages, pairs = store.corpus_texts()
-    system = {"role": "system", "content": system_prompt}
     # Only the general training pool: the held-out general eval must stay unseen.
     pool, _ = dataset.split_general(dataset.load_general(general_path))
-    general = [[system, *row["messages"]] for row in pool]
+    general = [dataset.with_system(row["messages"], system_prompt) for row in pool]
     make_base_model(
         out,
         [*pages, *pairs, *(m["content"] for chat in general for m in chat)],
@@ -237,19 +236,61 @@ def _pretrain(
     return float(loss.item())
 
 
+def keep_4bit_layers_trainable(model: Any) -> int:
+    """Keep every 4-bit layer of a model that will train on the training path; returns how many.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a layer's 4-bit weights for fast inference
+    the first time it runs in eval mode without grad (an evaluation before training), and never
+    unpacks them: the next training step then fails ("a view of a leaf Variable that requires
+    grad is being used in an in-place operation"). Training models never take that path."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
 def fourbit_available(device: str) -> bool:
-    """Whether bitsandbytes can run a 4-bit NF4 layer on ``device`` ("cpu" or "cuda")."""
+    """Whether bitsandbytes can train a 4-bit NF4 layer on ``device`` ("cpu" or "cuda"): an
+    eval pass without grad, then a training step, as a training with evaluation runs them."""
     try:
         import bitsandbytes as bnb
         import torch
 
-        layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4")
-        layer = layer.to(device)
-        layer(torch.randn(2, 64, device=device))
+        base = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4")
+        base = base.to(device)
+        keep_4bit_layers_trainable(base)
+        adapter = torch.nn.Linear(64, 64, bias=False, device=device)
+        base.eval()
+        with torch.no_grad():
+            base(torch.randn(2, 64, device=device))
+        base.train()
+        x = torch.randn(2, 64, device=device)
+        (base(x) + adapter(x)).sum().backward()
+        if adapter.weight.grad is None:
+            raise RuntimeError("no gradient reached the adapter")
     except Exception as error:  # any failure means "not here", whatever the library raises
-        log.info("4-bit NF4 is not available on %s: %s", device, error)
+        log.info("4-bit NF4 training is not available on %s: %s", device, error)
         return False
     return True
+
+
+def answer_loss_sum(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[Any, Any]:
+    """Summed cross-entropy of the tokens whose label is not -100, and how many there are.
+
+    Only those positions go through the LM head: with a vocabulary of tens of thousands of
+    tokens and answers a third of a row, projecting every position is most of a CPU step."""
+    import torch
+
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+    hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
+    targets = labels[:, 1:].to(hidden.device)
+    positions = targets != -100
+    logits = causal_lm.get_output_embeddings()(hidden[positions]).float()
+    total = torch.nn.functional.cross_entropy(logits, targets[positions], reduction="sum")
+    return total, positions.sum()
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
@@ -287,44 +328,47 @@ def generate_answers(
     *,
     batch_size: int = 16,
     max_new_tokens: int = 48,
+    description: str = "answering",
 ) -> list[str]:
-    """Greedy answers to the last user turn of each conversation (assistant turns dropped),
-    rendered with the tokenizer's chat template; ``batch_size`` at a time, left-padded."""
+    """Greedy answers to the last user turn of each conversation (trailing assistant turns
+    dropped), rendered as training rendered them (``chat.render_prompt``) and stopped at the
+    template's end-of-turn token; ``batch_size`` at a time, left-padded."""
     import torch
 
-    prompts = [
-        tokenizer.apply_chat_template(
-            [m for m in conv if m["role"] != "assistant"],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for conv in conversations
-    ]
+    from wikitune.tasks import chat
+
+    fmt = chat.chat_format(tokenizer)
+    prompts = [chat.render_prompt(tokenizer, fmt, conv) for conv in conversations]
+    stop = chat.stop_token_ids(tokenizer, fmt)
     tokenizer.padding_side = "left"
     answers: list[str] = []
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    batches = range(0, len(prompts), batch_size)
     try:
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(
-                prompts[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            ).to(device)
-            with torch.inference_mode():
-                output = model.generate(
-                    **batch,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
-            answers += [
-                text.strip()
-                for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            ]
+        with progress.track(description, len(batches)) as advance:
+            for start in batches:
+                batch = tokenizer(
+                    prompts[start : start + batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=False,
+                ).to(device)
+                with torch.inference_mode():
+                    output = model.generate(
+                        **batch,
+                        max_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        eos_token_id=stop,
+                        pad_token_id=tokenizer.pad_token_id,
+                    )
+                new_tokens = output[:, batch["input_ids"].shape[1] :]
+                answers += [
+                    text.strip()
+                    for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+                ]
+                advance(1)
     finally:
         model.train(was_training)
     return answers
