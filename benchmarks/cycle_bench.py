@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,17 +25,11 @@ from typing import Any
 
 import requests
 
-from wikitune.demo import CATEGORY, DEMO_RECIPE, INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
+from wikitune.demo import CATEGORY, INFOBOX_TEMPLATE, SAMPLE_VTUBERS, TOY_RECIPE, sample_page
+from wikitune.flows.phases import PHASES, phase_seconds
 from wikitune.localwiki import LocalWiki, free_port
 
 SOURCE = "benchwiki"
-PHASES = ("sync", "build", "snapshot", "train", "evaluate", "promote")
-FLOW_PHASES = {"sync-": "sync", "build-": "build", "snapshot-": "snapshot"}
-TASK_PHASES = {
-    "train-adapter": "train",
-    "evaluate-candidate": "evaluate",
-    "promote-candidate": "promote",
-}
 SETTINGS = {
     "WIKITUNE_RETRAIN_THRESHOLD": "100",  # two pages (96 pairs) stay below; the burst passes it
     "WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE": "0.6",
@@ -54,35 +47,6 @@ def _wikitune(*args: str, env: dict[str, str]) -> str:
     if done.returncode:
         raise SystemExit(f"wikitune {args[0]} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
     return done.stdout
-
-
-def _phases(since: datetime) -> dict[str, float]:
-    """Seconds each phase ran, from the flow and task runs the Prefect API recorded."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterStartTime,
-        TaskRunFilter,
-        TaskRunFilterStartTime,
-    )
-
-    seconds: dict[str, float] = defaultdict(float)
-    with get_client(sync_client=True) as client:
-        flows = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since))
-        )
-        tasks = client.read_task_runs(
-            task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=since))
-        )
-    for run in flows:
-        for prefix, phase in FLOW_PHASES.items():
-            if run.name.startswith(prefix):
-                seconds[phase] += run.total_run_time.total_seconds()
-    for run in tasks:
-        for prefix, phase in TASK_PHASES.items():
-            if run.name.startswith(prefix):
-                seconds[phase] += run.total_run_time.total_seconds()
-    return dict(seconds)
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float = 900) -> Any:
@@ -142,7 +106,7 @@ def deployed(
         _wait("a champion", lambda: registry.champion(f"http://127.0.0.1:{mlflow_port}", SOURCE))
         seconds = time.perf_counter() - started
         with temporary_settings({PREFECT_API_URL: api}):
-            return seconds, _phases(since)
+            return seconds, phase_seconds(since)
     finally:
         _wikitune("down", *home_option, env=env)
 
@@ -160,13 +124,13 @@ def in_process(home: Path, base: Path) -> tuple[float, dict[str, float]]:
     summary = pipeline(
         retrain_when="threshold",
         base_model=str(base),
-        recipe=TrainingRecipe(**DEMO_RECIPE),
+        recipe=TrainingRecipe(**TOY_RECIPE),
         home=str(home),
     )
     seconds = time.perf_counter() - started
     assert summary.retrain and summary.retrain.promotion, "the baseline did not retrain"
     assert summary.retrain.promotion.outcome == "promoted", summary.retrain.promotion.outcome
-    return seconds, _phases(since)
+    return seconds, phase_seconds(since)
 
 
 def burst(wiki: LocalWiki) -> None:
@@ -178,7 +142,7 @@ def burst(wiki: LocalWiki) -> None:
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="cycle-bench-"))
     recipe = tmp / "recipe.json"
-    recipe.write_text(json.dumps(DEMO_RECIPE))
+    recipe.write_text(json.dumps(TOY_RECIPE))
     base = tmp / "base"
     with LocalWiki(tmp / "wiki") as wiki:
         wiki.edit("Template:Infobox VTuber", INFOBOX_TEMPLATE)

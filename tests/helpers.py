@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from wikitune.blocks.source import WikiSource
-from wikitune.demo import DEMO_RECIPE
+from wikitune.demo import TOY_RECIPE
 from wikitune.flows.sync import SyncSummary, sync
 from wikitune.localwiki import LocalWiki
 from wikitune.storage import Store
@@ -49,7 +49,7 @@ def assert_store_equals_wiki(wiki: LocalWiki, home: Path) -> None:
 
 # The demo's recipe, longer: enough steps for the tiny model to learn two pages' facts.
 TEST_RECIPE = {
-    **DEMO_RECIPE,
+    **TOY_RECIPE,
     "num_train_epochs": 20,
     "eval_steps": 100,
     "logging_steps": 10,

