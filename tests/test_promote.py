@@ -214,6 +214,12 @@ def test_decision_rule_and_bootstrap_interval() -> None:
     decision = ev.decide(forgot_chat, champion, margins)
     assert not decision.promote and any("beyond" in r for r in decision.reasons)
 
+    # Against the bare base's general loss: a champion that lowered it (learning the general
+    # set's style) does not fail a successor that stays within the tolerance of the base.
+    decision = ev.decide(forgot_chat, champion, margins, base_general_loss=2.4)
+    assert decision.promote and "vs the bare base's 2.4000 (within +10%)" in decision.reasons[-1]
+    assert not ev.decide(forgot_chat, champion, margins, base_general_loss=2.2).promote
+
 
 def test_retrain_flow_evaluates_promotes_and_publishes_the_table(
     world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -261,7 +261,8 @@ class Margins(BaseModel):
         default=0.02, description="Stable-fact F1 the candidate may lose."
     )
     general_loss_tolerance: float = Field(
-        default=0.10, description="Relative rise of general-chat loss allowed (forgetting)."
+        default=0.10,
+        description="Rise of general-chat loss over the bare base model's allowed (forgetting).",
     )
 
 
@@ -276,6 +277,7 @@ class Decision(BaseModel):
     candidate: dict[str, float]
     champion: dict[str, float]
     champion_name: str
+    base_general_loss: float | None = None
 
     def table(self) -> list[dict[str, Any]]:
         """Rows of metric, candidate, champion: for the model version and the UI artifacts."""
@@ -306,10 +308,18 @@ class Decision(BaseModel):
         return "\n".join(lines)
 
 
-def decide(candidate: ModelScores, champion: ModelScores, margins: Margins) -> Decision:
+def decide(
+    candidate: ModelScores,
+    champion: ModelScores,
+    margins: Margins,
+    *,
+    base_general_loss: float | None = None,
+) -> Decision:
     """The candidate wins when its domain F1 beats the champion's by ``min_gain``, its stable-fact
-    F1 drops by no more than ``stable_tolerance`` and its general loss rises by no more than
-    ``general_loss_tolerance`` (relative)."""
+    F1 drops by no more than ``stable_tolerance`` and its general loss is at most
+    ``general_loss_tolerance`` above the bare base model's (``base_general_loss``; the
+    champion's when not given). Against the base, forgetting cannot compound across cycles, and
+    a champion whose training lowered the general loss does not make its successor fail."""
     gain, low, high = paired_bootstrap(candidate.per_question_f1, champion.per_question_f1)
     reasons: list[str] = []
     wins = gain >= margins.min_gain
@@ -324,11 +334,13 @@ def decide(candidate: ModelScores, champion: ModelScores, margins: Margins) -> D
             f" ({'within' if kept else 'beyond'} tolerance {margins.stable_tolerance})"
         )
         wins = wins and kept
-    if candidate.general_loss is not None and champion.general_loss is not None:
-        limit = champion.general_loss * (1 + margins.general_loss_tolerance)
-        kept = candidate.general_loss <= limit
+    reference, against = base_general_loss, "the bare base's"
+    if reference is None:
+        reference, against = champion.general_loss, f"{champion.name}'s"
+    if candidate.general_loss is not None and reference is not None:
+        kept = candidate.general_loss <= reference * (1 + margins.general_loss_tolerance)
         reasons.append(
-            f"general loss {candidate.general_loss:.4f} vs {champion.general_loss:.4f}"
+            f"general loss {candidate.general_loss:.4f} vs {against} {reference:.4f}"
             f" ({'within' if kept else 'beyond'} +{margins.general_loss_tolerance:.0%})"
         )
         wins = wins and kept
@@ -341,6 +353,7 @@ def decide(candidate: ModelScores, champion: ModelScores, margins: Margins) -> D
         candidate=candidate.metrics(),
         champion=champion.metrics(),
         champion_name=champion.name,
+        base_general_loss=base_general_loss,
     )
 
 
@@ -413,10 +426,22 @@ def evaluate_run(
         max_new_tokens=max_new_tokens,
     )
     candidate_scores = score("candidate", model, tokenizer)
+    general_rows = [row["messages"] for row in data.splits.get("general_eval") or []]
     if current is None:
         with model.disable_adapter():
             champion_scores = score("base", model, tokenizer)
+        base_general_loss = champion_scores.general_loss
     else:
+        base_general_loss = None
+        if general_rows:
+            with model.disable_adapter():
+                base_general_loss = assistant_loss(
+                    model,
+                    tokenizer,
+                    general_rows,
+                    batch_size=batch_size,
+                    description="base: general loss",
+                )
         name = registry.registered_model_name(source)
         held = registry.download_logged_model(
             tracking_uri, f"models:/{name}/{current.version}", workdir / "champion"
@@ -434,7 +459,9 @@ def evaluate_run(
             model.set_adapter("champion")
             champion_model = model
         champion_scores = score(f"version {current.version}", champion_model, champion_tokenizer)
-    decision = decide(candidate_scores, champion_scores, margins)
+    decision = decide(
+        candidate_scores, champion_scores, margins, base_general_loss=base_general_loss
+    )
     evaluation = Evaluation(
         run_id=run_id,
         source=source,
@@ -458,6 +485,7 @@ def evaluate_run(
             "f1_gain": decision.f1_gain,
             "f1_gain_ci_low": decision.ci_low,
             "f1_gain_ci_high": decision.ci_high,
+            **({"base_general_loss": base_general_loss} if base_general_loss is not None else {}),
         },
         table=decision.table(),
         report=decision.markdown(),
