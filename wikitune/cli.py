@@ -687,7 +687,7 @@ def demo(
     for number in range(1, len(outcome.phases) + 1):
         table.add_column(f"cycle {number}", justify="right")
     for phase in (*PHASES, "total"):
-        table.add_row(phase, *(f"{seconds.get(phase, 0):.0f}" for seconds in outcome.phases))
+        table.add_row(phase, *(f"{seconds.get(phase, 0):.1f}" for seconds in outcome.phases))
     console.print(table)
     console.print(
         f"Store: {settings.store_path}; logs: {settings.home / LOG_FILE}. Try"
