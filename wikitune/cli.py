@@ -116,13 +116,29 @@ def _run_flow(flow: Callable[..., T], expected: tuple[type[Exception], ...], **p
         raise _fail(str(error), log_file=log_file) from None
 
 
+def _one_line(error: Exception) -> str:
+    """A validation error's messages on one line: "field: message; ..."."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        messages = []
+        for detail in error.errors():
+            where = ".".join(str(part) for part in detail["loc"])
+            text = detail["msg"].removeprefix("Value error, ")
+            messages.append(f"{where}: {text}" if where else text)
+        return "; ".join(messages)
+    return str(error)
+
+
 def _fail(message: str, *, log_file: Path | None = None) -> typer.Exit:
-    """One readable ``error:`` line (the full text goes to the log file when there is one)."""
-    line = message.strip().splitlines()[0] if message.strip() else "failed"
+    """An ``error:`` line. With a log file, one readable line: the first line of the message,
+    cut short, and the whole text in the log (a failed load can dump kilobytes of state)."""
+    line = message.strip() or "failed"
     if log_file is not None:
         logging.getLogger("wikitune.cli").error("%s", message)
-        if len(line) > _MAX_ERROR_LENGTH or line != message.strip():
-            line = f"{line[:_MAX_ERROR_LENGTH]}... (the whole error is in {log_file})"
+        first = line.splitlines()[0]
+        if len(first) > _MAX_ERROR_LENGTH or first != line:
+            line = f"{first[:_MAX_ERROR_LENGTH]}... (the whole error is in {log_file})"
     errors.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
 
@@ -176,7 +192,7 @@ def _wiki_source(
         try:
             return WikiSource(**{k: v for k, v in options.items() if v is not None})
         except ValueError as error:
-            raise _fail(f"invalid wiki source: {error}") from None
+            raise _fail(f"invalid wiki source: {_one_line(error)}") from None
     if category or namespace or bot_user:
         raise _fail("--category, --namespace and --bot-user need --api-url")
     return None
