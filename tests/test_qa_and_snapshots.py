@@ -88,9 +88,9 @@ def test_snapshots_hold_out_phrasings_and_mark_fresh_facts(built: LocalWiki, hom
     assert snapshot(home=str(home)).digest == first.digest  # same state, same snapshot
     train = _rows(first.path, "train.jsonl")
     evaluation = _rows(first.path, "eval.jsonl")
-    train_questions = {r["messages"][1]["content"] for r in train}
+    train_questions = {r["messages"][-2]["content"] for r in train}
     assert evaluation and not any(
-        r["messages"][1]["content"] in train_questions for r in evaluation
+        r["messages"][-2]["content"] in train_questions for r in evaluation
     )
     assert all(r["fresh"] for r in evaluation)  # nothing was trained yet
     general = sum(1 for r in train if r["kind"] == "general")
