@@ -114,7 +114,7 @@ def test_promote_reject_rollback_and_ask(
     questions = [r["messages"] for r in rows if r["kind"] == "wiki"]
     answers = models.generate_answers(tuned, tokenizer, questions)
     known = next((q, a) for q, a in zip(questions, answers, strict=True) if a == q[-1]["content"])
-    asked = cli("ask", known[0][1]["content"], home=home)
+    asked = cli("ask", known[0][-2]["content"], home=home)
     assert asked.returncode == 0, asked.stderr[-3000:]
     assert asked.stdout.strip() == known[1]
 
