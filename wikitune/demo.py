@@ -147,7 +147,7 @@ def run_demo(
     evaluate, promote) on ``base_model`` (``toy``: a tiny model built from the wiki's text);
     edit the wiki and run it again, so a second candidate meets the first champion; ask the
     champion a held-out question about the edited fact."""
-    from wikitune.blocks.recipe import TrainingRecipe, default_recipe
+    from wikitune.blocks.recipe import TrainingRecipe
     from wikitune.blocks.source import WikiSource
     from wikitune.config import load_settings
     from wikitune.flows.pipeline import pipeline
@@ -158,14 +158,10 @@ def run_demo(
     if base_model == TOY:
         # The 0.2M-parameter toy forgets general chat faster than a pretrained model does.
         os.environ.setdefault("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
-        recipe = TrainingRecipe(**TOY_RECIPE)
+        recipe: TrainingRecipe | None = TrainingRecipe(**TOY_RECIPE)
         base = str(home / "base-model")
     else:
-        recipe = (
-            TrainingRecipe.from_file(settings.recipe_path)
-            if settings.recipe_path
-            else default_recipe(base_model)
-        )
+        recipe = None  # the retrain flow's choice: WIKITUNE_RECIPE_PATH, else the base's recipe
         base = base_model
     outcome = DemoOutcome()
     wiki = LocalWiki(home / "demo-wiki")

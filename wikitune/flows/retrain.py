@@ -132,8 +132,12 @@ def _starting_point(
             f"the bare base model: champion version {current.version} was trained on"
             f" {theirs} ({digest}), not on {base.spec} ({base.digest[:23]})"
         )
-    adapter = registry.champion_adapter(
-        settings.tracking_uri, source, settings.runs_dir / "champions" / snapshot_id
+    # The version just checked, not the alias: it may move before the download.
+    adapter = registry.version_adapter(
+        settings.tracking_uri,
+        source,
+        str(current.version),
+        settings.runs_dir / "champions" / snapshot_id,
     )
     return adapter, f"champion version {current.version} (same base, {base.digest[:23]})"
 

@@ -4,7 +4,6 @@ with its numbers and decision; the aliases `champion` and `challenger` (no stage
 from __future__ import annotations
 
 import fcntl
-import logging
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,7 +24,6 @@ __all__ = [
     "LoggedModel",
     "VersionView",
     "champion",
-    "champion_adapter",
     "download_logged_model",
     "list_versions",
     "move_champion",
@@ -33,9 +31,8 @@ __all__ = [
     "registered_model_name",
     "rollback",
     "set_version_tags",
+    "version_adapter",
 ]
-
-log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -102,15 +99,10 @@ def champion(tracking_uri: str, source: str) -> ModelVersion | None:
         return None
 
 
-def champion_adapter(tracking_uri: str, source: str, dst: Path) -> str | None:
-    """Download the champion adapter of ``source`` into ``dst`` and return its directory, or
-    None when the source has no champion yet."""
-    current = champion(tracking_uri, source)
-    if current is None:
-        return None
+def version_adapter(tracking_uri: str, source: str, version: str, dst: Path) -> str:
+    """Download the adapter of version ``version`` of ``source`` into ``dst``; its directory."""
     name = registered_model_name(source)
-    log.info("warm start from %s version %s", name, current.version)
-    return download_logged_model(tracking_uri, f"models:/{name}@{CHAMPION}", dst).adapter_dir
+    return download_logged_model(tracking_uri, f"models:/{name}/{version}", dst).adapter_dir
 
 
 def register_candidate(

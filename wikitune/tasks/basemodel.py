@@ -113,7 +113,8 @@ def packaged_gguf(name: str) -> Path | None:
     importing it), or where ``fetch_packaged`` extracted it. None when neither has it."""
     model = PACKAGED_MODELS[name]
     spec = importlib.util.find_spec(model.package)
-    for folder in spec.submodule_search_locations or [] if spec else []:
+    folders = (spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
         if (Path(folder) / model.file).is_file():
             return Path(folder) / model.file
     extracted = _shared_dir() / model.file

@@ -417,28 +417,28 @@ def evaluate_run(
     tokenizer = models.load_tokenizer(candidate.tokenizer_dir)
     base = models.load_base_model(params["base_model"], device=device, quantize=quantize)
     model = PeftModel.from_pretrained(base, candidate.adapter_dir, adapter_name="candidate")
+    general = list(data.splits.get("general_eval") or [])
     # Both models answer the same questions with the same settings.
     score = partial(
         score_model,
         eval_rows=list(data.splits["eval"]),
-        general_rows=list(data.splits.get("general_eval") or []),
+        general_rows=general,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
     )
     candidate_scores = score("candidate", model, tokenizer)
-    general_rows = [row["messages"] for row in data.splits.get("general_eval") or []]
     if current is None:
         with model.disable_adapter():
             champion_scores = score("base", model, tokenizer)
         base_general_loss = champion_scores.general_loss
     else:
         base_general_loss = None
-        if general_rows:
+        if general:
             with model.disable_adapter():
                 base_general_loss = assistant_loss(
                     model,
                     tokenizer,
-                    general_rows,
+                    [row["messages"] for row in general],
                     batch_size=batch_size,
                     description="base: general loss",
                 )

@@ -236,8 +236,8 @@ def _pretrain(
     return float(loss.item())
 
 
-def keep_4bit_layers_trainable(model: Any) -> int:
-    """Keep every 4-bit layer of a model that will train on the training path; returns how many.
+def keep_4bit_layers_trainable(model: Any) -> None:
+    """Keep every 4-bit layer of a model that will train on the training path.
 
     On CPUs with AVX512-BF16, bitsandbytes repacks a layer's 4-bit weights for fast inference
     the first time it runs in eval mode without grad (an evaluation before training), and never
@@ -245,10 +245,9 @@ def keep_4bit_layers_trainable(model: Any) -> int:
     grad is being used in an in-place operation"). Training models never take that path."""
     import bitsandbytes as bnb
 
-    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
-    return len(layers)
+    for layer in model.modules():
+        if isinstance(layer, bnb.nn.Linear4bit):
+            layer.support_avx512bf16_for_cpu = False
 
 
 def fourbit_available(device: str) -> bool:
