@@ -18,10 +18,11 @@ CATEGORY = "Category:VTuber"
 
 
 def wiki_listing(wiki: LocalWiki, category: str = CATEGORY) -> dict[int, tuple[str, int]]:
-    """In-scope pages as the wiki's API lists them: category members that are not redirects."""
+    """In-scope pages as the wiki's API lists them: category members in the content namespace
+    (0 on the local wiki) that are not redirects."""
     pages: dict[int, tuple[str, int]] = {}
     for body in wiki.client().query(
-        generator="categorymembers", gcmtitle=category, gcmlimit="max", prop="info"
+        generator="categorymembers", gcmtitle=category, gcmnamespace=0, gcmlimit="max", prop="info"
     ):
         for page in body.get("query", {}).get("pages", []):
             if not page.get("redirect"):

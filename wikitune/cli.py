@@ -35,7 +35,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output keeps whole table rows (rich would cut them to 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 240)
 errors = Console(stderr=True)
 T = TypeVar("T")
 
@@ -148,7 +149,11 @@ CategoryOption = Annotated[
     list[str] | None, typer.Option(help='A category in scope, e.g. "Category:VTuber".')
 ]
 NamespaceOption = Annotated[
-    list[int] | None, typer.Option(help="A namespace number in scope (or to restrict to).")
+    list[int] | None,
+    typer.Option(
+        help="A namespace number in scope; with --category, the members' namespaces to follow"
+        " (default: the wiki's content namespaces).",
+    ),
 ]
 NameOption = Annotated[str | None, typer.Option(help="Key of this source in the store.")]
 UserAgentOption = Annotated[
@@ -265,6 +270,12 @@ def build(source: SourceOption = None, home: HomeOption = None) -> None:
     settings = load_settings(home)
     summary = _run_flow(build_flow, (ValueError,), source=source, home=str(settings.home))
     console.print(_counts_table(f"build of {summary.source}", summary.counts))
+    if summary.rejected:
+        reasons = ", ".join(f"{k} {v}" for k, v in summary.rejected.items())
+        console.print(
+            f"[yellow]{sum(summary.rejected.values())} values refused by the quality gate[/]"
+            f" ({reasons}): `wikitune status` lists them"
+        )
     due = "a retrain is due" if summary.retrain_due else "below the retrain threshold"
     console.print(
         f"{summary.active_pairs} active pairs; {summary.changed_since_trained} added or changed"
@@ -576,8 +587,12 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     home: HomeOption = None,
 ) -> None:
-    """Counts of stored pages, the recent-changes cursor and the last sync, per source."""
+    """Counts of stored pages, the recent-changes cursor, the last sync and the values the
+    quality gate refused, per source."""
+    from dataclasses import asdict
+
     from wikitune.storage import Store
+    from wikitune.tasks.qa import count_by_reason
 
     settings = load_settings(home)
     if not settings.store_path.exists():
@@ -589,6 +604,7 @@ def status(
             trained = store.latest_snapshot(source, trained=True)
             latest = store.latest_snapshot(source)
             changed = store.pairs_new_since_trained(source)
+            rejections = store.value_rejections(source)
             report["sources"].append(
                 {
                     "name": source,
@@ -601,11 +617,16 @@ def status(
                     "qa": {
                         **store.qa_counts(source),
                         "build_failures": len(store.build_failures(source)),
+                        "values_rejected": len(rejections),
                         "changed_since_trained": changed,
                         "retrain_threshold": settings.retrain_threshold,
                         "retrain_due": changed >= settings.retrain_threshold,
                         "latest_snapshot": latest.id if latest else None,
                         "last_trained_snapshot": trained.id if trained else None,
+                    },
+                    "rejected_values": {
+                        "by_reason": count_by_reason(rejections),
+                        "values": [asdict(r) for r in rejections],
                     },
                 }
             )
@@ -620,6 +641,24 @@ def status(
         console.print(f"  cursor: {cursor['timestamp']} (rcid {cursor['rcid']})")
         for key, value in source["qa"].items():
             console.print(f"  qa {key.replace('_', ' ')}: {value}")
+        _print_rejections(source["rejected_values"])
+
+
+def _print_rejections(rejected: dict[str, Any], shown: int = 20) -> None:
+    """The values the quality gate refused: counts by reason, then page, field and value."""
+    values = rejected["values"]
+    if not values:
+        return
+    reasons = ", ".join(f"{reason} {count}" for reason, count in rejected["by_reason"].items())
+    console.print(f"  [yellow]values refused by the quality gate: {len(values)}[/] ({reasons})")
+    for value in values[:shown]:
+        console.print(
+            f"    {value['title']} · {value['field']} · {value['reason']}: {value['value']}",
+            markup=False,
+            highlight=False,
+        )
+    if len(values) > shown:
+        console.print(f"    …and {len(values) - shown} more (--json lists them all)")
 
 
 @app.command()

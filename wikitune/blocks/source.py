@@ -23,8 +23,10 @@ DEFAULT_USER_AGENT = (
 class WikiSource(Block):
     """A MediaWiki and the part of it wikitune follows.
 
-    Scope is the members of ``categories`` (only those in ``namespaces`` when both are set), or
-    every page of ``namespaces`` when no category is set. Redirects are never in scope.
+    Scope is the members of ``categories`` in ``namespaces`` (in the wiki's content namespaces,
+    usually only 0, when no namespace is set: a category's articles, not its subcategories or
+    files), or every page of ``namespaces`` when no category is set. Redirects are never in
+    scope.
 
     Examples:
         >>> source = WikiSource(api_url="https://wiki.example.org/api.php",
@@ -45,7 +47,10 @@ class WikiSource(Block):
     )
     namespaces: list[int] = Field(
         default_factory=list,
-        description="Namespace numbers in scope (alone), or restricting the categories' members.",
+        description=(
+            "Namespace numbers in scope (alone), or of the categories' members to follow"
+            " (default: the wiki's content namespaces)."
+        ),
     )
     user_agent: str = Field(
         default=DEFAULT_USER_AGENT,

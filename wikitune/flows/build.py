@@ -6,29 +6,32 @@ from dataclasses import asdict
 from functools import partial
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from wikitune.config import load_settings
 from wikitune.flows.naming import artifact_key, run_name
-from wikitune.storage import Store
+from wikitune.storage import Store, ValueRejection
 from wikitune.tasks import dataset, qa
 
 __all__ = ["BuildSummary", "SnapshotSummary", "build", "snapshot"]
 
 build_pairs = task(qa.build_pairs, name="build-qa-pairs", cache_policy=NO_CACHE)
 make_snapshot = task(dataset.make_snapshot, name="make-snapshot", cache_policy=NO_CACHE)
+REJECTIONS_SHOWN = 50
 
 
 class BuildSummary(BaseModel):
-    """What a build did, and whether enough has changed since the last trained snapshot."""
+    """What a build did, and whether enough has changed since the last trained snapshot.
+    ``rejected`` counts the values the quality gate refuses now, by reason, over all pages."""
 
     source: str
     counts: dict[str, int]
     active_pairs: int
     changed_since_trained: int
     threshold: int
+    rejected: dict[str, int] = {}
 
     @property
     def retrain_due(self) -> bool:
@@ -50,26 +53,67 @@ def build(source: str | None = None, home: str | None = None) -> BuildSummary:
     with Store(settings.store_path) as store:
         name = store.source_name(source)
         counts = build_pairs(store, name, mapping)
+        rejections = store.value_rejections(name)
         summary = BuildSummary(
             source=name,
             counts=asdict(counts),
             active_pairs=store.qa_counts(name)["active"],
             changed_since_trained=store.pairs_new_since_trained(name),
             threshold=settings.retrain_threshold,
+            rejected=qa.count_by_reason(rejections),
         )
-    get_run_logger().info(
+    logger = get_run_logger()
+    logger.info(
         "built %s: %s; %d active pairs, %d added or changed since the last trained snapshot",
         name,
         ", ".join(f"{k}={v}" for k, v in summary.counts.items()),
         summary.active_pairs,
         summary.changed_since_trained,
     )
-    create_table_artifact(
+    if rejections:
+        logger.warning(
+            "%d values refused by the quality gate (%s): `wikitune status` lists them",
+            len(rejections),
+            ", ".join(f"{k}={v}" for k, v in summary.rejected.items()),
+        )
+    create_markdown_artifact(
         key=artifact_key("build", name),
-        table=[{"measure": k.replace("_", " "), "count": v} for k, v in summary.counts.items()],
-        description=f"QA pairs built from {name}",
+        markdown=_build_markdown(summary, rejections),
+        description=(
+            f"QA pairs built from {name}: {counts.new} new, {counts.changed} changed,"
+            f" {counts.retired} retired; {len(rejections)} values refused"
+        ),
     )
     return summary
+
+
+def _build_markdown(summary: BuildSummary, rejections: list[ValueRejection]) -> str:
+    lines = [f"## Build of `{summary.source}`", "", "| measure | count |", "| --- | ---: |"]
+    lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in summary.counts.items()]
+    lines += [
+        f"| active pairs | {summary.active_pairs} |",
+        f"| changed since trained | {summary.changed_since_trained} |",
+    ]
+    if not rejections:
+        return "\n".join([*lines, "", "No value was refused by the quality gate."])
+    lines += [
+        "",
+        f"### {len(rejections)} values refused by the quality gate",
+        "",
+        "| reason | values | pages |",
+        "| --- | ---: | ---: |",
+    ]
+    for reason, count in summary.rejected.items():
+        pages = len({r.pageid for r in rejections if r.reason == reason})
+        lines.append(f"| {reason} | {count} | {pages} |")
+    lines += ["", "| page | field | reason | value |", "| --- | --- | --- | --- |"]
+    for rejection in rejections[:REJECTIONS_SHOWN]:
+        value = rejection.value.replace("|", "\\|").replace("`", "'")
+        lines.append(f"| {rejection.title} | {rejection.field} | {rejection.reason} | `{value}` |")
+    if len(rejections) > REJECTIONS_SHOWN:
+        hidden = len(rejections) - REJECTIONS_SHOWN
+        lines.append(f"\n…and {hidden} more (`wikitune status --json` lists them all).")
+    return "\n".join(lines)
 
 
 @flow(name="snapshot", flow_run_name=partial(run_name, "snapshot"))

@@ -94,12 +94,14 @@ def sync(
         wiki = resolve_source(store, source)
         client = open_client(wiki, settings)
         state = store.sync_state(wiki.name)
+        listing = not state.has_cursor or reconcile or state.listing_timestamp is not None
+        wiki = sync_tasks.scoped_to_content(client, store, wiki, refresh=listing)
 
         # Extract + load: decide how much of the wiki to read, then read it into the store.
         gap = check_retention(client, state)
         mode: SyncMode = "incremental"
-        counts = sync_tasks.SyncCounts()
-        if not state.has_cursor or gap or reconcile or state.listing_timestamp is not None:
+        counts = sync_tasks.leave_scope_outside(store, wiki)
+        if listing or gap:
             mode = "backfill" if not state.has_cursor else "retention-gap" if gap else "reconcile"
             if gap:
                 logger.warning("%s: %s; reconciling with a full listing", wiki.name, gap)

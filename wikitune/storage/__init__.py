@@ -10,6 +10,7 @@ from wikitune.storage.store import (
     StoredPage,
     SyncBatch,
     SyncState,
+    ValueRejection,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "StoredPage",
     "SyncBatch",
     "SyncState",
+    "ValueRejection",
 ]

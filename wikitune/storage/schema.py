@@ -108,4 +108,22 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (snapshot_id, fact_hash)
     );
     """,
+    # 3: values and leads the quality gate refused, per page, as of the page's last build; the
+    # wiki's content namespaces, which a category scope follows.
+    """
+    CREATE TABLE value_rejections (
+        source  VARCHAR NOT NULL,
+        pageid  BIGINT NOT NULL,
+        title   VARCHAR NOT NULL,
+        field   VARCHAR NOT NULL,
+        reason  VARCHAR NOT NULL,           -- markup, entity, empty, too long, not prose
+        value   VARCHAR NOT NULL,           -- the refused text, cut to 120 characters
+        PRIMARY KEY (source, pageid, field)
+    );
+    CREATE TABLE site_namespaces (
+        source              VARCHAR PRIMARY KEY,
+        content_namespaces  INTEGER[] NOT NULL,  -- from meta=siteinfo
+        fetched_at          TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    """,
 ]

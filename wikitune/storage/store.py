@@ -86,6 +86,17 @@ class QaPair:
 
 
 @dataclass(frozen=True)
+class ValueRejection:
+    """A value or lead of a page that the quality gate refused, and why."""
+
+    pageid: int
+    title: str
+    field: str
+    reason: str
+    value: str
+
+
+@dataclass(frozen=True)
 class BuildTodo:
     """Pages to (re)parse, and pageids whose pairs must all retire (deleted or out of scope)."""
 
@@ -209,6 +220,21 @@ class Store:
     def source_spec(self, name: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT spec FROM sources WHERE name = ?", [name]).fetchone()
         return json.loads(row[0]) if row else None
+
+    def content_namespaces(self, source: str) -> list[int] | None:
+        """The wiki's content namespaces as last read from its siteinfo, or None."""
+        row = self.db.execute(
+            "SELECT content_namespaces FROM site_namespaces WHERE source = ?", [source]
+        ).fetchone()
+        return list(row[0]) if row else None
+
+    def save_content_namespaces(self, source: str, namespaces: list[int]) -> None:
+        self.db.execute(
+            """INSERT INTO site_namespaces (source, content_namespaces) VALUES (?, ?)
+               ON CONFLICT (source) DO UPDATE SET
+                   content_namespaces = excluded.content_namespaces, fetched_at = now()""",
+            [source, sorted(namespaces)],
+        )
 
     def source_names(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT name FROM sources ORDER BY name").fetchall()]
@@ -369,6 +395,18 @@ class Store:
         ).fetchall()
         return {r[0] for r in rows}
 
+    def leave_scope_outside(self, source: str, namespaces: Iterable[int]) -> list[str]:
+        """Take in-scope pages outside ``namespaces`` out of scope (their pairs retire at the
+        next build); returns their titles."""
+        with self.transaction():
+            rows = self.db.execute(
+                """UPDATE pages SET in_scope = false, updated_at = now()
+                   WHERE source = ? AND in_scope AND NOT list_contains(?, ns)
+                   RETURNING title""",
+                [source, sorted(set(namespaces))],
+            ).fetchall()
+        return sorted(r[0] for r in rows)
+
     def failed_pageids(self, source: str) -> set[int]:
         rows = self.db.execute(
             "SELECT pageid FROM page_failures WHERE source = ?", [source]
@@ -391,6 +429,16 @@ class Store:
         )
         while rows := cursor.fetchmany(1000):
             yield from rows
+
+    def in_scope_wikitext(self, source: str) -> Iterator[str]:
+        """The wikitext of every in-scope page, by pageid."""
+        cursor = self.db.execute(
+            """SELECT wikitext FROM pages WHERE source = ? AND in_scope AND wikitext IS NOT NULL
+               ORDER BY pageid""",
+            [source],
+        )
+        while rows := cursor.fetchmany(200):
+            yield from (r[0] for r in rows)
 
     def wikitext(self, source: str, pageid: int) -> str | None:
         row = self.db.execute(
@@ -428,7 +476,7 @@ class Store:
 
     def pages_to_build(self, source: str, *, rebuild_all: bool = False) -> BuildTodo:
         """In-scope pages whose revision was not built yet (all of them with ``rebuild_all``),
-        and pages with active pairs that are no longer in scope."""
+        and pages with active pairs or recorded rejections that are no longer in scope."""
         rows = self.db.execute(
             """SELECT p.pageid, p.ns, p.title, p.revid, p.wikitext, p.categories
                FROM pages p LEFT JOIN page_builds b ON b.source = p.source AND b.pageid = p.pageid
@@ -450,9 +498,11 @@ class Store:
             for r in rows
         ]
         gone = self.db.execute(
-            """SELECT DISTINCT q.pageid FROM qa_pairs q
-               LEFT JOIN pages p ON p.source = q.source AND p.pageid = q.pageid
-               WHERE q.source = ? AND q.retired_at IS NULL AND NOT coalesce(p.in_scope, false)""",
+            """SELECT DISTINCT b.pageid FROM (
+                   SELECT pageid FROM qa_pairs WHERE source = $1 AND retired_at IS NULL
+                   UNION SELECT pageid FROM value_rejections WHERE source = $1
+               ) b LEFT JOIN pages p ON p.source = $1 AND p.pageid = b.pageid
+               WHERE NOT coalesce(p.in_scope, false) ORDER BY b.pageid""",
             [source],
         ).fetchall()
         return BuildTodo(pages=pages, gone=[r[0] for r in gone])
@@ -463,9 +513,11 @@ class Store:
         revids: dict[int, int],
         built: dict[int, list[QaPair]],
         failures: dict[int, str],
+        rejections: Iterable[ValueRejection] = (),
     ) -> BuildResult:
         """Write the pairs of freshly parsed pages in one transaction: insert new ones, update
-        changed ones, retire the page's pairs that are no longer produced."""
+        changed ones, retire the page's pairs that are no longer produced, and replace the
+        pages' recorded rejections."""
         new = changed = retired = unchanged = 0
         with self.transaction():
             known: dict[str, tuple] = {}
@@ -553,6 +605,18 @@ class Store:
                        failure = excluded.failure, built_at = now()""",
                 [source, list(done), [revids[p] for p in done], list(done.values())],
             )
+            self.db.execute(
+                "DELETE FROM value_rejections WHERE source = ? AND list_contains(?, pageid)",
+                [source, list(done)],
+            )
+            rows = [(source, r.pageid, r.title, r.field, r.reason, r.value) for r in rejections]
+            if rows:
+                self.db.executemany(
+                    """INSERT INTO value_rejections VALUES (?, ?, ?, ?, ?, ?)
+                       ON CONFLICT DO UPDATE SET title = excluded.title,
+                           reason = excluded.reason, value = excluded.value""",
+                    rows,
+                )
         return BuildResult(new, changed, retired, unchanged)
 
     def retire_pages(self, source: str, pageids: list[int]) -> int:
@@ -570,10 +634,11 @@ class Store:
                    WHERE source = ? AND retired_at IS NULL AND list_contains(?, pageid)""",
                 [source, pageids],
             )
-            self.db.execute(
-                "DELETE FROM page_builds WHERE source = ? AND list_contains(?, pageid)",
-                [source, pageids],
-            )
+            for table in ("page_builds", "value_rejections"):
+                self.db.execute(
+                    f"DELETE FROM {table} WHERE source = ? AND list_contains(?, pageid)",
+                    [source, pageids],
+                )
         return int(row[0]) if row else 0
 
     def active_pairs(self, source: str) -> list[QaPair]:
@@ -590,6 +655,15 @@ class Store:
                ORDER BY pageid""",
             [source],
         ).fetchall()
+
+    def value_rejections(self, source: str) -> list[ValueRejection]:
+        """The values and leads the quality gate refused, as of each page's last build."""
+        rows = self.db.execute(
+            """SELECT pageid, title, field, reason, value FROM value_rejections
+               WHERE source = ? ORDER BY reason, title, field""",
+            [source],
+        ).fetchall()
+        return [ValueRejection(*r) for r in rows]
 
     def qa_counts(self, source: str) -> dict[str, int]:
         row = self.db.execute(

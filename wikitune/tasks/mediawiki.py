@@ -26,6 +26,7 @@ __all__ = [
     "RcPosition",
     "RcRow",
     "RequestFailed",
+    "content_namespaces",
     "fetch_pages",
     "list_scope",
     "newest_rc_position",
@@ -414,6 +415,14 @@ def recent_changes(
         rctype="edit|new|log|categorize",
     ):
         yield [RcRow.from_api(row) for row in body["query"]["recentchanges"]]
+
+
+def content_namespaces(client: MediaWikiClient) -> list[int]:
+    """The wiki's content namespaces (``$wgContentNamespaces``, usually just 0): where its
+    articles live, as ``meta=siteinfo`` reports them."""
+    body = client.get(action="query", meta="siteinfo", siprop="namespaces")
+    namespaces = body["query"]["namespaces"].values()
+    return sorted(int(ns["id"]) for ns in namespaces if ns.get("content")) or [0]
 
 
 def list_scope(

@@ -5,18 +5,34 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from wikitune.storage import QaPair, Store
-from wikitune.tasks.parse import PageFacts, ParseFailed, parse_page
+from wikitune.storage import QaPair, Store, ValueRejection
+from wikitune.tasks.parse import (
+    DEFAULT_KEEP_TEMPLATES,
+    KeepRule,
+    PageFacts,
+    ParseFailed,
+    QualityLimits,
+    parse_page,
+)
 
-__all__ = ["BuildCounts", "Mapping", "build_pairs", "load_mapping", "pairs_for"]
+__all__ = [
+    "BuildCounts",
+    "Mapping",
+    "build_pairs",
+    "count_by_reason",
+    "load_mapping",
+    "pairs_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +60,23 @@ class Mapping(BaseModel):
     infobox_templates: list[str] = Field(min_length=1)
     languages: list[str] = Field(min_length=1)
     name_aliases: list[str] = Field(default_factory=lambda: ["name"])
+    keep_templates: dict[str, KeepRule] = Field(
+        default_factory=lambda: dict(DEFAULT_KEEP_TEMPLATES)
+    )
+    quality: QualityLimits = Field(default_factory=QualityLimits)
     lead: Phrasing | None = None
     fields: dict[str, FieldMapping]
+
+    @field_validator("keep_templates")
+    @classmethod
+    def _keep_rules(cls, rules: dict[str, KeepRule]) -> dict[str, KeepRule]:
+        for template, rule in rules.items():
+            if (isinstance(rule, int) and rule < 1) or (isinstance(rule, str) and not rule.strip()):
+                raise ValueError(
+                    f"keep_templates.{template} must be a position from 1, 'last', 'all' or a"
+                    f" parameter name, not {rule!r}"
+                )
+        return rules
 
     @model_validator(mode="after")
     def _complete(self) -> Mapping:
@@ -154,14 +185,21 @@ def pairs_for(
 
 @dataclass
 class BuildCounts:
-    """What a build changed: pairs new, changed, retired and unchanged; pages parsed and failed."""
+    """What a build changed: pairs new, changed, retired and unchanged; pages parsed and failed;
+    values and leads the quality gate refused on the pages parsed."""
 
     pages_parsed: int = 0
     pages_failed: int = 0
+    values_rejected: int = 0
     new: int = 0
     changed: int = 0
     retired: int = 0
     unchanged: int = 0
+
+
+def count_by_reason(rejections: Iterable[ValueRejection]) -> dict[str, int]:
+    """How many refused values there are for each reason, most frequent first."""
+    return dict(Counter(r.reason for r in rejections).most_common())
 
 
 def build_pairs(store: Store, source: str, mapping: Mapping) -> BuildCounts:
@@ -175,6 +213,7 @@ def build_pairs(store: Store, source: str, mapping: Mapping) -> BuildCounts:
         chunk = todo.pages[start : start + 200]
         built: dict[int, list[QaPair]] = {}
         failures: dict[int, str] = {}
+        rejected: list[ValueRejection] = []
         for page in chunk:
             try:
                 facts = parse_page(
@@ -184,15 +223,24 @@ def build_pairs(store: Store, source: str, mapping: Mapping) -> BuildCounts:
                     field_aliases=mapping.field_aliases,
                     name_aliases=mapping.name_aliases,
                     categories=page.categories,
+                    keep_templates=mapping.keep_templates,
+                    limits=mapping.quality,
                 )
             except ParseFailed as error:
                 failures[page.pageid] = str(error)
                 log.warning("page %s (%d) not built: %s", page.title, page.pageid, error)
                 continue
             built[page.pageid] = pairs_for(source, page.pageid, page.revid or 0, facts, mapping)
-        result = store.apply_build(source, {p.pageid: p.revid or 0 for p in chunk}, built, failures)
+            rejected += [
+                ValueRejection(page.pageid, page.title, r.field, r.reason, r.value)
+                for r in facts.rejected
+            ]
+        result = store.apply_build(
+            source, {p.pageid: p.revid or 0 for p in chunk}, built, failures, rejected
+        )
         counts.pages_parsed += len(built)
         counts.pages_failed += len(failures)
+        counts.values_rejected += len(rejected)
         counts.new += result.new
         counts.changed += result.changed
         counts.retired += result.retired

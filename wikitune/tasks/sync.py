@@ -22,6 +22,7 @@ from wikitune.tasks.mediawiki import (
     MediaWikiClient,
     PageState,
     RcRow,
+    content_namespaces,
     fetch_pages,
     list_scope,
     newest_rc_position,
@@ -36,7 +37,9 @@ __all__ = [
     "SyncCounts",
     "apply_recent_changes",
     "full_listing",
+    "leave_scope_outside",
     "retention_gap",
+    "scoped_to_content",
     "touched_by",
 ]
 
@@ -98,6 +101,39 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
             log.info("%s: %d/%d", description, done, total)
 
     yield advance
+
+
+def scoped_to_content(
+    client: MediaWikiClient, store: Store, source: WikiSource, *, refresh: bool = False
+) -> WikiSource:
+    """The source as this sync scopes it: a category scope without namespaces covers the wiki's
+    content namespaces (its articles), not the subcategories, files or templates filed in it.
+    The namespaces are read from the wiki's siteinfo once and kept in the store; ``refresh``
+    (a full listing) reads them again."""
+    if not source.categories or source.namespaces:
+        return source
+    namespaces = None if refresh else store.content_namespaces(source.name)
+    if namespaces is None:
+        namespaces = content_namespaces(client)
+        store.save_content_namespaces(source.name, namespaces)
+    return source.model_copy(update={"namespaces": namespaces})
+
+
+def leave_scope_outside(store: Store, source: WikiSource) -> SyncCounts:
+    """Take stored pages outside the source's namespaces out of scope: pages a store kept from
+    before its scope followed the content namespaces, or before ``namespaces`` narrowed."""
+    if not source.namespaces:
+        return SyncCounts()
+    titles = store.leave_scope_outside(source.name, source.namespaces)
+    if titles:
+        log.info(
+            "%s: %d pages outside namespaces %s left scope: %s",
+            source.name,
+            len(titles),
+            source.namespaces,
+            ", ".join(titles[:10]) + (" …" if len(titles) > 10 else ""),
+        )
+    return SyncCounts(left_scope=len(titles))
 
 
 def _in_scope(state: PageState, source: WikiSource) -> bool:
