@@ -661,6 +661,96 @@ def _print_rejections(rejected: dict[str, Any], shown: int = 20) -> None:
         console.print(f"    …and {len(values) - shown} more (--json lists them all)")
 
 
+mapping_app = typer.Typer(
+    help="Write the QA mapping: which infobox parameters become which questions.",
+    no_args_is_help=True,
+)
+app.add_typer(mapping_app, name="mapping")
+
+
+@mapping_app.command("suggest")
+def mapping_suggest(
+    template: Annotated[
+        list[str] | None,
+        typer.Option(help="Infobox template to map (repeatable; default: the most used one)."),
+    ] = None,
+    write: Annotated[
+        Path | None, typer.Option("--write", help="Write a starting mapping YAML to this file.")
+    ] = None,
+    min_pages: Annotated[
+        int, typer.Option(min=1, help="Map parameters given on at least this many pages.")
+    ] = 1,
+    shown: Annotated[int, typer.Option(min=1, help="Templates to list.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    source: SourceOption = None,
+    home: HomeOption = None,
+) -> None:
+    """List the templates the store's pages use like infoboxes, their parameters with page
+    counts and sample values, and which the current mapping reads or ignores."""
+    from dataclasses import asdict
+
+    import yaml
+
+    from wikitune.storage import Store
+    from wikitune.tasks.infoboxes import suggest_mapping, survey_infoboxes
+    from wikitune.tasks.qa import load_mapping
+
+    settings = load_settings(home)
+    if not settings.store_path.exists():
+        raise _fail(f"no store at {settings.store_path}: run `wikitune sync` first")
+    try:
+        current = load_mapping(settings.mapping_path)
+    except ValueError as error:
+        raise _fail(_one_line(error)) from None
+    with Store(settings.store_path) as store:
+        try:
+            name = store.source_name(source)
+        except ValueError as error:
+            raise _fail(_one_line(error)) from None
+        surveyed = survey_infoboxes(store.in_scope_wikitext(name), current)
+    if not surveyed:
+        raise _fail(f"no page of {name} uses a template with named parameters")
+    if as_json:
+        sys.stdout.write(
+            json.dumps([asdict(t) for t in surveyed[:shown]], ensure_ascii=False, indent=2) + "\n"
+        )
+    else:
+        for usage in surveyed[:shown]:
+            read = "read as the infobox" if usage.read_by_mapping else "not read by the mapping"
+            table = Table(title=f"Template:{usage.name}: {usage.pages} pages, {read}")
+            table.add_column("parameter")
+            table.add_column("pages", justify="right")
+            table.add_column("mapping")
+            table.add_column("sample values")
+            for param in usage.parameters:
+                mapped = param.mapped_to or "[yellow]ignored[/]"
+                table.add_row(param.name, str(param.pages), mapped, " | ".join(param.samples))
+            console.print(table)
+    if write is None:
+        return
+    wanted = {t.casefold().replace("_", " ").strip() for t in template or []}
+    chosen = [t for t in surveyed if t.name.casefold().replace("_", " ") in wanted]
+    if template and len(chosen) < len(wanted):
+        known = ", ".join(t.name for t in surveyed[:10])
+        raise _fail(f"--template {', '.join(template)}: not among the surveyed templates ({known})")
+    suggested = suggest_mapping(chosen or surveyed[:1], current, min_pages=min_pages)
+    header = (
+        "# A starting mapping written by `wikitune mapping suggest`: review the questions and\n"
+        "# answers (new fields have generic ones), then set WIKITUNE_MAPPING_PATH to this file.\n"
+    )
+    body = yaml.safe_dump(
+        suggested.model_dump(mode="json"), allow_unicode=True, sort_keys=False, width=120
+    )
+    write.write_text(header + body, "utf-8")
+    load_mapping(write)  # what was written loads back
+    new = sum(1 for f in suggested.fields if f not in current.fields)
+    console.print(
+        f"wrote {write}: infobox {', '.join(suggested.infobox_templates)}, "
+        f"{len(suggested.fields)} fields ({len(suggested.fields) - new} with the current"
+        f" mapping's questions, {new} with generic ones to edit)"
+    )
+
+
 @app.command()
 def pages(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
