@@ -710,6 +710,11 @@ def mapping_suggest(
         surveyed = survey_infoboxes(store.in_scope_wikitext(name), current)
     if not surveyed:
         raise _fail(f"no page of {name} uses a template with named parameters")
+    wanted = {t.casefold().replace("_", " ").strip() for t in template or []}
+    chosen = [t for t in surveyed if t.name.casefold().replace("_", " ") in wanted]
+    if template and len(chosen) < len(wanted):
+        known = ", ".join(t.name for t in surveyed[:10])
+        raise _fail(f"--template {', '.join(template)}: not among the surveyed templates ({known})")
     if as_json:
         sys.stdout.write(
             json.dumps([asdict(t) for t in surveyed[:shown]], ensure_ascii=False, indent=2) + "\n"
@@ -727,12 +732,13 @@ def mapping_suggest(
                 table.add_row(param.name, str(param.pages), mapped, " | ".join(param.samples))
             console.print(table)
     if write is None:
+        if not as_json:
+            console.print(
+                "`wikitune mapping suggest --template NAME --write FILE` writes a starting"
+                " mapping for a template.",
+                markup=False,
+            )
         return
-    wanted = {t.casefold().replace("_", " ").strip() for t in template or []}
-    chosen = [t for t in surveyed if t.name.casefold().replace("_", " ") in wanted]
-    if template and len(chosen) < len(wanted):
-        known = ", ".join(t.name for t in surveyed[:10])
-        raise _fail(f"--template {', '.join(template)}: not among the surveyed templates ({known})")
     suggested = suggest_mapping(chosen or surveyed[:1], current, min_pages=min_pages)
     header = (
         "# A starting mapping written by `wikitune mapping suggest`: review the questions and\n"
