@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -609,13 +609,12 @@ class Store:
                 "DELETE FROM value_rejections WHERE source = ? AND list_contains(?, pageid)",
                 [source, list(done)],
             )
-            rows = [(source, r.pageid, r.title, r.field, r.reason, r.value) for r in rejections]
-            if rows:
+            # A field refused twice on one page (two aliases) keeps its last refusal.
+            last = {(r.pageid, r.field): r for r in rejections}
+            if last:
                 self.db.executemany(
-                    """INSERT INTO value_rejections VALUES (?, ?, ?, ?, ?, ?)
-                       ON CONFLICT DO UPDATE SET title = excluded.title,
-                           reason = excluded.reason, value = excluded.value""",
-                    rows,
+                    "INSERT INTO value_rejections VALUES (?, ?, ?, ?, ?, ?)",
+                    [(source, *astuple(r)) for r in last.values()],
                 )
         return BuildResult(new, changed, retired, unchanged)
 
