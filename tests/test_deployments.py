@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import requests
 from helpers import TEST_RECIPE, cli
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
 from wikitune.localwiki import LocalWiki, free_port
@@ -40,14 +42,21 @@ class PrefectApi:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # The server answers 503 when its SQLite database is busy (a training on the same two
+        # cores); Prefect's own client retries those, and so does this one.
+        retry = Retry(
+            total=5, backoff_factor=1, status_forcelist=(502, 503, 504), allowed_methods=None
+        )
+        self.session = requests.Session()
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
 
     def get(self, path: str) -> Any:
-        response = requests.get(f"{self.url}{path}", timeout=10)
+        response = self.session.get(f"{self.url}{path}", timeout=10)
         response.raise_for_status()
         return response.json()
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        response = requests.post(f"{self.url}{path}", json=body, timeout=10)
+        response = self.session.post(f"{self.url}{path}", json=body, timeout=10)
         response.raise_for_status()
         return response.json()
 
