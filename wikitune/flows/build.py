@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from wikitune.config import load_settings
-from wikitune.flows.naming import artifact_key, run_name
+from wikitune.flows.naming import artifact_key, counts_table, run_name
 from wikitune.storage import Store, ValueRejection
 from wikitune.tasks import dataset, qa
 
@@ -88,12 +88,12 @@ def build(source: str | None = None, home: str | None = None) -> BuildSummary:
 
 
 def _build_markdown(summary: BuildSummary, rejections: list[ValueRejection]) -> str:
-    lines = [f"## Build of `{summary.source}`", "", "| measure | count |", "| --- | ---: |"]
-    lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in summary.counts.items()]
-    lines += [
-        f"| active pairs | {summary.active_pairs} |",
-        f"| changed since trained | {summary.changed_since_trained} |",
-    ]
+    counts = {
+        **summary.counts,
+        "active_pairs": summary.active_pairs,
+        "changed_since_trained": summary.changed_since_trained,
+    }
+    lines = [f"## Build of `{summary.source}`", "", *counts_table("measure", "count", counts)]
     if not rejections:
         return "\n".join([*lines, "", "No value was refused by the quality gate."])
     lines += [
@@ -131,9 +131,13 @@ def snapshot(source: str | None = None, home: str | None = None) -> SnapshotSumm
             general_path=settings.general_data_path,
             seed=settings.snapshot_seed,
         )
-    lines = [f"## Snapshot `{record.id}` of `{name}`", "", "| rows | count |", "| --- | ---: |"]
-    lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in record.counts.items()]
-    lines += ["", f"Digest `{record.digest}`; files in `{record.path}`."]
+    lines = [
+        f"## Snapshot `{record.id}` of `{name}`",
+        "",
+        *counts_table("rows", "count", record.counts),
+        "",
+        f"Digest `{record.digest}`; files in `{record.path}`.",
+    ]
     create_markdown_artifact(
         key=artifact_key("snapshot", name), markdown="\n".join(lines), description="Latest snapshot"
     )

@@ -1,18 +1,25 @@
-"""Names the Prefect UI shows: flow run names and artifact keys."""
+"""What the Prefect UI shows: flow run names, artifact keys and artifacts' count tables."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prefect.runtime import flow_run
 
-__all__ = ["artifact_key", "run_name", "source_name"]
+__all__ = ["artifact_key", "counts_table", "run_name", "source_name"]
 
 
 def artifact_key(prefix: str, name: str) -> str:
     """A stable artifact key; Prefect allows lowercase letters, digits and dashes only."""
     slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
     return f"{prefix}-{slug}"[:80]
+
+
+def counts_table(what: str, unit: str, counts: Mapping[str, int]) -> list[str]:
+    """Markdown lines of a table of counts (``what`` | ``unit``), underscores as spaces."""
+    rows = [f"| {name.replace('_', ' ')} | {value} |" for name, value in counts.items()]
+    return [f"| {what} | {unit} |", "| --- | ---: |", *rows]
 
 
 def source_name(source: Any) -> str:

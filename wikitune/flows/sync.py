@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from wikitune.blocks.source import WikiSource
 from wikitune.config import Settings, load_settings
-from wikitune.flows.naming import artifact_key, run_name
+from wikitune.flows.naming import artifact_key, counts_table, run_name
 from wikitune.storage import Store
 from wikitune.tasks import sync as sync_tasks
 from wikitune.tasks.mediawiki import MediaWikiClient
@@ -65,9 +65,7 @@ def _summary_markdown(summary: SyncSummary) -> str:
     lines = [
         f"## Sync of `{summary.source}` ({summary.mode})",
         "",
-        "| change | pages |",
-        "| --- | ---: |",
-        *(f"| {name.replace('_', ' ')} | {value} |" for name, value in summary.counts.items()),
+        *counts_table("change", "pages", summary.counts),
         "",
         f"Requests: {summary.requests}. Cursor: {summary.cursor_timestamp}"
         f" (rcid {summary.cursor_rcid}).",
