@@ -693,6 +693,7 @@ def mapping_suggest(
 
     from wikitune.storage import Store
     from wikitune.tasks.infoboxes import suggest_mapping, survey_infoboxes
+    from wikitune.tasks.parse import template_name
     from wikitune.tasks.qa import load_mapping
 
     settings = load_settings(home)
@@ -710,8 +711,8 @@ def mapping_suggest(
         surveyed = survey_infoboxes(store.in_scope_wikitext(name), current)
     if not surveyed:
         raise _fail(f"no page of {name} uses a template with named parameters")
-    wanted = {t.casefold().replace("_", " ").strip() for t in template or []}
-    chosen = [t for t in surveyed if t.name.casefold().replace("_", " ") in wanted]
+    wanted = {template_name(t) for t in template or []}
+    chosen = [t for t in surveyed if template_name(t.name) in wanted]
     if template and len(chosen) < len(wanted):
         known = ", ".join(t.name for t in surveyed[:10])
         raise _fail(f"--template {', '.join(template)}: not among the surveyed templates ({known})")

@@ -100,7 +100,7 @@ def survey_infoboxes(pages: Iterable[str], mapping: Mapping) -> list[TemplateUsa
             usage = parameters.setdefault(key, {})
             for param in named:
                 param_name = str(param.name).strip()
-                values = visible_values(str(param.value), mapping.keep_templates)
+                values = visible_values(param.value, mapping.keep_templates)
                 if not values:
                     continue
                 found = usage.setdefault(param_name.casefold(), ParameterUsage(param_name))
