@@ -54,8 +54,8 @@ def test_demo_promotes_smollm2_twice_and_learns_the_edit(
 
     (source,) = json.loads(cli("status", "--json"))["sources"]
     assert source["pages"]["in_scope"] == 6
-    assert source["qa"]["latest_snapshot"] == source["qa"]["last_trained_snapshot"]
-    assert source["qa"]["changed_since_trained"] == 0
+    assert source["qa"]["latest_snapshot"] == source["qa"]["champion_snapshot"]
+    assert source["qa"]["changed_since_champion"] == 0
 
     versions = {v["version"]: v for v in json.loads(cli("models", "--json"))}
     assert set(versions) == {"1", "2"}

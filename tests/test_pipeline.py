@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,16 @@ from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
 from wikitune.localwiki import LocalWiki
 
 
-def _run_ephemeral(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    return cli(*args, home=home, ephemeral=True, WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE="0.6")
+def _run_ephemeral(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    env = {"WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE": "0.6", **env}
+    return cli(*args, home=home, ephemeral=True, **env)
+
+
+def _qa(home: Path) -> dict[str, Any]:
+    status = _run_ephemeral("status", "--json", home=home)
+    assert status.returncode == 0, status.stderr[-3000:]
+    (source,) = json.loads(status.stdout)["sources"]
+    return source["qa"]
 
 
 def test_run_does_a_whole_cycle_and_retrains_when_due_or_forced(
@@ -31,7 +40,7 @@ def test_run_does_a_whole_cycle_and_retrains_when_due_or_forced(
         "run", "--api-url", wiki.api_url, "--category", "Category:VTuber", *model, home=home
     )
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "96 pairs changed since the last trained snapshot, below the threshold 200" in (
+    assert "no retrain: 96 pairs changed since the champion's snapshot (threshold 200" in (
         first.stdout
     )
     assert not (home / "mlflow.db").exists()
@@ -39,7 +48,47 @@ def test_run_does_a_whole_cycle_and_retrains_when_due_or_forced(
     forced = _run_ephemeral("run", "--force", *model, home=home)  # the stored source
     assert forced.returncode == 0, forced.stderr[-3000:]
     assert "version 1: promoted; champion is version 1" in forced.stdout
-    status = _run_ephemeral("status", "--json", home=home)
-    (source,) = json.loads(status.stdout)["sources"]
-    assert source["qa"]["last_trained_snapshot"] == source["qa"]["latest_snapshot"]
-    assert source["qa"]["changed_since_trained"] == 0
+    assert "promoted v1: F1 +" in forced.stdout  # the run's final message
+    qa = _qa(home)
+    assert qa["champion_snapshot"] == qa["last_trained_snapshot"] == qa["latest_snapshot"]
+    assert qa["changed_since_champion"] == 0
+    champion_snapshot = qa["champion_snapshot"]
+
+    # An edit, then a candidate that loses (no gain can reach a margin of 1): its changes stay due.
+    _, name, debut, _, fans, language, platform = SAMPLE_VTUBERS[0]
+    wiki.edit(name, sample_page(name, debut, "Harbor Live", fans, language, platform))
+    wiki.run_jobs()
+    lost = _run_ephemeral("run", "--force", *model, home=home, WIKITUNE_PROMOTE_MIN_GAIN="1")
+    assert lost.returncode == 0, lost.stderr[-3000:]
+    assert "version 2: rejected; champion is version 1" in lost.stdout
+    assert re.search(r"rejected v2: domain F1 .* < margin 1", lost.stdout), lost.stdout
+    qa = _qa(home)
+    assert qa["champion_snapshot"] == champion_snapshot != qa["last_trained_snapshot"]
+    assert qa["changed_since_champion"] > 0 and qa["changed_since_last_retrain"] == 0
+    due = qa["changed_since_champion"]
+
+    # The next snapshot marks the same facts fresh, against the champion's snapshot.
+    again = _run_ephemeral("snapshot", home=home)
+    assert again.returncode == 0, again.stderr[-3000:]
+    folder = home / "snapshots" / qa["latest_snapshot"]
+    assert json.loads((folder / "manifest.json").read_text())["fresh_against"] == champion_snapshot
+    rows = (folder / "eval.jsonl").read_text().splitlines()
+    fresh = {(r["title"], r["field"]) for r in map(json.loads, rows) if r["fresh"]}
+    assert fresh and {title for title, _ in fresh} == {name}
+
+    # The poll waits for new edits rather than retraining on what just lost...
+    low = {"WIKITUNE_RETRAIN_THRESHOLD": "1"}
+    poll = _run_ephemeral("run", "--when", "never", home=home, **low)
+    assert poll.returncode == 0, poll.stderr[-3000:]
+    assert f"{due} pairs changed since the champion's snapshot, all of them seen" in poll.stdout
+    # ...and the nightly run retrains them.
+    nightly = _run_ephemeral("run", "--when", "new-data", *model, home=home)
+    assert nightly.returncode == 0, nightly.stderr[-3000:]
+    assert re.search(r"(promoted|rejected) v3: ", nightly.stdout), nightly.stdout
+    assert _qa(home)["changed_since_last_retrain"] == 0
+
+    # A new edit makes the poll emit wikitune.dataset.ready for the automation.
+    wiki.edit(name, sample_page(name, debut, "Harbor Live", "灯火团", language, "YouTube"))
+    emitted = _run_ephemeral("run", "--when", "never", home=home, **low)
+    assert emitted.returncode == 0, emitted.stderr[-3000:]
+    assert "emitted wikitune.dataset.ready" in emitted.stdout

@@ -25,6 +25,13 @@ def _aliases(home: Path) -> dict[str, str]:
     return {alias: str(version) for alias, version in model.aliases.items()}
 
 
+def _qa_status(home: Path) -> dict[str, Any]:
+    status = cli("status", "--json", home=home)
+    assert status.returncode == 0, status.stderr[-3000:]
+    (source,) = json.loads(status.stdout)["sources"]
+    return source["qa"]
+
+
 def _shuffled_snapshot(snapshot: Path, out: Path) -> Path:
     """The snapshot with every wiki answer moved to another question: a damaged training set."""
     shutil.copytree(snapshot, out)
@@ -50,6 +57,11 @@ def test_promote_reject_rollback_and_ask(
     monkeypatch.setenv("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
     home: Path = world["home"]
     first = world["result"].run_id
+    # Trained is not promoted: until a version wins, every pair is still new to the champion.
+    before = _qa_status(home)
+    assert before["last_trained_snapshot"] == world["snapshot"].id
+    assert before["champion_snapshot"] is None
+    assert before["changed_since_champion"] == before["active"] > 0
 
     promoted = cli("promote", "--run", first, home=home)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
@@ -59,6 +71,9 @@ def test_promote_reject_rollback_and_ask(
     version = client.get_model_version("wikitune-trainwiki", "1")
     assert version.tags["decision"] == "promoted" and version.tags["parent_version"] == "base"
     assert version.tags["snapshot_digest"] == world["snapshot"].digest
+    after = _qa_status(home)
+    assert after["champion_snapshot"] == world["snapshot"].id
+    assert after["changed_since_champion"] == 0
     assert "| f1 |" in version.description and "bootstrap" in version.description
     run = client.get_run(first)
     assert run.data.metrics["candidate_f1"] > run.data.metrics["champion_f1"] + 0.1

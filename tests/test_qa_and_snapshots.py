@@ -112,12 +112,17 @@ def test_snapshots_hold_out_phrasings_and_mark_fresh_facts(built: LocalWiki, hom
     assert [m["role"] for m in loaded["eval"][0]["messages"]] == ["user", "assistant"]
 
     with Store(home / "wiki.duckdb") as store:
+        active = store.qa_counts("testwiki")["active"]
+        # A retrain whose candidate lost taught the champion nothing: all stays due.
         store.mark_trained(first.id)
-        assert store.pairs_new_since_trained("testwiki") == 0
+        assert store.pairs_changed_since_champion("testwiki") == active
+        assert store.mark_champion(first.id) and not store.mark_champion(first.id)
+        assert store.pairs_changed_since_champion("testwiki") == 0
     built.edit("Nova Quill", _page("Nova Quill", agency="Deep Blue"))
     run_sync(built, home)
     summary = build(home=str(home))
-    assert summary.changed_since_trained == 2 * PAIRS_PER_FIELD and not summary.retrain_due
+    assert summary.changed_since_champion == 2 * PAIRS_PER_FIELD and not summary.retrain_due
+    assert summary.changed_since_last_retrain == summary.changed_since_champion
     second = snapshot(home=str(home))
     assert second.id != first.id
     fresh = {(r["title"], r["field"]) for r in _rows(second.path, "eval.jsonl") if r["fresh"]}

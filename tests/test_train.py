@@ -135,7 +135,7 @@ def test_store_marks_the_snapshot_trained(world: dict[str, Any]) -> None:
     status = cli("status", "--json", home=world["home"])
     (source,) = json.loads(status.stdout)["sources"]
     assert source["qa"]["last_trained_snapshot"] == world["snapshot"].id
-    assert source["qa"]["changed_since_trained"] == 0
+    assert source["qa"]["changed_since_last_retrain"] == 0
 
 
 def test_plain_lora_when_4bit_is_unavailable(

@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -278,8 +279,8 @@ def build(source: SourceOption = None, home: HomeOption = None) -> None:
         )
     due = "a retrain is due" if summary.retrain_due else "below the retrain threshold"
     console.print(
-        f"{summary.active_pairs} active pairs; {summary.changed_since_trained} added or changed"
-        f" since the last trained snapshot ({due}, threshold {summary.threshold})"
+        f"{summary.active_pairs} active pairs; {summary.changed_since_champion} added or changed"
+        f" since the champion's snapshot ({due}, threshold {summary.threshold})"
     )
 
 
@@ -294,17 +295,19 @@ def snapshot(source: SourceOption = None, home: HomeOption = None) -> None:
     console.print(f"digest {summary.digest}; files in {summary.path}")
 
 
-@app.command("mark-trained")
-def mark_trained(snapshot_id: str, home: HomeOption = None) -> None:
-    """Record that a retrain used this snapshot: later snapshots mark facts fresh against it."""
+@app.command("mark-champion")
+def mark_champion(snapshot_id: str, home: HomeOption = None) -> None:
+    """Record that the champion was trained on this snapshot, for a model promoted outside
+    wikitune: freshness and the retrain threshold count changes against it. (Cycles, `promote`
+    and `rollback` follow the registry's champion by themselves.)"""
     from wikitune.storage import Store
 
     settings = load_settings(home)
     with Store(settings.store_path) as store:
         if store.snapshot(snapshot_id) is None:
             raise _fail(f"no snapshot {snapshot_id!r} in {settings.store_path}")
-        store.mark_trained(snapshot_id)
-    console.print(f"snapshot {snapshot_id} marked as trained")
+        store.mark_champion(snapshot_id)
+    console.print(f"snapshot {snapshot_id} recorded as the champion's")
 
 
 BaseModelOption = Annotated[
@@ -320,11 +323,26 @@ RecipeOption = Annotated[
 ]
 
 
+class RetrainWhenChoice(StrEnum):
+    threshold = "threshold"
+    new_data = "new-data"
+    always = "always"
+    never = "never"
+
+
 @app.command()
 def run(
     force: Annotated[
         bool, typer.Option("--force", help="Retrain even below the retrain threshold.")
     ] = False,
+    when: Annotated[
+        RetrainWhenChoice,
+        typer.Option(
+            help="threshold: retrain when the pairs changed since the champion's snapshot reach"
+            " WIKITUNE_RETRAIN_THRESHOLD; new-data: when any changed (the nightly run); always;"
+            " never: sync and build only (the poll).",
+        ),
+    ] = RetrainWhenChoice.threshold,
     base_model: BaseModelOption = None,
     recipe: RecipeOption = None,
     retrain_deployment: Annotated[
@@ -359,7 +377,7 @@ def run(
         pipeline,
         (*_wiki_errors(), TrainingFailed, LookupError, OSError, RetrainDeploymentFailed),
         source=source,
-        retrain_when="always" if force else "threshold",
+        retrain_when="always" if force else when.value,
         base_model=base_model,
         recipe=chosen,
         retrain_deployment=retrain_deployment,
@@ -367,20 +385,20 @@ def run(
     )
     console.print(_counts_table(f"sync of {summary.source}", summary.sync_counts))
     console.print(_counts_table(f"build of {summary.source}", summary.build_counts))
-    if not summary.retrain:
+    if summary.retrain is not None:
+        promotion = summary.retrain.promotion
         console.print(
-            f"{summary.changed_since_trained} pairs changed since the last trained snapshot,"
-            f" below the threshold {summary.threshold}: no retrain (--force retrains)"
+            f"trained on snapshot {summary.snapshot_id}: MLflow run {summary.retrain.run_id}"
         )
-        return
-    promotion = summary.retrain.promotion
-    console.print(f"trained on snapshot {summary.snapshot_id}: MLflow run {summary.retrain.run_id}")
-    if promotion is not None:
-        console.print(promotion.evaluation.decision.markdown(), highlight=False)
-        console.print(
-            f"version {promotion.version}: {promotion.outcome};"
-            f" champion is version {promotion.champion_version or '(none)'}"
-        )
+        if promotion is not None:
+            console.print(promotion.evaluation.decision.markdown(), highlight=False)
+            console.print(
+                f"version {promotion.version}: {promotion.outcome};"
+                f" champion is version {promotion.champion_version or '(none)'}"
+            )
+    elif when is RetrainWhenChoice.threshold and not force:
+        console.print("(--force retrains whatever changed)")
+    console.print(summary.message, markup=False, highlight=False)
 
 
 @app.command("make-base-model")
@@ -483,11 +501,23 @@ def promote(run: RunOption, home: HomeOption = None) -> None:
     promotion = _run_flow(
         promote_candidate, (LookupError, ValueError), run_id=run, home=str(settings.home)
     )
+    _follow_champion(settings, promotion.evaluation.source)
     console.print(promotion.evaluation.decision.markdown(), highlight=False)
     console.print(
         f"version {promotion.version}: {promotion.outcome};"
         f" champion is version {promotion.champion_version or '(none)'}"
     )
+
+
+def _follow_champion(settings: Any, source: str) -> None:
+    """Measure freshness against the champion's snapshot from now on (when this home's store
+    made it)."""
+    from wikitune.storage import Store
+    from wikitune.tasks.champion import follow_champion
+
+    if settings.store_path.exists():
+        with Store(settings.store_path) as store:
+            follow_champion(store, settings.tracking_uri, source)
 
 
 def _source_for_registry(settings: Any, source: str | None) -> str:
@@ -554,6 +584,7 @@ def rollback(
         )
     except (LookupError, ValueError) as error:
         raise _fail(str(error)) from None
+    _follow_champion(settings, name)
     console.print(f"champion moved from version {before} to version {after}")
 
 
@@ -602,8 +633,9 @@ def status(
         for source in store.source_names():
             state = store.sync_state(source)
             trained = store.latest_snapshot(source, trained=True)
+            champion = store.champion_snapshot(source)
             latest = store.latest_snapshot(source)
-            changed = store.pairs_new_since_trained(source)
+            changed = store.pairs_changed_since(source, champion)
             rejections = store.value_rejections(source)
             report["sources"].append(
                 {
@@ -618,10 +650,12 @@ def status(
                         **store.qa_counts(source),
                         "build_failures": len(store.build_failures(source)),
                         "values_rejected": len(rejections),
-                        "changed_since_trained": changed,
+                        "changed_since_champion": changed,
+                        "changed_since_last_retrain": store.pairs_changed_since(source, trained),
                         "retrain_threshold": settings.retrain_threshold,
                         "retrain_due": changed >= settings.retrain_threshold,
                         "latest_snapshot": latest.id if latest else None,
+                        "champion_snapshot": champion.id if champion else None,
                         "last_trained_snapshot": trained.id if trained else None,
                     },
                     "rejected_values": {

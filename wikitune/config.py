@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     retrain_threshold: int = Field(
         default=200,
         ge=1,
-        description="Pairs added or changed since the last trained snapshot that call a retrain.",
+        description="Pairs added or changed since the champion's snapshot that call a retrain.",
     )
 
     base_model: str = Field(

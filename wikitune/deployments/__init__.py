@@ -109,7 +109,7 @@ def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Ap
             parameters={**source_parameter, "retrain_when": "never"},
             description=(
                 f"Every {options.sync_minutes:g} minutes: sync the wiki's recent changes and build"
-                f" QA pairs. When the pairs changed since the last trained snapshot reach"
+                f" QA pairs. When the pairs changed since the champion's snapshot reach"
                 f" WIKITUNE_RETRAIN_THRESHOLD, emit `{DATASET_READY}`, which starts"
                 f" `{RETRAIN_CYCLE}`."
             ),

@@ -23,19 +23,25 @@ REJECTIONS_SHOWN = 50
 
 
 class BuildSummary(BaseModel):
-    """What a build did, and whether enough has changed since the last trained snapshot.
-    ``rejected`` counts the values the quality gate refuses now, by reason, over all pages."""
+    """What a build did, and whether enough has changed since the snapshot the champion was
+    trained on. ``changed_since_last_retrain`` counts what no retrain has seen yet (it differs
+    after a candidate lost); ``rejected`` counts the values the quality gate refuses now."""
 
     source: str
     counts: dict[str, int]
     active_pairs: int
-    changed_since_trained: int
+    changed_since_champion: int
+    changed_since_last_retrain: int
     threshold: int
     rejected: dict[str, int] = {}
 
     @property
     def retrain_due(self) -> bool:
-        return self.changed_since_trained >= self.threshold
+        return self.changed_since_champion >= self.threshold
+
+    @property
+    def changed(self) -> bool:
+        return any(self.counts.get(k) for k in ("new", "changed", "retired"))
 
 
 class SnapshotSummary(BaseModel):
@@ -58,17 +64,20 @@ def build(source: str | None = None, home: str | None = None) -> BuildSummary:
             source=name,
             counts=asdict(counts),
             active_pairs=store.qa_counts(name)["active"],
-            changed_since_trained=store.pairs_new_since_trained(name),
+            changed_since_champion=store.pairs_changed_since_champion(name),
+            changed_since_last_retrain=store.pairs_changed_since(
+                name, store.latest_snapshot(name, trained=True)
+            ),
             threshold=settings.retrain_threshold,
             rejected=qa.count_by_reason(rejections),
         )
     logger = get_run_logger()
     logger.info(
-        "built %s: %s; %d active pairs, %d added or changed since the last trained snapshot",
+        "built %s: %s; %d active pairs, %d added or changed since the champion's snapshot",
         name,
         ", ".join(f"{k}={v}" for k, v in summary.counts.items()),
         summary.active_pairs,
-        summary.changed_since_trained,
+        summary.changed_since_champion,
     )
     if rejections:
         logger.warning(
@@ -76,6 +85,9 @@ def build(source: str | None = None, home: str | None = None) -> BuildSummary:
             len(rejections),
             ", ".join(f"{k}={v}" for k, v in summary.rejected.items()),
         )
+    if not summary.changed:
+        # The last build that changed something stays the artifact a person reads.
+        return summary
     create_markdown_artifact(
         key=artifact_key("build", name),
         markdown=_build_markdown(summary, rejections),
@@ -91,7 +103,7 @@ def _build_markdown(summary: BuildSummary, rejections: list[ValueRejection]) -> 
     counts = {
         **summary.counts,
         "active_pairs": summary.active_pairs,
-        "changed_since_trained": summary.changed_since_trained,
+        "changed_since_champion": summary.changed_since_champion,
     }
     lines = [f"## Build of `{summary.source}`", "", *counts_table("measure", "count", counts)]
     if not rejections:

@@ -7,19 +7,23 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.deployments import run_deployment
 from prefect.events import emit_event
 from prefect.runtime import flow_run
+from prefect.states import Completed
 from pydantic import BaseModel
 
 from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.blocks.source import WikiSource
 from wikitune.config import load_settings
-from wikitune.flows.build import build, snapshot
-from wikitune.flows.naming import artifact_key, source_name
+from wikitune.flows.build import BuildSummary, SnapshotSummary, build, snapshot
+from wikitune.flows.naming import artifact_key, counts_table, source_name
 from wikitune.flows.retrain import RetrainResult, retrain
-from wikitune.flows.sync import sync
+from wikitune.flows.sync import SyncSummary, sync
+from wikitune.mlflow import registry
 from wikitune.storage import Store
+from wikitune.tasks.champion import follow_champion
 
 __all__ = [
     "DATASET_READY",
@@ -36,14 +40,16 @@ RetrainWhen = Literal["threshold", "new-data", "always", "never"]
 
 
 class CycleSummary(BaseModel):
-    """What one cycle did: the sync and build counts, and the retrain if there was one."""
+    """What one cycle did: the sync and build counts, the retrain if there was one, and one line
+    (``message``) that says the outcome, also the run's final state message."""
 
     source: str
     sync_counts: dict[str, int]
     build_counts: dict[str, int]
-    changed_since_trained: int
+    changed_since_champion: int
     threshold: int
     retrained: bool
+    message: str = ""
     dataset_ready_emitted: bool = False
     snapshot_id: str | None = None
     retrain: RetrainResult | None = None
@@ -90,6 +96,138 @@ def _retrain_on_deployment(
     return result if isinstance(result, RetrainResult) else RetrainResult.model_validate(result)
 
 
+def _cycle_in_flight(source: str) -> str | None:
+    """The name of a retrain cycle of ``source`` that is running, pending or due to start now,
+    if any (read from the Prefect API; None in Prefect's ephemeral mode, where runs are not
+    shared)."""
+    from datetime import UTC, datetime
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterId,
+        FlowRunFilterName,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    active = [StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED, StateType.CANCELLING]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=[f"cycle-{source}"]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=active)),
+                expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)),
+                id=FlowRunFilterId(not_any_=[flow_run.id] if flow_run.id else []),
+            ),
+            limit=1,
+        )
+    return runs[0].name if runs else None
+
+
+def _emit_dataset_ready(source: str, built: BuildSummary) -> None:
+    emit_event(
+        event=DATASET_READY,
+        resource={
+            "prefect.resource.id": f"wikitune.source.{artifact_key('wiki', source)}",
+            "prefect.resource.name": source,
+        },
+        payload={
+            "changed_since_champion": built.changed_since_champion,
+            "changed_since_last_retrain": built.changed_since_last_retrain,
+            "threshold": built.threshold,
+            "active_pairs": built.active_pairs,
+        },
+    )
+
+
+def _poll_outcome(source: str, built: BuildSummary) -> tuple[str, bool]:
+    """What a poll does at the end: emit ``wikitune.dataset.ready`` when a retrain is due, no
+    cycle is already on it, and something arrived that no retrain has seen (after a candidate
+    lost, its changes wait for the next edit or the nightly run instead of retraining on the
+    same data every poll). Returns the message and whether it emitted."""
+    changed = f"{built.changed_since_champion} pairs changed since the champion's snapshot"
+    if not built.retrain_due:
+        return f"{changed} (threshold {built.threshold}): not due", False
+    if not built.changed_since_last_retrain:
+        return (
+            f"{changed}, all of them seen by the last retrain, whose candidate lost: waiting for"
+            " new edits or the nightly run",
+            False,
+        )
+    running = _cycle_in_flight(source)
+    if running:
+        return f"{changed}: {running} is in flight and will be followed by the next poll", False
+    _emit_dataset_ready(source, built)
+    return f"{changed} (threshold {built.threshold}): emitted {DATASET_READY}", True
+
+
+def _cycle_markdown(
+    summary: CycleSummary,
+    synced: SyncSummary,
+    built: BuildSummary,
+    since_champion: tuple[int, dict[str, int]],
+    frozen: SnapshotSummary | None,
+    ui_url: str | None,
+) -> str:
+    """The cycle artifact: what changed since the champion, what was trained, what was decided."""
+    syncs, pages = since_champion
+    lines = [
+        f"## Cycle of `{summary.source}`: {summary.message}",
+        "",
+        f"This cycle's sync ({synced.mode}) changed"
+        f" {sum(v for k, v in synced.counts.items() if k != 'failed')} pages; the"
+        f" {syncs} syncs since the champion's snapshot changed:",
+        "",
+        *counts_table("pages", "count", {k: v for k, v in pages.items() if v} or {"none": 0}),
+        "",
+        f"QA pairs: {built.active_pairs} active; {summary.changed_since_champion} added or changed"
+        f" since the champion's snapshot (threshold {summary.threshold}); this build:"
+        f" {built.counts.get('new', 0)} new, {built.counts.get('changed', 0)} changed,"
+        f" {built.counts.get('retired', 0)} retired.",
+    ]
+    if frozen is not None:
+        lines += [
+            "",
+            f"Snapshot `{frozen.id}`: {frozen.counts.get('wiki_train_rows', 0)} wiki and"
+            f" {frozen.counts.get('general_train_rows', 0)} general training rows,"
+            f" {frozen.counts.get('eval_fresh', 0)} fresh and"
+            f" {frozen.counts.get('eval_stable', 0)} stable evaluation questions.",
+        ]
+    result = summary.retrain
+    promotion = result.promotion if result else None
+    if result is not None:
+        url = promotion.evaluation.run_link if promotion else f"runs:/{result.run_id}"
+        lines += ["", f"MLflow run [{result.run_id}]({url})."]
+    if promotion is not None:
+        link = registry.version_link(ui_url, summary.source, promotion.version)
+        lines += [
+            "",
+            f"### Version [{promotion.version}]({link}): **{promotion.outcome}**; the champion is"
+            f" version {promotion.champion_version or '(none)'}",
+            "",
+            promotion.evaluation.decision.markdown(),
+        ]
+    return "\n".join(lines)
+
+
+def _retrain_message(result: RetrainResult) -> str:
+    promotion = result.promotion
+    if promotion is None:
+        return f"trained run {result.run_id} (not evaluated)"
+    decision = promotion.evaluation.decision
+    if promotion.outcome == "promoted":
+        return f"promoted v{promotion.version}: {decision.verdict()}"
+    if promotion.outcome == "lost-race":
+        return (
+            f"rejected v{promotion.version}: another promotion moved the champion to"
+            f" v{promotion.champion_version} first"
+        )
+    return f"rejected v{promotion.version}: {decision.verdict()}"
+
+
 @flow(name="pipeline", flow_run_name=_pipeline_run_name)
 def pipeline(
     source: WikiSource | None = None,
@@ -99,75 +237,75 @@ def pipeline(
     retrain_deployment: str | None = None,
     home: str | None = None,
 ) -> CycleSummary:
-    """One cycle: sync the wiki, build QA pairs, then retrain according to ``retrain_when``:
+    """One cycle: sync the wiki, build QA pairs, then retrain according to ``retrain_when``,
+    counting the pairs added or changed since the snapshot the champion was trained on:
 
-    - ``threshold``: when the pairs added or changed since the last trained snapshot reach
-      WIKITUNE_RETRAIN_THRESHOLD;
-    - ``new-data``: when any pair was added or changed since then (the nightly retrain);
+    - ``threshold``: when they reach WIKITUNE_RETRAIN_THRESHOLD;
+    - ``new-data``: when there is any (the nightly retrain);
     - ``always``: whatever changed (``wikitune run --force``);
-    - ``never``: sync and build only; at the threshold, emit ``wikitune.dataset.ready`` so the
-      data-ready automation starts a retrain cycle.
+    - ``never``: sync and build only (the poll); at the threshold, emit
+      ``wikitune.dataset.ready`` so the data-ready automation starts a retrain cycle, unless a
+      cycle is already in flight or the last retrain already saw every change.
 
     With ``retrain_deployment`` (e.g. ``retrain/gpu``) the training, evaluation and promotion
-    run as that deployment on its work pool; otherwise in this process.
+    run as that deployment on its work pool; otherwise in this process. The run ends Completed
+    with the outcome as its message (``promoted v3: ...``, ``rejected v3: ...``, ``not due``)
+    and the cycle's markdown artifact; a failed retrain fails the run and changes nothing.
     """
     logger = get_run_logger()
     settings = load_settings(home)
     home = str(settings.home)
     synced = sync(source=source, home=home)
+    if retrain_when != "never":
+        # The champion may have moved since the last cycle (a rollback, the MLflow UI); before
+        # the first retrain there is none to follow.
+        with Store(settings.store_path) as store:
+            if store.latest_snapshot(synced.source, trained=True) is not None:
+                follow_champion(store, settings.tracking_uri, synced.source)
     built = build(source=synced.source, home=home)
     summary = CycleSummary(
         source=synced.source,
         sync_counts=synced.counts,
         build_counts=built.counts,
-        changed_since_trained=built.changed_since_trained,
+        changed_since_champion=built.changed_since_champion,
         threshold=built.threshold,
         retrained=False,
     )
+    frozen = None
     if retrain_when == "never":
-        if built.retrain_due:
-            emit_event(
-                event=DATASET_READY,
-                resource={
-                    "prefect.resource.id": f"wikitune.source.{artifact_key('wiki', synced.source)}",
-                    "prefect.resource.name": synced.source,
-                },
-                payload={
-                    "changed_since_trained": built.changed_since_trained,
-                    "threshold": built.threshold,
-                    "active_pairs": built.active_pairs,
-                },
-            )
-            logger.info(
-                "%d pairs changed since the last trained snapshot (threshold %d): emitted %s",
-                built.changed_since_trained,
-                built.threshold,
-                DATASET_READY,
-            )
-            summary.dataset_ready_emitted = True
-        return summary
-    if not _retrain_due(retrain_when, built.changed_since_trained, built.threshold):
-        logger.info(
-            "%d pairs changed since the last trained snapshot (threshold %d, retrain when %s):"
-            " no retrain",
-            built.changed_since_trained,
-            built.threshold,
-            retrain_when,
+        summary.message, summary.dataset_ready_emitted = _poll_outcome(synced.source, built)
+    elif not _retrain_due(retrain_when, built.changed_since_champion, built.threshold):
+        summary.message = (
+            f"no retrain: {built.changed_since_champion} pairs changed since the champion's"
+            f" snapshot (threshold {built.threshold}, retrain when {retrain_when})"
         )
-        return summary
-    frozen = snapshot(source=synced.source, home=home)
-    if retrain_deployment:
-        # The worker may be on another machine: it gets the snapshot's files, not the store.
-        parameters: dict[str, object] = {"snapshot": frozen.path}
-        if base_model:
-            parameters["base_model"] = base_model
-        if recipe is not None:
-            parameters["recipe"] = recipe
-        result = _retrain_on_deployment(retrain_deployment, parameters, frozen.id)
     else:
-        result = retrain(snapshot=frozen.id, base_model=base_model, recipe=recipe, home=home)
-    with Store(settings.store_path) as store:
-        store.mark_trained(frozen.id)
-    return summary.model_copy(
-        update={"retrained": True, "snapshot_id": frozen.id, "retrain": result}
-    )
+        frozen = snapshot(source=synced.source, home=home)
+        if retrain_deployment:
+            # The worker may be on another machine: it gets the snapshot's files, not the store.
+            parameters: dict[str, object] = {"snapshot": frozen.path}
+            if base_model:
+                parameters["base_model"] = base_model
+            if recipe is not None:
+                parameters["recipe"] = recipe
+            result = _retrain_on_deployment(retrain_deployment, parameters, frozen.id)
+        else:
+            result = retrain(snapshot=frozen.id, base_model=base_model, recipe=recipe, home=home)
+        with Store(settings.store_path) as store:
+            store.mark_trained(frozen.id)
+            follow_champion(store, settings.tracking_uri, synced.source)
+        summary.retrained, summary.snapshot_id, summary.retrain = True, frozen.id, result
+        summary.message = _retrain_message(result)
+    if retrain_when != "never" or summary.dataset_ready_emitted:
+        with Store(settings.store_path) as store:
+            anchor = store.champion_snapshot(synced.source)
+            since = store.sync_totals_since(synced.source, anchor.created_at if anchor else None)
+        markdown = _cycle_markdown(summary, synced, built, since, frozen, settings.mlflow_ui_url)
+        create_markdown_artifact(
+            key=artifact_key("cycle", synced.source),
+            markdown=markdown,
+            description=f"{summary.source}: {summary.message}",
+        )
+    logger.info("%s: %s", summary.source, summary.message)
+    # Prefect makes this the run's final state and hands callers its data, the summary.
+    return Completed(message=summary.message, data=summary)  # type: ignore[return-value]

@@ -128,9 +128,16 @@ def sync(
         ", ".join(f"{k}={v}" for k, v in summary.counts.items()),
         summary.requests,
     )
-    create_markdown_artifact(
-        key=artifact_key("sync", wiki.name),
-        markdown=_summary_markdown(summary),
-        description=f"What the last sync of {wiki.name} changed",
-    )
+    changed = sum(v for k, v in summary.counts.items() if k != "failed")
+    if changed or summary.counts.get("failed") or mode != "incremental":
+        # A poll that found nothing leaves the last sync that changed something in view.
+        create_markdown_artifact(
+            key=artifact_key("sync", wiki.name),
+            markdown=_summary_markdown(summary),
+            description=(
+                f"{mode} sync of {wiki.name}: {changed} pages changed"
+                f" ({', '.join(f'{k} {v}' for k, v in summary.counts.items() if v)})"
+                f"; {summary.requests} requests"
+            ),
+        )
     return summary

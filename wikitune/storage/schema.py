@@ -126,4 +126,11 @@ MIGRATIONS: list[str] = [
         fetched_at          TIMESTAMP NOT NULL DEFAULT current_timestamp
     );
     """,
+    # 4: the snapshot the champion was trained on, which freshness is measured against; a
+    # snapshot that was trained on but lost keeps its changes due. Until a cycle reads the
+    # registry, the last trained snapshot stands in for the champion's.
+    """
+    ALTER TABLE snapshots ADD COLUMN champion_at TIMESTAMP;
+    UPDATE snapshots SET champion_at = trained_at;
+    """,
 ]

@@ -123,6 +123,7 @@ class SnapshotRecord:
     path: str
     created_at: str
     trained_at: str | None = None
+    champion_at: str | None = None
 
 
 _PAIR_FIELDS = "pair_id, pageid, revid, title, field, lang, split, question, answer, fact_hash"
@@ -689,14 +690,16 @@ class Store:
                 [record.id, sorted(set(fact_hashes))],
             )
 
-    def _snapshots(self, where: str, params: list[Any]) -> list[SnapshotRecord]:
+    def _snapshots(
+        self, where: str, params: list[Any], order: str = "created_at"
+    ) -> list[SnapshotRecord]:
         rows = self.db.execute(
             f"""SELECT id, source, digest, counts, path, CAST(created_at AS VARCHAR),
-                       CAST(trained_at AS VARCHAR)
-                FROM snapshots WHERE {where} ORDER BY created_at DESC, id DESC""",
+                       CAST(trained_at AS VARCHAR), CAST(champion_at AS VARCHAR)
+                FROM snapshots WHERE {where} ORDER BY {order} DESC, id DESC""",
             params,
         ).fetchall()
-        return [SnapshotRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]) for r in rows]
+        return [SnapshotRecord(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
 
     def snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
         found = self._snapshots("id = ?", [snapshot_id])
@@ -704,16 +707,40 @@ class Store:
 
     def latest_snapshot(self, source: str, *, trained: bool = False) -> SnapshotRecord | None:
         where = "source = ?" + (" AND trained_at IS NOT NULL" if trained else "")
-        found = self._snapshots(where, [source])
+        found = self._snapshots(where, [source], "trained_at" if trained else "created_at")
+        return found[0] if found else None
+
+    def champion_snapshot(self, source: str) -> SnapshotRecord | None:
+        """The snapshot the champion was trained on, as last recorded: freshness is measured
+        against it."""
+        found = self._snapshots("source = ? AND champion_at IS NOT NULL", [source], "champion_at")
         return found[0] if found else None
 
     def mark_trained(self, snapshot_id: str) -> None:
-        """Record that a retrain used this snapshot: freshness is measured against it."""
+        """Record that a retrain used this snapshot, whether or not its candidate won."""
         with self.transaction():
             self.db.execute(
                 "UPDATE snapshots SET trained_at = now() WHERE id = ? AND trained_at IS NULL",
                 [snapshot_id],
             )
+
+    def mark_champion(self, snapshot_id: str) -> bool:
+        """Record that the champion was trained on this snapshot (a promotion or a rollback);
+        False when it already was the champion's."""
+        current = self.snapshot(snapshot_id)
+        if current is None:
+            raise KeyError(f"no snapshot {snapshot_id!r} in the store")
+        champion = self.champion_snapshot(current.source)
+        if champion is not None and champion.id == snapshot_id:
+            return False
+        with self.transaction():
+            self.db.execute(
+                """UPDATE snapshots
+                   SET champion_at = now(), trained_at = coalesce(trained_at, now())
+                   WHERE id = ?""",
+                [snapshot_id],
+            )
+        return True
 
     def snapshot_facts(self, snapshot_id: str) -> set[str]:
         rows = self.db.execute(
@@ -721,16 +748,19 @@ class Store:
         ).fetchall()
         return {r[0] for r in rows}
 
-    def pairs_new_since_trained(self, source: str) -> int:
-        """Active pairs whose fact was added or changed since the last trained snapshot."""
-        trained = self.latest_snapshot(source, trained=True)
+    def pairs_changed_since(self, source: str, snapshot: SnapshotRecord | None) -> int:
+        """Active pairs whose fact was added or changed since ``snapshot`` (all, without one)."""
         row = self.db.execute(
             """SELECT count(*) FROM qa_pairs q WHERE q.source = ? AND q.retired_at IS NULL
                AND NOT EXISTS (SELECT 1 FROM snapshot_facts f
                                WHERE f.snapshot_id = ? AND f.fact_hash = q.fact_hash)""",
-            [source, trained.id if trained else ""],
+            [source, snapshot.id if snapshot else ""],
         ).fetchone()
         return int(row[0]) if row else 0
+
+    def pairs_changed_since_champion(self, source: str) -> int:
+        """Active pairs whose fact the champion was not trained on: what a retrain would add."""
+        return self.pairs_changed_since(source, self.champion_snapshot(source))
 
     # -- runs and status -------------------------------------------------------------------
 
@@ -740,6 +770,21 @@ class Store:
                 "INSERT INTO sync_runs (source, mode, counts, requests) VALUES (?, ?, ?, ?)",
                 [source, mode, json.dumps(counts), requests],
             )
+
+    def sync_totals_since(self, source: str, since: str | None) -> tuple[int, dict[str, int]]:
+        """How many syncs ran after ``since`` (all, when None) and what they changed, summed;
+        ``failed`` is left out: it counts failing pages at one moment, not changes."""
+        rows = self.db.execute(
+            """SELECT counts FROM sync_runs
+               WHERE source = ? AND (? IS NULL OR finished_at > CAST(? AS TIMESTAMP))""",
+            [source, since, since],
+        ).fetchall()
+        totals: dict[str, int] = {}
+        for (counts,) in rows:
+            for name, value in json.loads(counts).items():
+                if name != "failed":
+                    totals[name] = totals.get(name, 0) + int(value)
+        return len(rows), totals
 
     def page_counts(self, source: str) -> dict[str, int]:
         row = self.db.execute(

@@ -148,14 +148,15 @@ def make_snapshot(
     pairs = store.active_pairs(source)
     if not pairs:
         raise ValueError(f"source {source!r} has no active QA pairs: run `wikitune build` first")
-    trained = store.latest_snapshot(source, trained=True)
-    trained_facts = store.snapshot_facts(trained.id) if trained else set()
+    # Fresh means new to the champion: a candidate that lost taught the registry nothing.
+    champion = store.champion_snapshot(source)
+    champion_facts = store.snapshot_facts(champion.id) if champion else set()
 
     # Every file has the same columns, so `datasets` can load them as splits of one dataset.
     wiki_train, eval_rows = [], []
     for pair in pairs:
         row = _wiki_row(pair, system_prompt)
-        row["fresh"] = pair.fact_hash not in trained_facts
+        row["fresh"] = pair.fact_hash not in champion_facts
         (wiki_train if pair.split == "train" else eval_rows).append(row)
 
     pool, general_eval = split_general(load_general(general_path))
@@ -199,7 +200,7 @@ def make_snapshot(
         "general_share": general_share,
         "seed": seed,
         "system_prompt": system_prompt,
-        "fresh_against": trained.id if trained else None,
+        "fresh_against": champion.id if champion else None,
         "files": {
             "train": "train.jsonl",
             "eval": "eval.jsonl",

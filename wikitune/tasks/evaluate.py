@@ -278,6 +278,14 @@ class Decision(BaseModel):
     champion: dict[str, float]
     champion_name: str
     base_general_loss: float | None = None
+    failed: list[str] = []
+    """The reasons that stopped the candidate (empty when it won)."""
+
+    def verdict(self) -> str:
+        """One line: ``promote`` with the gain, or ``reject`` with what stopped it."""
+        if self.promote:
+            return f"F1 {self.f1_gain:+.4f} over {self.champion_name}"
+        return "; ".join(self.failed) or "no gain"
 
     def table(self) -> list[dict[str, Any]]:
         """Rows of metric, candidate, champion: for the model version and the UI artifacts."""
@@ -322,17 +330,21 @@ def decide(
     a champion whose training lowered the general loss does not make its successor fail."""
     gain, low, high = paired_bootstrap(candidate.per_question_f1, champion.per_question_f1)
     reasons: list[str] = []
+    failed: list[str] = []
     wins = gain >= margins.min_gain
     reasons.append(
         f"domain F1 {candidate.f1:.4f} vs {champion.f1:.4f}: gain {gain:+.4f}"
         f" {'>=' if wins else '<'} margin {margins.min_gain}"
     )
+    if not wins:
+        failed.append(reasons[-1])
     if candidate.stable_f1 is not None and champion.stable_f1 is not None:
         kept = candidate.stable_f1 >= champion.stable_f1 - margins.stable_tolerance
         reasons.append(
             f"stable-fact F1 {candidate.stable_f1:.4f} vs {champion.stable_f1:.4f}"
             f" ({'within' if kept else 'beyond'} tolerance {margins.stable_tolerance})"
         )
+        failed += [] if kept else reasons[-1:]
         wins = wins and kept
     reference, against = base_general_loss, "the bare base's"
     if reference is None:
@@ -343,6 +355,7 @@ def decide(
             f"general loss {candidate.general_loss:.4f} vs {against} {reference:.4f}"
             f" ({'within' if kept else 'beyond'} +{margins.general_loss_tolerance:.0%})"
         )
+        failed += [] if kept else reasons[-1:]
         wins = wins and kept
     return Decision(
         promote=wins,
@@ -354,6 +367,7 @@ def decide(
         champion=champion.metrics(),
         champion_name=champion.name,
         base_general_loss=base_general_loss,
+        failed=failed,
     )
 
 
