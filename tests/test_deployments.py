@@ -111,6 +111,7 @@ def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator
         record = json.loads((home / "services.json").read_text())
         yield {
             "home": home,
+            "base": env["WIKITUNE_BASE_MODEL"],
             "stdout": started.stdout,
             "record": record,
             "prefect": PrefectApi(f"http://127.0.0.1:{prefect_port}/api"),
@@ -160,7 +161,12 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert nightly["schedules"][0]["schedule"]["timezone"] == "Asia/Shanghai"
     assert nightly["parameters"]["retrain_when"] == "new-data"
     assert nightly["global_concurrency_limit"]["limit"] == 1, nightly
-    assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    assert nightly["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    # What trains is on the deployment page: the base, the recipe, the source block by name.
+    for shown in (nightly, api.deployment("retrain/gpu")):
+        assert shown["parameters"]["base_model"] == services["base"]
+        assert shown["parameters"]["recipe"]["learning_rate"] == TEST_RECIPE["learning_rate"]
+    assert nightly["parameters"]["source"] == sync_deployment["parameters"]["source"] == SOURCE
     assert "wikitune.dataset.ready" in nightly["description"]
     (automation,) = api.post("/automations/filter", {})
     assert automation["trigger"]["expect"] == ["wikitune.dataset.ready"]
@@ -169,7 +175,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
 
     # Deploying again changes nothing.
     again = cli(
-        *("deploy", "--timezone", "Asia/Shanghai", "--source-block", f"wiki-{SOURCE}"),
+        *("deploy", "--timezone", "Asia/Shanghai", "--source-block", SOURCE),
         home=services["home"],
         ephemeral=True,
         PREFECT_API_URL=api.url,
@@ -202,9 +208,10 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
         "the event", lambda: api.post("/events/filter", event_filter)["events"], timeout=60
     )
     assert ready["resource"]["prefect.resource.name"] == SOURCE
-    assert ready["payload"]["changed_since_trained"] >= 60
+    assert ready["payload"]["changed_since_champion"] >= 60
     done = _wait_for("the retrain cycle", lambda: api.finished(cycle["id"]))
     assert done["state_type"] == "COMPLETED", done["state"]
+    assert done["state"]["message"].startswith("promoted v1: F1 +"), done["state"]
     (gpu_run,) = api.runs_of("retrain/gpu")
     assert gpu_run["state_type"] == "COMPLETED"
     assert gpu_run["parent_task_run_id"] is not None  # a child of the cycle, not a stray run

@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from wikitune.blocks.source import WikiSource
-from wikitune.config import load_settings
+from wikitune.config import load_settings, source_slug
 from wikitune.storage import Store, StoredPage, SyncBatch, SyncState
 from wikitune.storage.schema import MIGRATIONS
 from wikitune.tasks.mediawiki import RcRow, describe_request
@@ -97,3 +97,19 @@ def test_home_comes_from_the_option_or_the_environment(
     monkeypatch.setenv("WIKITUNE_HOME", str(tmp_path / "env"))
     assert load_settings().store_path == tmp_path / "env" / "wiki.duckdb"
     assert load_settings(tmp_path / "opt").home == tmp_path / "opt"
+
+
+def test_a_source_has_one_slug_in_prefect_and_mlflow() -> None:
+    from wikitune.flows.naming import artifact_key, source_name
+    from wikitune.mlflow.registry import registered_model_name
+    from wikitune.mlflow.tracking import experiment_name
+
+    name = "127.0.0.1:8391/api.php"
+    assert source_slug(name) == "127-0-0-1-8391-api-php"
+    assert artifact_key("cycle", name) == "cycle-127-0-0-1-8391-api-php"
+    wiki = WikiSource(api_url=f"http://{name}", name=name, categories=["Category:VTuber"])
+    assert source_name(wiki) == source_slug(name)
+    assert source_name(source_slug(name)) == source_slug(name)  # a block's name
+    assert experiment_name(name) == registered_model_name(name) == "wikitune-" + source_slug(name)
+    # Names without a Latin letter or digit still get a stable, distinct slug.
+    assert source_slug("维基") != source_slug("百科") and source_slug("维基").startswith("source-")

@@ -916,10 +916,12 @@ def _deploy_plan(
     nightly_cron: str,
     nightly_retrain_when: str,
     base_model: str | None,
+    recipe: Path | None,
 ) -> Any:
     """Check what ``deploy`` is given before anything is started or applied."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+    from wikitune.blocks.recipe import TrainingRecipe, default_recipe
     from wikitune.deployments import DeployOptions
     from wikitune.storage import Store
 
@@ -938,12 +940,19 @@ def _deploy_plan(
                     f"no wiki source in {settings.store_path}: give --api-url and --category"
                     " or --source-block NAME (up and deploy save the source as that block)"
                 )
+    base = base_model or settings.base_model
+    try:
+        path = recipe or settings.recipe_path
+        chosen = TrainingRecipe.from_file(path) if path else default_recipe(base)
+    except ValueError as error:
+        raise _fail(str(error)) from None
     return DeployOptions(
         timezone=timezone,
         sync_minutes=sync_minutes,
         nightly_cron=nightly_cron,
         nightly_retrain_when=nightly_retrain_when,
-        base_model=base_model,
+        base_model=base,
+        recipe=chosen.model_dump(mode="json", exclude={"block_type_slug"}),
     )
 
 
@@ -969,7 +978,12 @@ def deploy(
     nightly_cron: NightlyCronOption = "0 2 * * *",
     nightly_retrain_when: NightlyWhenOption = "new-data",
     base_model: Annotated[
-        str | None, typer.Option(help="Base model for retrains (default: the worker's setting).")
+        str | None,
+        typer.Option(help="Base model of the retrains (default: $WIKITUNE_BASE_MODEL here)."),
+    ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="Training recipe, YAML or packaged name (default: the base's)."),
     ] = None,
     api_url: ApiUrlOption = None,
     category: CategoryOption = None,
@@ -994,7 +1008,14 @@ def deploy(
         api_url, category, namespace, name, user_agent, request_interval, bot_user, source_block
     )
     plan = _deploy_plan(
-        settings, source, timezone, sync_minutes, nightly_cron, nightly_retrain_when, base_model
+        settings,
+        source,
+        timezone,
+        sync_minutes,
+        nightly_cron,
+        nightly_retrain_when,
+        base_model,
+        recipe,
     )
     _print_applied(apply(source, plan), PREFECT_API_URL.value().removesuffix("/api"))
 
@@ -1012,7 +1033,12 @@ def up(
     nightly_cron: NightlyCronOption = "0 2 * * *",
     nightly_retrain_when: NightlyWhenOption = "new-data",
     base_model: Annotated[
-        str | None, typer.Option(help="Base model for retrains (default: $WIKITUNE_BASE_MODEL).")
+        str | None,
+        typer.Option(help="Base model of the retrains (default: $WIKITUNE_BASE_MODEL here)."),
+    ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="Training recipe, YAML or packaged name (default: the base's)."),
     ] = None,
     api_url: ApiUrlOption = None,
     category: CategoryOption = None,
@@ -1036,7 +1062,14 @@ def up(
         api_url, category, namespace, name, user_agent, request_interval, bot_user, None
     )
     plan = _deploy_plan(
-        settings, source, timezone, sync_minutes, nightly_cron, nightly_retrain_when, base_model
+        settings,
+        source,
+        timezone,
+        sync_minutes,
+        nightly_cron,
+        nightly_retrain_when,
+        base_model,
+        recipe,
     )
     try:
         record = services.start(

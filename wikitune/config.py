@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from functools import cached_property
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def source_slug(name: str) -> str:
+    """The one spelling of a source's name wherever a name is restricted: Prefect blocks,
+    artifacts and run names, MLflow experiments and registered models (lowercase ASCII letters,
+    digits and dashes); ``127.0.0.1:8391/api.php`` gives ``127-0-0-1-8391-api-php``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug or "source-" + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 class Settings(BaseSettings):

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from wikitune.blocks.source import WikiSource
-from wikitune.flows.naming import artifact_key
+from wikitune.config import source_slug
 
 __all__ = [
     "GPU_RETRAIN",
@@ -39,6 +39,8 @@ class DeployOptions(BaseModel):
     nightly_cron: str = "0 2 * * *"
     nightly_retrain_when: str = "new-data"
     base_model: str | None = None
+    recipe: dict[str, Any] | None = None
+    """The training recipe's fields, shown and editable as the deployments' parameter."""
 
 
 class Applied(BaseModel):
@@ -78,9 +80,9 @@ def _source_parameter(source: WikiSource | None) -> tuple[dict[str, Any], str | 
     lets a person edit; without a source, the flows use the one the store recorded."""
     if source is None:
         return {}, None
-    block_name = artifact_key("wiki", source.name)
-    block_id = source.save(block_name, overwrite=True)
-    return {"source": {"$ref": {"block_document_id": str(block_id)}}}, block_name
+    block_name = source_slug(source.name)
+    source.save(block_name, overwrite=True)
+    return {"source": block_name}, block_name
 
 
 def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Applied:
@@ -96,8 +98,9 @@ def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Ap
     options = options or DeployOptions()
     pools = _ensure_pools()
     source_parameter, block_name = _source_parameter(source)
-    model = {"base_model": options.base_model} if options.base_model else {}
-    resource = f"wikitune.source.{artifact_key('wiki', source.name)}" if source else "wikitune.*"
+    # What will train is on the deployment's page, editable, not hidden in a worker's env.
+    model = {k: v for k, v in (("base_model", options.base_model), ("recipe", options.recipe)) if v}
+    resource = f"wikitune.source.{source_slug(source.name)}" if source else "wikitune.*"
     cycle = {**source_parameter, "retrain_deployment": GPU_RETRAIN, **model}
     deployments = [
         pipeline.to_deployment(
@@ -131,14 +134,15 @@ def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Ap
             ],
             parameters={**cycle, "retrain_when": options.nightly_retrain_when},
             concurrency_limit=ConcurrencyLimitConfig(
-                limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
             ),
             description=(
                 f"Nightly at `{options.nightly_cron}` ({options.timezone}), retraining only when"
                 f" there is new data (`retrain_when: {options.nightly_retrain_when}`), and"
                 f" whenever a sync emits `{DATASET_READY}`. Syncs, builds and snapshots here,"
                 f" then runs `{GPU_RETRAIN}` (train, evaluate, promote) on the gpu pool. One at a"
-                " time: a run that starts while another is active is cancelled."
+                " time: a run that starts while another is active waits for it (and finds the"
+                " changes already trained)."
             ),
             tags=["wikitune", "retrain"],
             entrypoint_type=EntrypointType.MODULE_PATH,

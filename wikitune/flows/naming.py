@@ -7,13 +7,14 @@ from typing import Any
 
 from prefect.runtime import flow_run
 
+from wikitune.config import source_slug
+
 __all__ = ["artifact_key", "counts_table", "run_name", "source_name"]
 
 
 def artifact_key(prefix: str, name: str) -> str:
-    """A stable artifact key; Prefect allows lowercase letters, digits and dashes only."""
-    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-    return f"{prefix}-{slug}"[:80]
+    """A stable artifact key for a source; Prefect allows lowercase letters, digits, dashes."""
+    return f"{prefix}-{source_slug(name)}"[:80]
 
 
 def counts_table(what: str, unit: str, counts: Mapping[str, int]) -> list[str]:
@@ -23,13 +24,13 @@ def counts_table(what: str, unit: str, counts: Mapping[str, int]) -> list[str]:
 
 
 def source_name(source: Any) -> str:
-    """The name of a ``source`` parameter: a block, a plain name, or a block's saved fields."""
+    """The slug of a ``source`` parameter: a block, a block's name, or a block's saved fields."""
     name = getattr(source, "name", None) or (source if isinstance(source, str) else None)
     if name is None and isinstance(source, dict):
         name = source.get("name")
-    return name or "stored-source"
+    return source_slug(name) if name else "stored-source"
 
 
 def run_name(prefix: str) -> str:
-    """``prefix-<source>`` from the run's ``source`` parameter."""
+    """``prefix-<source slug>`` from the run's ``source`` parameter."""
     return f"{prefix}-{source_name(flow_run.parameters.get('source'))}"

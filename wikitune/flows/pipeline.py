@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.blocks.source import WikiSource
-from wikitune.config import load_settings
+from wikitune.config import load_settings, source_slug
 from wikitune.flows.build import BuildSummary, SnapshotSummary, build, snapshot
 from wikitune.flows.naming import artifact_key, counts_table, source_name
 from wikitune.flows.retrain import RetrainResult, retrain
@@ -117,7 +117,7 @@ def _cycle_in_flight(source: str) -> str | None:
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
-                name=FlowRunFilterName(any_=[f"cycle-{source}"]),
+                name=FlowRunFilterName(any_=[f"cycle-{source_slug(source)}"]),
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=active)),
                 expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)),
                 id=FlowRunFilterId(not_any_=[flow_run.id] if flow_run.id else []),
@@ -131,7 +131,7 @@ def _emit_dataset_ready(source: str, built: BuildSummary) -> None:
     emit_event(
         event=DATASET_READY,
         resource={
-            "prefect.resource.id": f"wikitune.source.{artifact_key('wiki', source)}",
+            "prefect.resource.id": f"wikitune.source.{source_slug(source)}",
             "prefect.resource.name": source,
         },
         payload={
@@ -230,7 +230,7 @@ def _retrain_message(result: RetrainResult) -> str:
 
 @flow(name="pipeline", flow_run_name=_pipeline_run_name)
 def pipeline(
-    source: WikiSource | None = None,
+    source: WikiSource | str | None = None,
     retrain_when: RetrainWhen = "threshold",
     base_model: str | None = None,
     recipe: TrainingRecipe | None = None,

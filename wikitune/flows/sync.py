@@ -34,8 +34,11 @@ class SyncSummary(BaseModel):
     gap: str | None = None
 
 
-def resolve_source(store: Store, source: WikiSource | None) -> WikiSource:
-    """The given source (recorded in the store for later runs) or the one the store recorded."""
+def resolve_source(store: Store, source: WikiSource | str | None) -> WikiSource:
+    """The given source, or the saved ``wikitune wiki source`` block of that name (either is
+    recorded in the store for later runs), or the one the store recorded."""
+    if isinstance(source, str):
+        source = WikiSource.load(source)
     if source is not None:
         store.record_source(source.name, source.spec())
         return source
@@ -77,14 +80,15 @@ def _summary_markdown(summary: SyncSummary) -> str:
 
 @flow(name="sync", flow_run_name=partial(run_name, "sync"))
 def sync(
-    source: WikiSource | None = None, home: str | None = None, reconcile: bool = False
+    source: WikiSource | str | None = None, home: str | None = None, reconcile: bool = False
 ) -> SyncSummary:
     """Bring the store level with the wiki.
 
     The first run lists the whole scope; later runs apply recent changes from the stored cursor.
     A cursor older than the wiki's recent-changes retention, or ``reconcile``, forces a full
-    listing first. ``source`` is needed on the first run only; the bot password never travels as
-    a parameter (it comes from WIKITUNE_BOT_PASSWORD or a Prefect Secret).
+    listing first. ``source`` (a block, or a saved block's name) is needed on the first run
+    only; the bot password never travels as a parameter (it comes from WIKITUNE_BOT_PASSWORD or
+    a Prefect Secret).
     """
     logger = get_run_logger()
     settings = load_settings(home)

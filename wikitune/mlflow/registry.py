@@ -4,7 +4,6 @@ with its numbers and decision; the aliases `champion` and `challenger` (no stage
 from __future__ import annotations
 
 import fcntl
-import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from wikitune.mlflow import tracking
 from wikitune.mlflow.tracking import use_tracking
 
 __all__ = [
@@ -42,9 +42,8 @@ _TOKENIZER_DIR = "components/tokenizer"
 
 
 def registered_model_name(source: str) -> str:
-    """The registered model of a wiki source's adapters; MLflow forbids '/' and ':' in it, which
-    default source names (host:port/path) have."""
-    return "wikitune-" + re.sub(r"[^\w.-]+", "-", source).strip("-")
+    """The registered model of a wiki source's adapters, named like its experiment."""
+    return tracking.experiment_name(source)
 
 
 def version_link(ui_url: str | None, source: str, version: str) -> str:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from wikitune.config import source_slug
+
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
@@ -46,7 +48,9 @@ def use_tracking(tracking_uri: str) -> None:
 
 
 def experiment_name(source: str) -> str:
-    return f"wikitune-{source}"
+    """The experiment of a source's training runs (and its registered model's name): the
+    source's slug, since MLflow's UI reads '/' in an experiment name as a folder."""
+    return f"wikitune-{source_slug(source)}"
 
 
 def _experiment_id(name: str, artifact_root: Path | None) -> str:
