@@ -240,6 +240,22 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert "**promoted**" in promotion["data"]
     snapshot_artifact = latest_artifact(f"snapshot-{SOURCE}")
     assert snapshot_id in snapshot_artifact["data"]
+    cycle_artifact = latest_artifact(f"cycle-{SOURCE}")
+    assert cycle_artifact["flow_run_id"] == cycle["id"]
+    assert cycle_artifact["description"] == f"{SOURCE}: {done['state']['message']}"
+    assert f"[{version['version']}]({version_page})" in cycle_artifact["data"]
+    training = latest_artifact(f"training-{SOURCE}")
+    assert training["type"] == "progress" and training["data"] == 100.0
+    assert "MLflow run [" in training["description"]
+
+    # The MLflow run leads back to the Prefect run that trained it, and says what it is.
+    run = _mlflow_get(services["mlflow"], "runs/get", run_id=version["run_id"])["run"]
+    run_tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert run_tags["prefect.flow_run_id"] == gpu_run["id"]
+    assert run_tags["prefect.flow_run_url"].endswith(f"/runs/flow-run/{gpu_run['id']}")
+    assert run["info"]["run_name"] == f"v1-promoted-{snapshot_id}"
+    assert "**promote**" in run_tags["mlflow.note.content"]
+    assert run_tags["mlflow.source.name"] == "prefect flow retrain"
 
     # The gpu pool runs one retrain at a time: two more, started together, do not overlap.
     snapshot_path = str(services["home"] / "snapshots" / snapshot_id)
@@ -270,6 +286,31 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
         assert name in deployments_dom
     model_dom = _chromium(f"{services['mlflow']}/#/models/{model}", screens / "mlflow.png")
     assert model in model_dom
+    assert "Champion: version 1" in model_dom  # the model's description
+    # The cycle run's page shows its outcome; its artifact, the decision.
+    cycle_dom = _chromium(
+        f"{services['prefect_ui']}/runs/flow-run/{cycle['id']}", screens / "cycle.png"
+    )
+    assert done["state"]["message"] in cycle_dom
+    artifact_dom = _chromium(
+        f"{services['prefect_ui']}/artifacts/artifact/{cycle_artifact['id']}",
+        screens / "cycle-artifact.png",
+    )
+    assert "Decision: " in artifact_dom and "promote" in artifact_dom
+    # The experiment's runs table (model-training view) and the run's link to its Prefect run.
+    experiment_url = (
+        f"{services['mlflow']}/#/experiments/{run['info']['experiment_id']}/runs"
+        "?workflowType=machine_learning"
+    )
+    assert experiment_url in services["stdout"]  # `up` printed it
+    runs_dom = _chromium(experiment_url, screens / "mlflow-runs.png")
+    assert f"v1-promoted-{snapshot_id}" in runs_dom
+    run_dom = _chromium(
+        f"{services['mlflow']}/#/experiments/{run['info']['experiment_id']}/runs/"
+        f"{version['run_id']}",
+        screens / "mlflow-run.png",
+    )
+    assert run_tags["prefect.flow_run_url"] in run_dom
     assert _mlflow_get(services["mlflow"], "registered-models/get", name=model)
     for png in screens.glob("*.png"):
         assert png.stat().st_size > 20_000, f"{png} looks blank"

@@ -93,6 +93,19 @@ def test_promote_reject_rollback_and_ask(
     assert rejected.returncode == 0, rejected.stderr[-3000:]
     assert "version 2: rejected; champion is version 1" in rejected.stdout
     assert _aliases(home) == {"champion": "1", "challenger": "2"}
+    # The models list leads with the champion and why, though version 2 is the latest.
+    registered = client.get_registered_model("wikitune-trainwiki")
+    assert (
+        registered.tags["champion_version"] == "1"
+        and registered.tags["latest_decision"] == "rejected"
+    )
+    assert "**Champion: version 1**" in registered.description
+    assert "Latest candidate: version 2, **rejected**" in registered.description
+    # Both numbers on the same questions, and the run named after the decision.
+    second = client.get_model_version("wikitune-trainwiki", "2")
+    # (the damaged snapshot kept the evaluation questions: version 1 scores as it did.)
+    assert second.tags["champion_f1"] == version.tags["candidate_f1"]
+    assert client.get_run(damaged.run_id).info.run_name.startswith("v2-rejected-")
     assert client.get_model_version("wikitune-trainwiki", "2").tags["parent_version"] == "1"
 
     # A failed evaluation moves no alias.

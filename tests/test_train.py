@@ -43,9 +43,20 @@ def test_training_lowers_eval_loss_and_logs_the_run(world: dict[str, Any]) -> No
     assert params["base_model_kind"] == "directory"
     assert params["loss_mode"] == "assistant-masks"
     assert params["chat_template_origin"] == "template markers"
-    for metric in ("loss", "learning_rate", "tokens_per_second", "eval_wiki_loss"):
+    for metric in ("loss", "trainer/learning_rate", "tokens_per_second", "eval_wiki_loss"):
         history = client.get_metric_history(result.run_id, metric)
         assert len({m.step for m in history}) >= 2, metric
+    # wikitune's own numbers first; the trainer's counters in a section of their own.
+    assert "trainer/train_runtime" in run.data.metrics
+    assert not any(
+        k.endswith(("_runtime", "_per_second"))
+        for k in run.data.metrics
+        if "/" not in k and k != "tokens_per_second"
+    )
+    # The run's description: what was trained (replaced by the evaluation, which says it too).
+    assert f"trained on snapshot {snap.id}" in run.data.tags["mlflow.note.content"]
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert all(m.value > 0 for m in client.get_metric_history(result.run_id, "tokens_per_second"))
 
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}

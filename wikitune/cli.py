@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -92,17 +93,13 @@ def _log_to_file(home: Path) -> Path:
     return path
 
 
-def _run_flow(flow: Callable[..., T], expected: tuple[type[Exception], ...], **params: Any) -> T:
-    """Run a flow with progress bars on the terminal and logs in the home's log file; errors of
-    the expected kinds become one ``error:`` line and exit code 1."""
+@contextmanager
+def _progress_bars() -> Iterator[None]:
+    """Show the tasks' ``progress.track`` bars on the terminal (stderr) while the block runs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from wikitune import progress
 
-    home = load_settings(params.get("home")).home
-    for logger in ("prefect.flow_runs", "prefect.task_runs"):
-        logging.getLogger(logger).addFilter(_OneLineErrors(expected))
-    log_file = _log_to_file(home)
     bars = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -111,8 +108,19 @@ def _run_flow(flow: Callable[..., T], expected: tuple[type[Exception], ...], **p
         console=errors,
         transient=True,
     )
+    with bars, progress.displaying(bars):
+        yield
+
+
+def _run_flow(flow: Callable[..., T], expected: tuple[type[Exception], ...], **params: Any) -> T:
+    """Run a flow with progress bars on the terminal and logs in the home's log file; errors of
+    the expected kinds become one ``error:`` line and exit code 1."""
+    home = load_settings(params.get("home")).home
+    for logger in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(logger).addFilter(_OneLineErrors(expected))
+    log_file = _log_to_file(home)
     try:
-        with bars, progress.displaying(bars):
+        with _progress_bars():
             return flow(**params)
     except expected as error:
         raise _fail(str(error), log_file=log_file) from None
@@ -418,15 +426,16 @@ def make_base_model(
 
     settings = load_settings(home)
     try:
-        counts = model.make_base_model_for_wiki(
-            out,
-            store_path=settings.store_path,
-            general_path=settings.general_data_path,
-            system_prompt=settings.system_prompt,
-            size=size,  # type: ignore[arg-type]
-            seed=seed,
-            pretrain_steps=pretrain_steps,
-        )
+        with _progress_bars():
+            counts = model.make_base_model_for_wiki(
+                out,
+                store_path=settings.store_path,
+                general_path=settings.general_data_path,
+                system_prompt=settings.system_prompt,
+                size=size,  # type: ignore[arg-type]
+                seed=seed,
+                pretrain_steps=pretrain_steps,
+            )
     except ValueError as error:
         raise _fail(str(error)) from None
     texts = ", ".join(f"{count} {kind}" for kind, count in counts.items())
@@ -549,18 +558,28 @@ def models(
     if as_json:
         sys.stdout.write(json.dumps([v.__dict__ for v in versions], indent=2) + "\n")
         return
-    table = Table(title=registry.registered_model_name(name))
-    for column in ("version", "aliases", "decision", "snapshot", "domain F1", "F1 gain", "vs"):
+    # Each version was scored with the model it was compared against, on the same questions:
+    # its F1 and that model's are comparable; F1s of two versions on their own snapshots are not.
+    table = Table(
+        title=registry.registered_model_name(name),
+        caption="F1 and F1 before: this version and the model it was compared against (vs),"
+        " on the same held-out questions",
+    )
+    for column in ("version", "aliases", "decision", "snapshot", "vs", "F1 before", "F1"):
         table.add_column(column)
+    table.add_column("gain")
+    table.add_column("why")
     for v in versions:
         table.add_row(
             v.version,
             ", ".join(v.aliases),
             v.tags.get("decision", ""),
             v.tags.get("snapshot_id", ""),
+            v.tags.get("compared_against", ""),
+            v.tags.get("champion_f1", ""),
             v.tags.get("candidate_f1", ""),
             v.tags.get("f1_gain", ""),
-            v.tags.get("compared_against", ""),
+            v.tags.get("verdict", ""),
         )
     console.print(table)
 
@@ -1096,8 +1115,25 @@ def up(
     _print_applied(applied, record.prefect_ui_url)
     console.print(f"Prefect UI: {record.prefect_ui_url}")
     console.print(f"MLflow UI:  {record.mlflow_url}")
+    experiment = _experiment_url(settings, record.mlflow_url, applied.source_block)
+    if experiment:
+        console.print(f"MLflow experiment (training runs): {experiment}")
     console.print("Point this shell's wikitune and prefect at them:")
     console.print(services.env_exports(record), highlight=False, soft_wrap=True)
+
+
+def _experiment_url(settings: Any, mlflow_url: str, source: str | None) -> str | None:
+    """The source's experiment in the MLflow UI's model-training view, created if missing."""
+    from wikitune.mlflow import tracking
+    from wikitune.storage import Store
+
+    if source is None and settings.store_path.exists():
+        with Store(settings.store_path) as store:
+            source = store.source_names()[0] if store.source_names() else None
+    if source is None:
+        return None
+    experiment_id = tracking.ensure_experiment(mlflow_url, source)
+    return tracking.experiment_url(mlflow_url, experiment_id)
 
 
 @app.command()

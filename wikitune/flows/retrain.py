@@ -7,15 +7,23 @@ that starts it with ``run_deployment`` can read it.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from wikitune.blocks.recipe import TrainingRecipe, default_recipe
 from wikitune.config import Settings, load_settings
 from wikitune.flows.naming import artifact_key
-from wikitune.mlflow import registry
+from wikitune.mlflow import registry, tracking
 from wikitune.tasks import basemodel
 from wikitune.tasks import evaluate as evaluation
 from wikitune.tasks import train as training
@@ -142,6 +150,67 @@ def _starting_point(
     return adapter, f"champion version {current.version} (same base, {base.digest[:23]})"
 
 
+def _prefect_run_tags() -> dict[str, str]:
+    """Tags that lead from the MLflow run to the Prefect run that trained it."""
+    tags = {
+        "prefect.flow_run_id": str(flow_run.id or ""),
+        "prefect.flow_run_name": str(flow_run.name or ""),
+        "prefect.flow_run_url": str(flow_run.ui_url or ""),
+        "mlflow.source.name": f"prefect flow {flow_run.flow_name or 'retrain'}",
+        "mlflow.source.type": "JOB",
+    }
+    return {k: v for k, v in tags.items() if v}
+
+
+def _training_progress(source: str, tracking_uri: str, ui_url: str | None) -> Any:
+    """A trainer callback that keeps a Prefect progress artifact (steps, loss, ETA, the MLflow
+    run's link) and logs the same line to the run, at most every 15 seconds."""
+    from transformers import TrainerCallback
+
+    logger = get_run_logger()
+
+    class PrefectProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.artifact: Any = None
+            self.run = ""
+            self.loss: float | None = None
+            self.started = self.shown = 0.0
+
+        def run_started(self, run_id: str) -> None:
+            link = tracking.run_link(ui_url, tracking.get_run(tracking_uri, run_id))
+            self.run = f"MLflow run [{run_id}]({link})"
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.started = time.monotonic()
+            self.artifact = create_progress_artifact(
+                progress=0.0,
+                key=artifact_key("training", source),
+                description=f"training started; {self.run}",
+            )
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            now, total = time.monotonic(), max(state.max_steps, 1)
+            if now - self.shown < 15 and state.global_step < total:
+                return
+            self.shown = now
+            left = (now - self.started) / max(state.global_step, 1) * (total - state.global_step)
+            loss = f", loss {self.loss:.4f}" if self.loss is not None else ""
+            line = f"step {state.global_step}/{total}{loss}, about {left / 60:.1f} min left"
+            logger.info("training: %s", line)
+            if self.artifact is not None:
+                update_progress_artifact(
+                    self.artifact,
+                    progress=100.0 * state.global_step / total,
+                    description=f"{line}; {self.run}",
+                )
+
+    return PrefectProgress()
+
+
 def _retrain_run_name() -> str:
     snapshot = str(flow_run.parameters.get("snapshot", "snapshot"))
     return f"retrain-{snapshot.rstrip('/').rsplit('/', 1)[-1]}"
@@ -173,6 +242,9 @@ def retrain(
         settings, recipe, base, manifest.get("source", "wiki"), manifest["id"]
     )
     logger.info("training on snapshot %s from %s", manifest["id"], warm_start)
+    shown = _training_progress(
+        manifest.get("source", "wiki"), settings.tracking_uri, settings.mlflow_ui_url
+    )
     result = train_adapter(
         snapshot=location,
         base_model=base,
@@ -183,6 +255,9 @@ def retrain(
         init_adapter=init_adapter,
         warm_start=warm_start,
         device=device or settings.device,
+        callbacks=[shown],
+        on_run_started=shown.run_started,
+        run_tags=_prefect_run_tags(),
     )
     lines = [
         f"## Adapter trained on snapshot `{result.snapshot_id}`",

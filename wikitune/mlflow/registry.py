@@ -24,6 +24,7 @@ __all__ = [
     "LoggedModel",
     "VersionView",
     "champion",
+    "describe_model",
     "download_logged_model",
     "list_versions",
     "move_champion",
@@ -140,6 +141,17 @@ def register_candidate(
     return str(version.version)
 
 
+def describe_model(
+    tracking_uri: str, source: str, description: str, tags: Mapping[str, Any]
+) -> None:
+    """Set the registered model's description and tags (what the models list shows)."""
+    client = _client(tracking_uri)
+    name = registered_model_name(source)
+    client.update_registered_model(name, description=description)
+    for key, value in tags.items():
+        client.set_registered_model_tag(name, key, str(value))
+
+
 def set_version_tags(tracking_uri: str, source: str, version: str, tags: Mapping[str, Any]) -> None:
     client = _client(tracking_uri)
     for key, value in tags.items():
@@ -229,4 +241,11 @@ def rollback(tracking_uri: str, source: str, *, to: str | None, lock_path: Path)
     ):
         raise ValueError(f"the champion of {name} moved while rolling back; try again")
     client.set_model_version_tag(name, str(current.version), "rolled_back", "true")
+    describe_model(
+        tracking_uri,
+        source,
+        f"**Champion: version {target}** (alias `champion`), rolled back from version"
+        f" {current.version}.",
+        {"champion_version": target},
+    )
     return str(current.version), str(target)

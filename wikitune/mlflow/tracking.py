@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADAPTER_ARTIFACT",
+    "ensure_experiment",
     "experiment_name",
+    "experiment_url",
     "get_run",
     "log_adapter",
     "log_evaluation",
@@ -28,6 +30,8 @@ __all__ = [
     "log_params",
     "log_sample_generations",
     "log_snapshot_inputs",
+    "metric_key",
+    "name_run",
     "run_link",
     "set_tags",
     "training_run",
@@ -37,6 +41,20 @@ __all__ = [
 ADAPTER_ARTIFACT = "adapter"
 MODEL_URI_TAG = "wikitune.model_uri"
 SOURCE_TAG = "wikitune.source"
+DESCRIPTION_TAG = "mlflow.note.content"
+# MLflow's UI opens an experiment of this kind in its model-training view, not the GenAI one.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# The metrics a person reviews; the trainer's other counters (runtime, samples per second,
+# learning rate, gradient norm, epoch...) go under "trainer/", a section of their own in the UI.
+OWN_METRICS = {
+    "loss",
+    "train_loss",
+    "eval_wiki_loss",
+    "final_eval_wiki_loss",
+    "tokens_per_second",
+    "mean_token_accuracy",
+    "eval_wiki_mean_token_accuracy",
+}
 # MLflow's own limit on a parameter value's length.
 _MAX_PARAM_LENGTH = 6000
 
@@ -45,6 +63,26 @@ def use_tracking(tracking_uri: str) -> None:
     """Point MLflow's tracking and registry at ``tracking_uri`` for this process."""
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+
+
+def metric_key(name: str) -> str:
+    """Where a training metric is logged: its own name, or under ``trainer/``."""
+    return name if name in OWN_METRICS else f"trainer/{name}"
+
+
+def experiment_url(ui_url: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI's model-training view."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def ensure_experiment(tracking_uri: str, source: str, artifact_root: Path | None = None) -> str:
+    """The id of the source's experiment, created (in the model-training view) if missing."""
+    use_tracking(tracking_uri)
+    return _experiment_id(experiment_name(source), artifact_root if _local(tracking_uri) else None)
+
+
+def _local(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
 
 
 def experiment_name(source: str) -> str:
@@ -57,9 +95,12 @@ def _experiment_id(name: str, artifact_root: Path | None) -> str:
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if "mlflow.experimentKind" not in experiment.tags:
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     location = artifact_root.resolve().as_uri() if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
 
 
 @contextmanager
@@ -76,8 +117,7 @@ def training_run(
     completes and FAILED, with the reason as the ``failure_reason`` tag, when it raises."""
     use_tracking(tracking_uri)
     # A tracking server chooses its own artifact store; a local SQLite store uses ours.
-    local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
-    experiment_id = _experiment_id(experiment, artifact_root if local else None)
+    experiment_id = _experiment_id(experiment, artifact_root if _local(tracking_uri) else None)
     run = mlflow.start_run(
         run_id=run_id,
         experiment_id=None if run_id else experiment_id,
@@ -115,7 +155,8 @@ def set_tags(tags: Mapping[str, str]) -> None:
 
 
 def log_metrics(metrics: Mapping[str, float], step: int) -> None:
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    """Log training metrics of the active run, the trainer's counters under ``trainer/``."""
+    mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()}, step=step)
 
 
 def log_snapshot_inputs(
@@ -177,10 +218,14 @@ def log_evaluation(
     report: str,
     tags: Mapping[str, str],
 ) -> None:
-    """Add an evaluation's metrics, table (``evaluation.json``) and report (``evaluation.md``)
-    to a finished run."""
+    """Add an evaluation's metrics, table (``evaluation.json``) and report (``evaluation.md``,
+    also the run's description) to a finished run."""
     use_tracking(tracking_uri)
     client = MlflowClient()
+    run = client.get_run(run_id)
+    links = run.data.tags.get("prefect.flow_run_url")
+    description = report + (f"\n\nTrained by Prefect flow run {links}" if links else "")
+    client.set_tag(run_id, DESCRIPTION_TAG, description)
     for key, value in metrics.items():
         client.log_metric(run_id, key, float(value))
     for key, value in tags.items():
@@ -189,6 +234,12 @@ def log_evaluation(
         columns = {key: [row[key] for row in table] for key in table[0]}
         client.log_table(run_id, data=columns, artifact_file="evaluation.json")
     client.log_text(run_id, report, "evaluation.md")
+
+
+def name_run(tracking_uri: str, run_id: str, name: str) -> None:
+    """Rename a run, e.g. after the registry's decision: ``v3-promoted-<snapshot>``."""
+    use_tracking(tracking_uri)
+    MlflowClient().update_run(run_id, name=name)
 
 
 def run_link(ui_url: str | None, run: Run) -> str:

@@ -502,7 +502,11 @@ def evaluate_run(
             **({"base_general_loss": base_general_loss} if base_general_loss is not None else {}),
         },
         table=decision.table(),
-        report=decision.markdown(),
+        report=(
+            f"Adapter of {evaluation.base_model_spec or evaluation.base_model} trained on snapshot"
+            f" {evaluation.snapshot_id}, evaluated against {decision.champion_name} on the same"
+            f" held-out questions.\n\n{decision.markdown()}"
+        ),
         tags={
             "wikitune.compared_against": decision.champion_name,
             "wikitune.decision": "promote" if decision.promote else "reject",
@@ -514,7 +518,7 @@ def evaluate_run(
 def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Promotion:
     """Register the candidate as a version with its numbers; move `champion` to it when it won
     and the champion is still the one it was compared against."""
-    from wikitune.mlflow import registry
+    from wikitune.mlflow import registry, tracking
 
     decision = evaluation.decision
     version = registry.register_candidate(
@@ -533,7 +537,9 @@ def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Pr
             "compared_against": decision.champion_name,
             "f1_gain": f"{decision.f1_gain:.4f}",
             "f1_gain_ci": f"[{decision.ci_low:.4f}, {decision.ci_high:.4f}]",
+            # Both models on the same questions, so versions compare across snapshots.
             **{f"candidate_{k}": f"{v:.4f}" for k, v in decision.candidate.items()},
+            **{f"champion_{k}": f"{v:.4f}" for k, v in decision.champion.items()},
             "decision": "pending",
         },
         description=decision.markdown(),
@@ -548,14 +554,57 @@ def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Pr
             lock_path=lock_path,
         )
         outcome = "promoted" if moved else "lost-race"
-    registry.set_version_tags(tracking_uri, evaluation.source, version, {"decision": outcome})
+    registry.set_version_tags(
+        tracking_uri,
+        evaluation.source,
+        version,
+        {"decision": outcome, "verdict": decision.verdict()},
+    )
+    tracking.name_run(
+        tracking_uri, evaluation.run_id, f"v{version}-{outcome}-{evaluation.snapshot_id}"
+    )
     current = registry.champion(tracking_uri, evaluation.source)
-    return Promotion(
+    promotion = Promotion(
         evaluation=evaluation,
         version=version,
         outcome=outcome,
         champion_version=str(current.version) if current else None,
     )
+    registry.describe_model(
+        tracking_uri,
+        evaluation.source,
+        model_description(promotion, current.tags if current else {}),
+        {
+            "champion_version": promotion.champion_version or "none",
+            "latest_version": version,
+            "latest_decision": outcome,
+        },
+    )
+    return promotion
+
+
+def model_description(promotion: Promotion, champion_tags: Mapping[str, str]) -> str:
+    """The registered model's description: who is champion and why, and the latest decision
+    (the models list shows the latest version first, which may be a rejected one)."""
+    evaluation = promotion.evaluation
+    decision = evaluation.decision
+    lines = [
+        f"LoRA adapters of {evaluation.base_model_spec or evaluation.base_model} trained by"
+        f" wikitune on the wiki source {evaluation.source}."
+    ]
+    if promotion.champion_version:
+        lines.append(
+            f"**Champion: version {promotion.champion_version}** (alias `champion`), trained on"
+            f" snapshot {champion_tags.get('snapshot_id', '?')}; it won with"
+            f" {champion_tags.get('verdict', 'no recorded verdict')}."
+        )
+    else:
+        lines.append("**No champion yet**: `ask` and serving use none.")
+    lines.append(
+        f"Latest candidate: version {promotion.version}, **{promotion.outcome}**"
+        f" against {decision.champion_name}: {decision.verdict()}."
+    )
+    return "\n\n".join(lines)
 
 
 def load_adapter(

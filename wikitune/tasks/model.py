@@ -224,14 +224,16 @@ def _pretrain(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     model.train()
     loss = torch.tensor(float("nan"))
-    for _ in range(steps):
-        batch = blocks[torch.randint(0, len(blocks), (16,), generator=generator)]
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
+    with progress.track("pre-training the base model", steps) as advance:
+        for _ in range(steps):
+            batch = blocks[torch.randint(0, len(blocks), (16,), generator=generator)]
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            advance(1)
     model.eval()
     return float(loss.item())
 

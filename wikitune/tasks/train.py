@@ -15,7 +15,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -402,11 +402,13 @@ def train_adapter(
     device: str | None = None,
     callbacks: list[TrainerCallback] | None = None,
     on_run_started: Callable[[str], None] | None = None,
+    run_tags: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Train an adapter of ``base_model`` (resolved under ``models_dir`` when given by name) on
     the snapshot at ``snapshot`` (path or URL); log the run to MLflow and return where the
-    adapter is. ``warm_start`` says why training starts where it does. Re-running with the same
-    inputs resumes from the last checkpoint, or returns the finished result."""
+    adapter is. ``warm_start`` says why training starts where it does; ``run_tags`` (e.g. the
+    orchestrator's run id and URL) are set on the MLflow run. Re-running with the same inputs
+    resumes from the last checkpoint, or returns the finished result."""
     import torch
     from datasets import disable_progress_bars
 
@@ -448,10 +450,19 @@ def train_adapter(
         tags={tracking.SOURCE_TAG: source, "wikitune.snapshot": data.id},
     ) as run_id:
         run_id_file.write_text(run_id + "\n")
+        tracking.set_tags(
+            {
+                **(run_tags or {}),
+                tracking.DESCRIPTION_TAG: (
+                    f"LoRA adapter of {base.spec} trained on snapshot {data.id} of {source},"
+                    f" from {warm_start or 'the bare base model'}; the evaluation replaces this"
+                    " text with its decision."
+                ),
+                **({"wikitune.warm_start": warm_start} if warm_start else {}),
+            }
+        )
         if on_run_started:
             on_run_started(run_id)
-        if warm_start:
-            tracking.set_tags({"wikitune.warm_start": warm_start})
         try:
             return _train_in_run(
                 data=data,
