@@ -293,7 +293,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     )
     assert done["state"]["message"] in cycle_dom
     artifact_dom = _chromium(
-        f"{services['prefect_ui']}/artifacts/artifact/{cycle_artifact['id']}",
+        f"{services['prefect_ui']}/artifacts/artifact/{cycle_artifact['latest_id']}",
         screens / "cycle-artifact.png",
     )
     assert "Decision: " in artifact_dom and "promote" in artifact_dom

@@ -152,10 +152,14 @@ def _starting_point(
 
 def _prefect_run_tags() -> dict[str, str]:
     """Tags that lead from the MLflow run to the Prefect run that trained it."""
+    from prefect.settings import PREFECT_UI_URL
+
+    ui_url = PREFECT_UI_URL.value()
     tags = {
         "prefect.flow_run_id": str(flow_run.id or ""),
         "prefect.flow_run_name": str(flow_run.name or ""),
-        "prefect.flow_run_url": str(flow_run.ui_url or ""),
+        # The run's page, as Prefect's own "View at" log line links it.
+        "prefect.flow_run_url": f"{ui_url}/runs/flow-run/{flow_run.id}" if ui_url else "",
         "mlflow.source.name": f"prefect flow {flow_run.flow_name or 'retrain'}",
         "mlflow.source.type": "JOB",
     }
