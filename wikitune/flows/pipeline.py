@@ -98,8 +98,7 @@ def _retrain_on_deployment(
 
 def _cycle_in_flight(source: str) -> str | None:
     """The name of a retrain cycle of ``source`` that is running, pending or due to start now,
-    if any (read from the Prefect API; None in Prefect's ephemeral mode, where runs are not
-    shared)."""
+    if any, as the Prefect API lists runs."""
     from datetime import UTC, datetime
 
     from prefect import get_client
@@ -177,8 +176,7 @@ def _cycle_markdown(
     lines = [
         f"## Cycle of `{summary.source}`: {summary.message}",
         "",
-        f"This cycle's sync ({synced.mode}) changed"
-        f" {sum(v for k, v in synced.counts.items() if k != 'failed')} pages; the"
+        f"This cycle's sync ({synced.mode}) changed {synced.pages_changed} pages; the"
         f" {syncs} syncs since the champion's snapshot changed:",
         "",
         *counts_table("pages", "count", {k: v for k, v in pages.items() if v} or {"none": 0}),

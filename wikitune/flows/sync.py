@@ -33,6 +33,11 @@ class SyncSummary(BaseModel):
     cursor_rcid: int | None
     gap: str | None = None
 
+    @property
+    def pages_changed(self) -> int:
+        """Pages the sync changed (``failed`` counts failing pages, not changes)."""
+        return sum(v for k, v in self.counts.items() if k != "failed")
+
 
 def resolve_source(store: Store, source: WikiSource | str | None) -> WikiSource:
     """The given source, or the saved ``wikitune wiki source`` block of that name (either is
@@ -132,7 +137,7 @@ def sync(
         ", ".join(f"{k}={v}" for k, v in summary.counts.items()),
         summary.requests,
     )
-    changed = sum(v for k, v in summary.counts.items() if k != "failed")
+    changed = summary.pages_changed
     if changed or summary.counts.get("failed") or mode != "incremental":
         # A poll that found nothing leaves the last sync that changed something in view.
         create_markdown_artifact(
