@@ -142,14 +142,16 @@ def register_candidate(
 
 
 def describe_model(
-    tracking_uri: str, source: str, description: str, tags: Mapping[str, Any]
+    tracking_uri: str, source: str, description: str, tags: Mapping[str, Any], *, lock_path: Path
 ) -> None:
-    """Set the registered model's description and tags (what the models list shows)."""
+    """Set the registered model's description and tags (what the models list shows), under
+    the promotions' lock: MLflow's SQL store fails two concurrent writes of one model tag."""
     client = _client(tracking_uri)
     name = registered_model_name(source)
-    client.update_registered_model(name, description=description)
-    for key, value in tags.items():
-        client.set_registered_model_tag(name, key, str(value))
+    with _registry_lock(lock_path):
+        client.update_registered_model(name, description=description)
+        for key, value in tags.items():
+            client.set_registered_model_tag(name, key, str(value))
 
 
 def set_version_tags(tracking_uri: str, source: str, version: str, tags: Mapping[str, Any]) -> None:
@@ -247,5 +249,6 @@ def rollback(tracking_uri: str, source: str, *, to: str | None, lock_path: Path)
         f"**Champion: version {target}** (alias `champion`), rolled back from version"
         f" {current.version}.",
         {"champion_version": target},
+        lock_path=lock_path,
     )
     return str(current.version), str(target)

@@ -579,6 +579,7 @@ def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Pr
             "latest_version": version,
             "latest_decision": outcome,
         },
+        lock_path=lock_path,
     )
     return promotion
 
