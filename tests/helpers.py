@@ -60,14 +60,15 @@ TEST_RECIPE = {
 
 
 def cli(
-    *args: str, home: Path, ephemeral: bool = False, timeout: int = 900, **extra_env: str
+    *args: str, home: Path, local: bool = False, timeout: int = 900, **extra_env: str
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI against the test Prefect server, or in ephemeral mode (no PREFECT_API_URL)."""
+    """Run the CLI against the test Prefect server, or without one (no PREFECT_API_URL: the
+    flows run as plain calls)."""
     from prefect.settings import PREFECT_API_URL
 
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {"COLUMNS": "200", **extra_env}
-    if not ephemeral:
+    if not local:
         env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
     return subprocess.run(
         [sys.executable, "-m", "wikitune.cli", *args, "--home", str(home)],

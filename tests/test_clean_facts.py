@@ -133,13 +133,13 @@ def test_real_wikitext_gives_visible_values_or_recorded_rejections(
             answer = json.loads(line)["messages"][-1]["content"]
             assert not MARKUP_OR_ENTITY.search(answer), answer
 
-    status = cli("status", "--json", home=home, ephemeral=True)
+    status = cli("status", "--json", home=home, local=True)
     assert status.returncode == 0, status.stderr
     (source,) = json.loads(status.stdout)["sources"]
     assert source["qa"]["values_rejected"] == 8
     assert source["rejected_values"]["by_reason"] == summary.rejected
     assert {(v["title"], v["field"]) for v in source["rejected_values"]["values"]} == set(rejected)
-    text = cli("status", home=home, ephemeral=True).stdout
+    text = cli("status", home=home, local=True).stdout
     assert "values refused by the quality gate: 8" in text
     assert "Odd values · colour · empty: {{unknown wrapper|blue}}" in text
 
@@ -197,7 +197,7 @@ def test_mapping_suggest_maps_the_demo_wiki_and_a_new_one(
         )
     run_sync(wiki, home)
 
-    listed = cli("mapping", "suggest", home=home, ephemeral=True)
+    listed = cli("mapping", "suggest", home=home, local=True)
     assert listed.returncode == 0, listed.stderr
     assert "Template:Infobox VTuber: 6 pages, read as the infobox" in listed.stdout
     for parameter in ("debut_date", "agency", "fan_name", "language", "platform"):
@@ -205,7 +205,7 @@ def test_mapping_suggest_maps_the_demo_wiki_and_a_new_one(
     assert "Template:Infobox singer: 3 pages, not read by the mapping" in listed.stdout
     assert re.search(r"│ genre\s+│\s+3 │ ignored\s+│ Rock \| ロック \| Jazz", listed.stdout)
 
-    data = json.loads(cli("mapping", "suggest", "--json", home=home, ephemeral=True).stdout)
+    data = json.loads(cli("mapping", "suggest", "--json", home=home, local=True).stdout)
     singer = next(t for t in data if t["name"] == "Infobox singer")
     assert {p["name"]: p["mapped_to"] for p in singer["parameters"]} == {
         "genre": None,
@@ -223,7 +223,7 @@ def test_mapping_suggest_maps_the_demo_wiki_and_a_new_one(
         "--write",
         str(written),
         home=home,
-        ephemeral=True,
+        local=True,
     )
     assert result.returncode == 0, result.stderr
     mapping = load_mapping(written)

@@ -103,7 +103,7 @@ def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator
         *("--api-url", wiki.api_url, "--category", "Category:VTuber", "--name", SOURCE),
         *("--timezone", "Asia/Shanghai"),
         home=home,
-        ephemeral=True,
+        local=True,
         **env,
     )
     try:
@@ -119,7 +119,7 @@ def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator
             "mlflow": f"http://127.0.0.1:{mlflow_port}",
         }
     finally:
-        cli("down", home=home, ephemeral=True)
+        cli("down", home=home, local=True)
 
 
 def _chromium(url: str, screenshot: Path) -> str:
@@ -177,7 +177,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     again = cli(
         *("deploy", "--timezone", "Asia/Shanghai", "--source-block", SOURCE),
         home=services["home"],
-        ephemeral=True,
+        local=True,
         PREFECT_API_URL=api.url,
     )
     assert again.returncode == 0, again.stderr[-2000:]
@@ -318,7 +318,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     # down stops every process up started, and the flow runs its workers started.
     services_id = services["record"]["id"]
     assert tagged_processes(services_id)
-    stopped = cli("down", home=services["home"], ephemeral=True)
+    stopped = cli("down", home=services["home"], local=True)
     assert stopped.returncode == 0, stopped.stderr
     assert tagged_processes(services_id) == []
     assert not (services["home"] / "services.json").exists()

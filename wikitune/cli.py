@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -19,10 +20,6 @@ from rich.table import Table
 
 from wikitune.config import load_settings
 
-# The ephemeral Prefect server's telemetry service fights the flow for its SQLite file.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# Its start-up (a new database's migrations, on a busy machine) can pass Prefect's 20 s default.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # The terminal shows wikitune's own progress bars, not one per downloaded artifact or tensor.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -113,15 +110,23 @@ def _progress_bars() -> Iterator[None]:
 
 
 def _run_flow(flow: Callable[..., T], expected: tuple[type[Exception], ...], **params: Any) -> T:
-    """Run a flow with progress bars on the terminal and logs in the home's log file; errors of
-    the expected kinds become one ``error:`` line and exit code 1."""
+    """Run a flow: as Prefect runs when a Prefect API is configured (PREFECT_API_URL, e.g. from
+    `wikitune up`), else as plain calls with no Prefect server at all (see flows/runtime)."""
+    from wikitune.flows import runtime
+
+    return _run_reported(partial(runtime.run_flow, flow), expected, **params)
+
+
+def _run_reported(run: Callable[..., T], expected: tuple[type[Exception], ...], **params: Any) -> T:
+    """Call ``run`` with progress bars on the terminal and logs in the home's log file; errors
+    of the expected kinds become one ``error:`` line and exit code 1."""
     home = load_settings(params.get("home")).home
     for logger in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(logger).addFilter(_OneLineErrors(expected))
     log_file = _log_to_file(home)
     try:
         with _progress_bars():
-            return flow(**params)
+            return run(**params)
     except expected as error:
         raise _fail(str(error), log_file=log_file) from None
 
@@ -178,6 +183,18 @@ SourceBlockOption = Annotated[
 ]
 
 
+def _need_prefect_server(option: str, what: str) -> None:
+    """Fail with one line when ``option`` needs a Prefect server and none is configured (the
+    flows run without one, but blocks and deployments live on a server)."""
+    from wikitune.flows import runtime
+
+    if not runtime.prefect_configured():
+        raise _fail(
+            f"{option} needs the Prefect server that {what}: set PREFECT_API_URL,"
+            " or run `wikitune up`"
+        )
+
+
 def _wiki_source(
     api_url: str | None,
     category: list[str] | None,
@@ -192,6 +209,7 @@ def _wiki_source(
     from wikitune.blocks.source import WikiSource
 
     if source_block:
+        _need_prefect_server("--source-block", "holds the block")
         return WikiSource.load(source_block)
     if api_url:
         options: dict[str, Any] = {
@@ -381,6 +399,8 @@ def run(
         chosen = TrainingRecipe.from_file(recipe) if recipe else None
     except ValueError as error:
         raise _fail(str(error)) from None
+    if retrain_deployment:
+        _need_prefect_server("--retrain-deployment", "has the deployment")
     summary = _run_flow(
         pipeline,
         (*_wiki_errors(), TrainingFailed, LookupError, OSError, RetrainDeploymentFailed),
@@ -461,6 +481,8 @@ def train(
     from wikitune.tasks.train import TrainingFailed
 
     settings = load_settings(home)
+    if recipe_block:
+        _need_prefect_server("--recipe-block", "holds the block")
     try:
         chosen = TrainingRecipe.load(recipe_block) if recipe_block else None
     except ValueError as error:
@@ -873,7 +895,7 @@ def demo(
         )
         console.print(decision.markdown(), highlight=False)
 
-    outcome = _run_flow(
+    outcome = _run_reported(
         run_demo,
         (*_wiki_errors(), TrainingFailed, LookupError, OSError),
         home=settings.home,

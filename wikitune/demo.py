@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wikitune.flows.phases import phase_seconds
+from wikitune.flows import runtime
+from wikitune.flows.phases import phase_seconds, unit_phases
 from wikitune.localwiki import LocalWiki
 
 if TYPE_CHECKING:
@@ -128,8 +129,10 @@ def _cycle(
 ) -> CycleSummary:
     started = datetime.now(UTC)
     clock = time.perf_counter()
-    summary = pipeline(**params)
-    seconds = phase_seconds(started)
+    with runtime.clocked_units() as units:
+        summary = runtime.run_flow(pipeline, **params)
+    # Read back from the Prefect runs when there are some, else from the plain calls' clock.
+    seconds = phase_seconds(started) if runtime.prefect_configured() else unit_phases(units)
     seconds["total"] = time.perf_counter() - clock
     outcome.phases.append(seconds)
     outcome.promotions.append(summary.retrain.promotion if summary.retrain else None)
@@ -172,7 +175,8 @@ def run_demo(
         wiki.run_jobs()
         source = WikiSource(api_url=wiki.api_url, categories=[CATEGORY], name="demo-wiki")
         # The toy's tokenizer learns the wiki's text, so the first sync comes first.
-        report("first sync (backfill)", sync(source=source, home=str(home)).counts)
+        synced = runtime.run_flow(sync, source=source, home=str(home))
+        report("first sync (backfill)", synced.counts)
         if base_model == TOY and not (Path(base) / "config.json").exists():
             model.make_base_model_for_wiki(
                 Path(base),

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from functools import partial
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from wikitune.config import load_settings
 from wikitune.flows.naming import artifact_key, counts_table, run_name
+from wikitune.flows.runtime import markdown_artifact, run_logger, step
 from wikitune.storage import Store, ValueRejection
 from wikitune.tasks import dataset, qa
 
@@ -58,7 +58,7 @@ def build(source: str | None = None, home: str | None = None) -> BuildSummary:
     mapping = qa.load_mapping(settings.mapping_path)
     with Store(settings.store_path) as store:
         name = store.source_name(source)
-        counts = build_pairs(store, name, mapping)
+        counts = step(build_pairs, store, name, mapping)
         rejections = store.value_rejections(name)
         summary = BuildSummary(
             source=name,
@@ -71,7 +71,7 @@ def build(source: str | None = None, home: str | None = None) -> BuildSummary:
             threshold=settings.retrain_threshold,
             rejected=qa.count_by_reason(rejections),
         )
-    logger = get_run_logger()
+    logger = run_logger()
     logger.info(
         "built %s: %s; %d active pairs, %d added or changed since the champion's snapshot",
         name,
@@ -88,7 +88,7 @@ def build(source: str | None = None, home: str | None = None) -> BuildSummary:
     if not summary.changed:
         # The last build that changed something stays the artifact a person reads.
         return summary
-    create_markdown_artifact(
+    markdown_artifact(
         key=artifact_key("build", name),
         markdown=_build_markdown(summary, rejections),
         description=(
@@ -134,7 +134,8 @@ def snapshot(source: str | None = None, home: str | None = None) -> SnapshotSumm
     settings = load_settings(home)
     with Store(settings.store_path) as store:
         name = store.source_name(source)
-        record = make_snapshot(
+        record = step(
+            make_snapshot,
             store,
             name,
             snapshots_dir=settings.snapshots_dir,
@@ -150,7 +151,7 @@ def snapshot(source: str | None = None, home: str | None = None) -> SnapshotSumm
         "",
         f"Digest `{record.digest}`; files in `{record.path}`.",
     ]
-    create_markdown_artifact(
+    markdown_artifact(
         key=artifact_key("snapshot", name), markdown="\n".join(lines), description="Latest snapshot"
     )
     return SnapshotSummary(

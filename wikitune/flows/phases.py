@@ -1,13 +1,13 @@
 """Where a cycle's time went, read back from the flow and task runs Prefect recorded: sync,
 build, snapshot, train, evaluate and promote (the demo prints it; the cycle benchmark compares
-it deployed and in-process)."""
+it deployed and in-process); or from the plain calls of a cycle run without a Prefect server."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime
 
-__all__ = ["PHASES", "phase_seconds"]
+__all__ = ["PHASES", "phase_seconds", "unit_phases"]
 
 PHASES = ("sync", "build", "snapshot", "train", "evaluate", "promote")
 _FLOW_PHASES = {"sync-": "sync", "build-": "build", "snapshot-": "snapshot"}
@@ -16,6 +16,18 @@ _TASK_PHASES = {
     "evaluate-candidate": "evaluate",
     "promote-candidate": "promote",
 }
+
+
+def unit_phases(units: dict[str, float]) -> dict[str, float]:
+    """Seconds each phase ran, from the flows' and tasks' plain calls timed by
+    ``runtime.clocked_units`` (a cycle run without a Prefect server)."""
+    by_name = {prefix.removesuffix("-"): phase for prefix, phase in _FLOW_PHASES.items()}
+    seconds: dict[str, float] = defaultdict(float)
+    for name, spent in units.items():
+        phase = by_name.get(name) or _TASK_PHASES.get(name)
+        if phase:
+            seconds[phase] += spent
+    return dict(seconds)
 
 
 def phase_seconds(since: datetime) -> dict[str, float]:

@@ -1,17 +1,15 @@
 """The whole cycle: sync, build, and when enough has changed (or when asked) snapshot, retrain,
-evaluate and promote. Runs whole in one process (Prefect's ephemeral mode too), or hands the
-retrain to a deployment on the ``gpu`` work pool."""
+evaluate and promote. Runs whole in one process (as Prefect runs, or as plain calls without a
+Prefect server), or hands the retrain to a deployment on the ``gpu`` work pool."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow
 from prefect.deployments import run_deployment
 from prefect.events import emit_event
 from prefect.runtime import flow_run
-from prefect.states import Completed
 from pydantic import BaseModel
 
 from wikitune.blocks.recipe import TrainingRecipe
@@ -20,6 +18,7 @@ from wikitune.config import load_settings, source_slug
 from wikitune.flows.build import BuildSummary, SnapshotSummary, build, snapshot
 from wikitune.flows.naming import artifact_key, counts_table, source_name
 from wikitune.flows.retrain import RetrainResult, retrain
+from wikitune.flows.runtime import finished, in_prefect_run, markdown_artifact, run_logger, step
 from wikitune.flows.sync import SyncSummary, sync
 from wikitune.mlflow import registry
 from wikitune.storage import Store
@@ -156,6 +155,12 @@ def _poll_outcome(source: str, built: BuildSummary) -> tuple[str, bool]:
             " new edits or the nightly run",
             False,
         )
+    if not in_prefect_run():
+        return (
+            f"{changed} (threshold {built.threshold}): a retrain is due; without a Prefect server"
+            f" nothing hears {DATASET_READY}: `wikitune run` retrains now",
+            False,
+        )
     running = _cycle_in_flight(source)
     if running:
         return f"{changed}: {running} is in flight and will be followed by the next poll", False
@@ -250,17 +255,17 @@ def pipeline(
     with the outcome as its message (``promoted v3: ...``, ``rejected v3: ...``, ``not due``)
     and the cycle's markdown artifact; a failed retrain fails the run and changes nothing.
     """
-    logger = get_run_logger()
+    logger = run_logger()
     settings = load_settings(home)
     home = str(settings.home)
-    synced = sync(source=source, home=home)
+    synced = step(sync, source=source, home=home)
     if retrain_when != "never":
         # The champion may have moved since the last cycle (a rollback, the MLflow UI); before
         # the first retrain there is none to follow.
         with Store(settings.store_path) as store:
             if store.latest_snapshot(synced.source, trained=True) is not None:
                 follow_champion(store, settings.tracking_uri, synced.source)
-    built = build(source=synced.source, home=home)
+    built = step(build, source=synced.source, home=home)
     summary = CycleSummary(
         source=synced.source,
         sync_counts=synced.counts,
@@ -278,7 +283,7 @@ def pipeline(
             f" snapshot (threshold {built.threshold}, retrain when {retrain_when})"
         )
     else:
-        frozen = snapshot(source=synced.source, home=home)
+        frozen = step(snapshot, source=synced.source, home=home)
         if retrain_deployment:
             # The worker may be on another machine: it gets the snapshot's files, not the store.
             parameters: dict[str, object] = {"snapshot": frozen.path}
@@ -288,7 +293,9 @@ def pipeline(
                 parameters["recipe"] = recipe
             result = _retrain_on_deployment(retrain_deployment, parameters, frozen.id)
         else:
-            result = retrain(snapshot=frozen.id, base_model=base_model, recipe=recipe, home=home)
+            result = step(
+                retrain, snapshot=frozen.id, base_model=base_model, recipe=recipe, home=home
+            )
         with Store(settings.store_path) as store:
             store.mark_trained(frozen.id)
             follow_champion(store, settings.tracking_uri, synced.source)
@@ -299,11 +306,11 @@ def pipeline(
             anchor = store.champion_snapshot(synced.source)
             since = store.sync_totals_since(synced.source, anchor.created_at if anchor else None)
         markdown = _cycle_markdown(summary, synced, built, since, frozen, settings.mlflow_ui_url)
-        create_markdown_artifact(
+        markdown_artifact(
             key=artifact_key("cycle", synced.source),
             markdown=markdown,
             description=f"{summary.source}: {summary.message}",
         )
     logger.info("%s: %s", summary.source, summary.message)
-    # Prefect makes this the run's final state and hands callers its data, the summary.
-    return Completed(message=summary.message, data=summary)  # type: ignore[return-value]
+    # In a Prefect run, the message becomes the run's final state message.
+    return finished(summary, summary.message)  # type: ignore[no-any-return]

@@ -10,19 +10,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from wikitune.blocks.recipe import TrainingRecipe, default_recipe
 from wikitune.config import Settings, load_settings
 from wikitune.flows.naming import artifact_key
+from wikitune.flows.runtime import (
+    markdown_artifact,
+    progress_artifact,
+    run_logger,
+    step,
+    table_artifact,
+    update_progress_artifact,
+)
 from wikitune.mlflow import registry, tracking
 from wikitune.tasks import basemodel
 from wikitune.tasks import evaluate as evaluation
@@ -61,7 +63,7 @@ def evaluate_task(run_id: str, home: str) -> evaluation.Evaluation:
     )
     decision = result.decision
     verdict = "promote" if decision.promote else "reject"
-    create_table_artifact(
+    table_artifact(
         key=artifact_key("evaluation", result.source),
         table=decision.table(),
         description=(
@@ -71,7 +73,7 @@ def evaluate_task(run_id: str, home: str) -> evaluation.Evaluation:
             + " ".join(f"{reason}." for reason in decision.reasons)
         ),
     )
-    get_run_logger().info("evaluation of %s: %s", run_id, "; ".join(decision.reasons))
+    run_logger().info("evaluation of %s: %s", run_id, "; ".join(decision.reasons))
     return result
 
 
@@ -82,12 +84,10 @@ def promote_task(result: evaluation.Evaluation, home: str) -> evaluation.Promoti
     promotion = evaluation.promote(
         result, tracking_uri=settings.tracking_uri, lock_path=settings.registry_lock
     )
-    get_run_logger().info(
-        "version %s of %s: %s", promotion.version, result.source, promotion.outcome
-    )
+    run_logger().info("version %s of %s: %s", promotion.version, result.source, promotion.outcome)
     link = registry.version_link(settings.mlflow_ui_url, result.source, promotion.version)
     decision = result.decision
-    create_markdown_artifact(
+    markdown_artifact(
         key=artifact_key("promotion", result.source),
         markdown="\n".join(
             [
@@ -109,14 +109,14 @@ def promote_task(result: evaluation.Evaluation, home: str) -> evaluation.Promoti
 @flow(name="evaluate", flow_run_name="evaluate-{run_id}")
 def evaluate_candidate(run_id: str, home: str | None = None) -> evaluation.Evaluation:
     """Score a trained adapter against the champion; the registry is not changed."""
-    return evaluate_task(run_id, str(load_settings(home).home))
+    return step(evaluate_task, run_id, str(load_settings(home).home))
 
 
 @flow(name="promote", flow_run_name="promote-{run_id}")
 def promote_candidate(run_id: str, home: str | None = None) -> evaluation.Promotion:
     """Evaluate a trained adapter, register it, and make it champion if it wins."""
     home = str(load_settings(home).home)
-    return promote_task(evaluate_task(run_id, home), home)
+    return step(promote_task, step(evaluate_task, run_id, home), home)
 
 
 def _starting_point(
@@ -171,7 +171,7 @@ def _training_progress(source: str, tracking_uri: str, ui_url: str | None) -> An
     run's link) and logs the same line to the run, at most every 15 seconds."""
     from transformers import TrainerCallback
 
-    logger = get_run_logger()
+    logger = run_logger()
 
     class PrefectProgress(TrainerCallback):
         def __init__(self) -> None:
@@ -186,7 +186,7 @@ def _training_progress(source: str, tracking_uri: str, ui_url: str | None) -> An
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             self.started = time.monotonic()
-            self.artifact = create_progress_artifact(
+            self.artifact = progress_artifact(
                 progress=0.0,
                 key=artifact_key("training", source),
                 description=f"training started; {self.run}",
@@ -205,12 +205,11 @@ def _training_progress(source: str, tracking_uri: str, ui_url: str | None) -> An
             loss = f", loss {self.loss:.4f}" if self.loss is not None else ""
             line = f"step {state.global_step}/{total}{loss}, about {left / 60:.1f} min left"
             logger.info("training: %s", line)
-            if self.artifact is not None:
-                update_progress_artifact(
-                    self.artifact,
-                    progress=100.0 * state.global_step / total,
-                    description=f"{line}; {self.run}",
-                )
+            update_progress_artifact(
+                self.artifact,
+                progress=100.0 * state.global_step / total,
+                description=f"{line}; {self.run}",
+            )
 
     return PrefectProgress()
 
@@ -234,7 +233,7 @@ def retrain(
     directory, a directory, or a URL); then, with ``promote``, evaluate it against the champion
     and register it. Returns the MLflow run id, where the adapter is, and the promotion."""
     settings = load_settings(home)
-    logger = get_run_logger()
+    logger = run_logger()
     base_spec = base_model or settings.base_model
     if recipe is None:
         path = recipe_file or settings.recipe_path
@@ -249,7 +248,8 @@ def retrain(
     shown = _training_progress(
         manifest.get("source", "wiki"), settings.tracking_uri, settings.mlflow_ui_url
     )
-    result = train_adapter(
+    result = step(
+        train_adapter,
         snapshot=location,
         base_model=base,
         recipe=recipe,
@@ -279,7 +279,7 @@ def retrain(
     after = result.metrics.get("final_eval_wiki_loss")
     if after is not None:
         lines.append(f"| wiki | {after:.4f} |")
-    create_markdown_artifact(
+    markdown_artifact(
         key=artifact_key("retrain", result.source),
         markdown="\n".join(lines),
         description="Latest trained adapter",
@@ -287,5 +287,5 @@ def retrain(
     promotion = None
     if promote:
         home = str(settings.home)
-        promotion = promote_task(evaluate_task(result.run_id, home), home)
+        promotion = step(promote_task, step(evaluate_task, result.run_id, home), home)
     return RetrainResult(**result.model_dump(), promotion=promotion)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from functools import partial
 from typing import Literal
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from wikitune.blocks.source import WikiSource
 from wikitune.config import Settings, load_settings
 from wikitune.flows.naming import artifact_key, counts_table, run_name
+from wikitune.flows.runtime import markdown_artifact, run_logger, step
 from wikitune.storage import Store
 from wikitune.tasks import sync as sync_tasks
 from wikitune.tasks.mediawiki import MediaWikiClient
@@ -95,7 +95,7 @@ def sync(
     only; the bot password never travels as a parameter (it comes from WIKITUNE_BOT_PASSWORD or
     a Prefect Secret).
     """
-    logger = get_run_logger()
+    logger = run_logger()
     settings = load_settings(home)
     with Store(settings.store_path) as store:
         wiki = resolve_source(store, source)
@@ -105,16 +105,21 @@ def sync(
         wiki = sync_tasks.scoped_to_content(client, store, wiki, refresh=listing)
 
         # Extract + load: decide how much of the wiki to read, then read it into the store.
-        gap = check_retention(client, state)
+        gap = step(check_retention, client, state)
         mode: SyncMode = "incremental"
         counts = sync_tasks.leave_scope_outside(store, wiki)
         if listing or gap:
             mode = "backfill" if not state.has_cursor else "retention-gap" if gap else "reconcile"
             if gap:
                 logger.warning("%s: %s; reconciling with a full listing", wiki.name, gap)
-            counts += full_listing(client, store, wiki)
-        counts += apply_recent_changes(
-            client, store, wiki, settings.rc_overlap_seconds, settings.rc_page_size
+            counts += step(full_listing, client, store, wiki)
+        counts += step(
+            apply_recent_changes,
+            client,
+            store,
+            wiki,
+            settings.rc_overlap_seconds,
+            settings.rc_page_size,
         )
 
         # A page retried within one sync fails once: report the pages failing now.
@@ -140,7 +145,7 @@ def sync(
     changed = summary.pages_changed
     if changed or summary.counts.get("failed") or mode != "incremental":
         # A poll that found nothing leaves the last sync that changed something in view.
-        create_markdown_artifact(
+        markdown_artifact(
             key=artifact_key("sync", wiki.name),
             markdown=_summary_markdown(summary),
             description=(
