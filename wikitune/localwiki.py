@@ -131,8 +131,12 @@ class LocalWiki:
         self.install()
         env = {"MW_CONFIG_FILE": str(self.settings_file), "PATH": "/usr/bin:/bin"}
         log = (self.data_dir / "php-server.log").open("ab")
+        serve = ["php", "-S", f"127.0.0.1:{self.port}", "-t", str(MEDIAWIKI_ROOT)]
+        if shutil.which("setpriv"):
+            # The server ends with this process, even one killed with SIGKILL (util-linux).
+            serve = ["setpriv", "--pdeathsig", "TERM", *serve]
         self._server = subprocess.Popen(
-            ["php", "-S", f"127.0.0.1:{self.port}", "-t", str(MEDIAWIKI_ROOT)],
+            serve,
             cwd=MEDIAWIKI_ROOT,
             env=env,
             stdout=log,
