@@ -16,7 +16,7 @@ import pytest
 from helpers import TEST_RECIPE
 
 from wikitune.blocks.recipe import TrainingRecipe
-from wikitune.tasks import basemodel, chat, evaluate
+from wikitune.tasks import answer, basemodel, chat
 from wikitune.tasks import model as models
 from wikitune.tasks import train as training
 
@@ -128,14 +128,14 @@ def test_an_answer_learned_in_training_comes_back_from_ask(
         )
     assert result.loss_mode == EXPECTED_FORMAT[template][0]
     wiki = [row for row in _rows(world, "train") if row["kind"] == "wiki"]
-    model, tokenizer = evaluate.load_adapter(
+    model, tokenizer = answer.load_adapter(
         result.base_model, result.adapter_dir, result.adapter_dir, device="cpu", quantize=False
     )
     # The adapter's tokenizer keeps the template that training used.
     assert chat.chat_format(tokenizer).origin in ("template markers",)
     questions = [row["messages"][-2]["content"] for row in wiki]
     references = [row["messages"][-1]["content"] for row in wiki]
-    answers = evaluate.ask(model, tokenizer, questions)
+    answers = answer.ask(model, tokenizer, questions)
     learned = {a for a, r in zip(answers, references, strict=True) if a == r}
     assert len(learned) >= max(2, len(wiki) // 10), list(zip(answers, references, strict=True))[:8]
 

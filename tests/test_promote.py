@@ -15,9 +15,10 @@ from helpers import TEST_RECIPE, cli, mlflow_client
 
 from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.mlflow import registry
-from wikitune.tasks import evaluate as ev
+from wikitune.tasks import evaluate, promotion, scoring
 from wikitune.tasks import model as models
 from wikitune.tasks import train as training
+from wikitune.tasks.decision import Margins, decide
 
 
 def _aliases(home: Path) -> dict[str, str]:
@@ -151,22 +152,22 @@ def test_two_promotions_at_once_make_one_champion(world: dict[str, Any], tmp_pat
     """Two winners compared against the same champion finish together: one moves the alias,
     the other records that it lost the race."""
     tracking_uri = f"sqlite:///{world['home'] / 'mlflow.db'}"
-    base = ev.evaluate_run(
+    base = evaluate.evaluate_run(
         world["result"].run_id,
         tracking_uri=tracking_uri,
         workdir=tmp_path / "eval",
-        margins=ev.Margins(),
+        margins=Margins(),
     )
     # A separate registered model, so the lifecycle test's aliases are not involved.
     contender = base.model_copy(update={"source": "racewiki", "champion_version": None})
     contender.decision.promote = True
     lock = world["home"] / "registry.lock"
     barrier = threading.Barrier(2)
-    outcomes: list[ev.Promotion] = []
+    outcomes: list[promotion.Promotion] = []
 
     def promote() -> None:
         barrier.wait()
-        outcomes.append(ev.promote(contender, tracking_uri=tracking_uri, lock_path=lock))
+        outcomes.append(promotion.promote(contender, tracking_uri=tracking_uri, lock_path=lock))
 
     threads = [threading.Thread(target=promote) for _ in range(2)]
     for thread in threads:
@@ -194,12 +195,12 @@ def test_two_promotions_at_once_make_one_champion(world: dict[str, Any], tmp_pat
     ],
 )
 def test_answer_scores(prediction: str, reference: str, em: float, f1: float) -> None:
-    assert ev.exact_match(prediction, reference) == em
-    assert ev.f1_score(prediction, reference) == pytest.approx(f1)
+    assert scoring.exact_match(prediction, reference) == em
+    assert scoring.f1_score(prediction, reference) == pytest.approx(f1)
 
 
 def test_answer_tokens_split_cjk_by_character_and_other_text_by_word() -> None:
-    assert ev.answer_tokens("Nova Quill属于Harbor Live。") == [
+    assert scoring.answer_tokens("Nova Quill属于Harbor Live。") == [
         "nova",
         "quill",
         "属",
@@ -209,8 +210,8 @@ def test_answer_tokens_split_cjk_by_character_and_other_text_by_word() -> None:
     ]
 
 
-def _scores(name: str, f1: list[float], stable: float, general: float) -> ev.ModelScores:
-    return ev.ModelScores(
+def _scores(name: str, f1: list[float], stable: float, general: float) -> scoring.ModelScores:
+    return scoring.ModelScores(
         name=name,
         exact_match=0.0,
         f1=sum(f1) / len(f1),
@@ -226,27 +227,27 @@ def _scores(name: str, f1: list[float], stable: float, general: float) -> ev.Mod
 
 
 def test_decision_rule_and_bootstrap_interval() -> None:
-    margins = ev.Margins(min_gain=0.05, stable_tolerance=0.02, general_loss_tolerance=0.10)
+    margins = Margins(min_gain=0.05, stable_tolerance=0.02, general_loss_tolerance=0.10)
     champion = _scores("version 1", [0.5] * 40, stable=0.8, general=2.0)
     better = _scores("candidate", [0.7] * 20 + [0.5] * 20, stable=0.79, general=2.1)
-    decision = ev.decide(better, champion, margins)
-    assert decision.promote and decision.f1_gain == pytest.approx(0.1)
-    assert decision.ci_low < 0.1 < decision.ci_high and decision.ci_low > 0
+    result = decide(better, champion, margins)
+    assert result.promote and result.f1_gain == pytest.approx(0.1)
+    assert result.ci_low < 0.1 < result.ci_high and result.ci_low > 0
 
-    assert not ev.decide(
+    assert not decide(
         _scores("candidate", [0.52] * 40, 0.8, 2.0), champion, margins
     ).promote  # gain below the margin
     forgot_facts = _scores("candidate", [0.9] * 40, stable=0.7, general=2.0)
-    assert not ev.decide(forgot_facts, champion, margins).promote
+    assert not decide(forgot_facts, champion, margins).promote
     forgot_chat = _scores("candidate", [0.9] * 40, stable=0.8, general=2.5)
-    decision = ev.decide(forgot_chat, champion, margins)
-    assert not decision.promote and any("beyond" in r for r in decision.reasons)
+    result = decide(forgot_chat, champion, margins)
+    assert not result.promote and any("beyond" in r for r in result.reasons)
 
     # Against the bare base's general loss: a champion that lowered it (learning the general
     # set's style) does not fail a successor that stays within the tolerance of the base.
-    decision = ev.decide(forgot_chat, champion, margins, base_general_loss=2.4)
-    assert decision.promote and "vs the bare base's 2.4000 (within +10%)" in decision.reasons[-1]
-    assert not ev.decide(forgot_chat, champion, margins, base_general_loss=2.2).promote
+    result = decide(forgot_chat, champion, margins, base_general_loss=2.4)
+    assert result.promote and "vs the bare base's 2.4000 (within +10%)" in result.reasons[-1]
+    assert not decide(forgot_chat, champion, margins, base_general_loss=2.2).promote
 
 
 def test_retrain_flow_evaluates_promotes_and_publishes_the_table(

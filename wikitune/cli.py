@@ -636,7 +636,7 @@ def ask(
     home: HomeOption = None,
 ) -> None:
     """Answer a question with the champion (models:/NAME@champion) and the training template."""
-    from wikitune.tasks.evaluate import answer_with_champion
+    from wikitune.tasks.answer import answer_with_champion
 
     settings = load_settings(home)
     name = _source_for_registry(settings, source)
@@ -873,7 +873,7 @@ def demo(
     from wikitune.demo import run_demo
     from wikitune.flows.phases import PHASES
     from wikitune.localwiki import mediawiki_installed
-    from wikitune.tasks.evaluate import Promotion
+    from wikitune.tasks.promotion import Promotion
     from wikitune.tasks.train import TrainingFailed
 
     if not mediawiki_installed():

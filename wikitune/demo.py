@@ -20,7 +20,7 @@ from wikitune.localwiki import LocalWiki
 
 if TYPE_CHECKING:
     from wikitune.flows.pipeline import CycleSummary
-    from wikitune.tasks.evaluate import Promotion
+    from wikitune.tasks.promotion import Promotion
 
 __all__ = ["SAMPLE_VTUBERS", "TOY", "TOY_RECIPE", "DemoOutcome", "run_demo", "sample_page"]
 
@@ -155,7 +155,7 @@ def run_demo(
     from wikitune.config import load_settings
     from wikitune.flows.pipeline import pipeline
     from wikitune.flows.sync import sync
-    from wikitune.tasks import evaluate, model
+    from wikitune.tasks import answer, model
 
     settings = load_settings(home)
     if base_model == TOY:
@@ -219,7 +219,7 @@ def run_demo(
     if second.retrain is not None:
         snapshot_path = str(settings.snapshots_dir / second.retrain.snapshot_id)
         outcome.question, outcome.expected = _held_out_question(snapshot_path)
-        outcome.answer = evaluate.answer_with_champion(
+        outcome.answer = answer.answer_with_champion(
             settings.tracking_uri,
             second.source,
             outcome.question,

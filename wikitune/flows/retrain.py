@@ -28,7 +28,9 @@ from wikitune.flows.runtime import (
 from wikitune.mlflow import registry, tracking
 from wikitune.tasks import basemodel
 from wikitune.tasks import evaluate as evaluation
+from wikitune.tasks import promotion as promotions
 from wikitune.tasks import train as training
+from wikitune.tasks.decision import Margins
 
 __all__ = ["RetrainResult", "evaluate_candidate", "promote_candidate", "retrain"]
 
@@ -38,11 +40,11 @@ train_adapter = task(training.train_adapter, name="train-adapter", cache_policy=
 class RetrainResult(training.TrainResult):
     """The training's result, and what the registry made of it (None when not promoted)."""
 
-    promotion: evaluation.Promotion | None = None
+    promotion: promotions.Promotion | None = None
 
 
-def _margins(settings: Settings) -> evaluation.Margins:
-    return evaluation.Margins(
+def _margins(settings: Settings) -> Margins:
+    return Margins(
         min_gain=settings.promote_min_gain,
         stable_tolerance=settings.promote_stable_tolerance,
         general_loss_tolerance=settings.promote_general_loss_tolerance,
@@ -78,10 +80,10 @@ def evaluate_task(run_id: str, home: str) -> evaluation.Evaluation:
 
 
 @task(name="promote-candidate", cache_policy=NO_CACHE)
-def promote_task(result: evaluation.Evaluation, home: str) -> evaluation.Promotion:
+def promote_task(result: evaluation.Evaluation, home: str) -> promotions.Promotion:
     """Register the candidate; move the champion alias if it won and nobody moved it first."""
     settings = load_settings(home)
-    promotion = evaluation.promote(
+    promotion = promotions.promote(
         result, tracking_uri=settings.tracking_uri, lock_path=settings.registry_lock
     )
     run_logger().info("version %s of %s: %s", promotion.version, result.source, promotion.outcome)
@@ -113,7 +115,7 @@ def evaluate_candidate(run_id: str, home: str | None = None) -> evaluation.Evalu
 
 
 @flow(name="promote", flow_run_name="promote-{run_id}")
-def promote_candidate(run_id: str, home: str | None = None) -> evaluation.Promotion:
+def promote_candidate(run_id: str, home: str | None = None) -> promotions.Promotion:
     """Evaluate a trained adapter, register it, and make it champion if it wins."""
     home = str(load_settings(home).home)
     return step(promote_task, step(evaluate_task, run_id, home), home)

@@ -1,0 +1,132 @@
+"""The decision rule: whether a candidate replaces the champion, from both models' scores on
+the same questions, and the numbers and reasons that say why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from wikitune.tasks.scoring import ModelScores, paired_bootstrap
+
+__all__ = ["Decision", "Margins", "decide"]
+
+
+class Margins(BaseModel):
+    """The decision rule's knobs."""
+
+    min_gain: float = Field(
+        default=0.01, description="Domain F1 the candidate must gain over the champion."
+    )
+    stable_tolerance: float = Field(
+        default=0.02, description="Stable-fact F1 the candidate may lose."
+    )
+    general_loss_tolerance: float = Field(
+        default=0.10,
+        description="Rise of general-chat loss over the bare base model's allowed (forgetting).",
+    )
+
+
+class Decision(BaseModel):
+    """Whether the candidate replaces the champion, and why, with the numbers."""
+
+    promote: bool
+    reasons: list[str]
+    f1_gain: float
+    ci_low: float
+    ci_high: float
+    candidate: dict[str, float]
+    champion: dict[str, float]
+    champion_name: str
+    base_general_loss: float | None = None
+    failed: list[str] = []
+    """The reasons that stopped the candidate (empty when it won)."""
+
+    def verdict(self) -> str:
+        """One line: ``promote`` with the gain, or ``reject`` with what stopped it."""
+        if self.promote:
+            return f"F1 {self.f1_gain:+.4f} over {self.champion_name}"
+        return "; ".join(self.failed) or "no gain"
+
+    def table(self) -> list[dict[str, Any]]:
+        """Rows of metric, candidate, champion: for the model version and the UI artifacts."""
+        keys = [k for k in self.candidate if k in self.champion]
+        return [
+            {
+                "metric": k,
+                "candidate": round(self.candidate[k], 4),
+                self.champion_name: round(self.champion[k], 4),
+            }
+            for k in keys
+        ]
+
+    def markdown(self) -> str:
+        lines = [f"| metric | candidate | {self.champion_name} |", "| --- | ---: | ---: |"]
+        lines += [
+            f"| {row['metric']} | {row['candidate']:.4f} | {row[self.champion_name]:.4f} |"
+            for row in self.table()
+        ]
+        verdict = "**promote**" if self.promote else "**reject**"
+        lines += [
+            "",
+            f"Decision: {verdict}. F1 gain {self.f1_gain:+.4f}, 95% paired bootstrap interval"
+            f" [{self.ci_low:+.4f}, {self.ci_high:+.4f}].",
+            "",
+            *[f"- {reason}" for reason in self.reasons],
+        ]
+        return "\n".join(lines)
+
+
+def decide(
+    candidate: ModelScores,
+    champion: ModelScores,
+    margins: Margins,
+    *,
+    base_general_loss: float | None = None,
+) -> Decision:
+    """The candidate wins when its domain F1 beats the champion's by ``min_gain``, its stable-fact
+    F1 drops by no more than ``stable_tolerance`` and its general loss is at most
+    ``general_loss_tolerance`` above the bare base model's (``base_general_loss``; the
+    champion's when not given). Against the base, forgetting cannot compound across cycles, and
+    a champion whose training lowered the general loss does not make its successor fail."""
+    gain, low, high = paired_bootstrap(candidate.per_question_f1, champion.per_question_f1)
+    reasons: list[str] = []
+    failed: list[str] = []
+    wins = gain >= margins.min_gain
+    reasons.append(
+        f"domain F1 {candidate.f1:.4f} vs {champion.f1:.4f}: gain {gain:+.4f}"
+        f" {'>=' if wins else '<'} margin {margins.min_gain}"
+    )
+    if not wins:
+        failed.append(reasons[-1])
+    if candidate.stable_f1 is not None and champion.stable_f1 is not None:
+        kept = candidate.stable_f1 >= champion.stable_f1 - margins.stable_tolerance
+        reasons.append(
+            f"stable-fact F1 {candidate.stable_f1:.4f} vs {champion.stable_f1:.4f}"
+            f" ({'within' if kept else 'beyond'} tolerance {margins.stable_tolerance})"
+        )
+        failed += [] if kept else reasons[-1:]
+        wins = wins and kept
+    reference, against = base_general_loss, "the bare base's"
+    if reference is None:
+        reference, against = champion.general_loss, f"{champion.name}'s"
+    if candidate.general_loss is not None and reference is not None:
+        kept = candidate.general_loss <= reference * (1 + margins.general_loss_tolerance)
+        reasons.append(
+            f"general loss {candidate.general_loss:.4f} vs {against} {reference:.4f}"
+            f" ({'within' if kept else 'beyond'} +{margins.general_loss_tolerance:.0%})"
+        )
+        failed += [] if kept else reasons[-1:]
+        wins = wins and kept
+    return Decision(
+        promote=wins,
+        reasons=reasons,
+        f1_gain=gain,
+        ci_low=low,
+        ci_high=high,
+        candidate=candidate.metrics(),
+        champion=champion.metrics(),
+        champion_name=champion.name,
+        base_general_loss=base_general_loss,
+        failed=failed,
+    )

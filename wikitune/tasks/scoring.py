@@ -1,0 +1,232 @@
+"""How well a model answers: exact match and F1 of its greedy answers against the references
+(CJK text a character at a time), fresh and stable facts apart, loss on the assistant tokens and
+on general chat, and the paired bootstrap that compares two models on the same questions."""
+
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from wikitune import progress
+from wikitune.tasks import chat
+from wikitune.tasks import model as models
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "ModelScores",
+    "answer_tokens",
+    "assistant_loss",
+    "exact_match",
+    "f1_score",
+    "paired_bootstrap",
+    "score_model",
+]
+
+
+_CJK = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\u3100-\u312f]"
+)
+
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+def answer_tokens(text: str) -> list[str]:
+    """Tokens for scoring: NFKC, lower case, punctuation dropped; each CJK character is a
+    token, other text splits into words."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    tokens: list[str] = []
+    for word in _WORD.findall(text):
+        run = ""
+        for char in word:
+            if _CJK.match(char):
+                if run:
+                    tokens.append(run)
+                    run = ""
+                tokens.append(char)
+            else:
+                run += char
+        if run:
+            tokens.append(run)
+    return tokens
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(answer_tokens(prediction) == answer_tokens(reference))
+
+
+def f1_score(prediction: str, reference: str) -> float:
+    predicted, expected = answer_tokens(prediction), answer_tokens(reference)
+    if not predicted or not expected:
+        return float(predicted == expected)
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _loss_sum(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoded: list[Any]
+) -> tuple[float, int]:
+    """Summed cross-entropy over the loss-carrying tokens of one padded batch, and their count."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    device = next(model.parameters()).device
+    ids = pad_sequence(
+        [torch.tensor(i) for i, _ in encoded],
+        batch_first=True,
+        padding_value=tokenizer.pad_token_id,
+    )
+    attention = pad_sequence(
+        [torch.ones(len(i), dtype=torch.long) for i, _ in encoded], batch_first=True
+    )
+    labels = pad_sequence(
+        [torch.tensor(lab) for _, lab in encoded], batch_first=True, padding_value=-100
+    )
+    with torch.inference_mode():
+        total, count = models.answer_loss_sum(
+            model,
+            {"input_ids": ids.to(device), "attention_mask": attention.to(device)},
+            labels.to(device),
+        )
+    return float(total), int(count)
+
+
+def assistant_loss(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[list[dict[str, str]]],
+    *,
+    batch_size: int = 16,
+    description: str = "scoring answers",
+) -> float:
+    """Mean cross-entropy per answer token: the tokens training puts loss on
+    (``chat.encode``), batched."""
+    fmt = chat.chat_format(tokenizer)
+    encoded = [chat.encode(tokenizer, fmt, conv) for conv in conversations]
+    batches = range(0, len(encoded), batch_size)
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with progress.track(description, len(batches)) as advance:
+            for start in batches:
+                batch_total, batch_count = _loss_sum(
+                    model, tokenizer, encoded[start : start + batch_size]
+                )
+                total += batch_total
+                count += batch_count
+                advance(1)
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+class ModelScores(BaseModel):
+    """One model's numbers on the eval set, with per-question scores for paired statistics."""
+
+    name: str
+    exact_match: float
+    f1: float
+    fresh_exact_match: float | None
+    fresh_f1: float | None
+    stable_exact_match: float | None
+    stable_f1: float | None
+    wiki_loss: float
+    general_loss: float | None
+    per_question_f1: list[float] = Field(repr=False)
+    answers: list[str] = Field(repr=False)
+
+    def metrics(self) -> dict[str, float]:
+        keys = ("exact_match", "f1", "fresh_exact_match", "fresh_f1", "stable_exact_match")
+        keys += ("stable_f1", "wiki_loss", "general_loss")
+        return {k: v for k in keys if (v := getattr(self, k)) is not None}
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def score_model(
+    name: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_rows: Sequence[dict[str, Any]],
+    general_rows: Sequence[dict[str, Any]] = (),
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+) -> ModelScores:
+    """Greedy answers (batched) to every eval question, scored against the references. Answers
+    stop 8 tokens past the longest reference (or at ``max_new_tokens``): a longer one cannot
+    match, and a rambling model would otherwise cost the whole budget on every question."""
+    conversations = [row["messages"] for row in eval_rows]
+    references = [conv[-1]["content"] for conv in conversations]
+    longest = max(
+        (len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references), default=0
+    )
+    answers = models.generate_answers(
+        model,
+        tokenizer,
+        conversations,
+        batch_size=batch_size,
+        max_new_tokens=min(max_new_tokens, longest + 8),
+        description=f"{name}: answering eval questions",
+    )
+    em = [exact_match(a, r) for a, r in zip(answers, references, strict=True)]
+    f1 = [f1_score(a, r) for a, r in zip(answers, references, strict=True)]
+    fresh = [bool(row.get("fresh")) for row in eval_rows]
+
+    def part(values: list[float], want: bool) -> float | None:
+        return _mean([v for v, f in zip(values, fresh, strict=True) if f == want])
+
+    general = [row["messages"] for row in general_rows]
+    return ModelScores(
+        name=name,
+        exact_match=_mean(em) or 0.0,
+        f1=_mean(f1) or 0.0,
+        fresh_exact_match=part(em, True),
+        fresh_f1=part(f1, True),
+        stable_exact_match=part(em, False),
+        stable_f1=part(f1, False),
+        wiki_loss=assistant_loss(
+            model, tokenizer, conversations, batch_size=batch_size, description=f"{name}: wiki loss"
+        ),
+        general_loss=(
+            assistant_loss(
+                model,
+                tokenizer,
+                general,
+                batch_size=batch_size,
+                description=f"{name}: general loss",
+            )
+            if general
+            else None
+        ),
+        per_question_f1=f1,
+        answers=answers,
+    )
+
+
+def paired_bootstrap(
+    candidate: Sequence[float], champion: Sequence[float], *, samples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean difference, 2.5th, 97.5th percentile) of candidate minus champion, resampling
+    questions with replacement."""
+    if len(candidate) != len(champion) or not candidate:
+        raise ValueError("paired bootstrap needs two equally long, non-empty score lists")
+    diffs = [c - h for c, h in zip(candidate, champion, strict=True)]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    return sum(diffs) / n, means[int(0.025 * samples)], means[int(0.975 * samples) - 1]
