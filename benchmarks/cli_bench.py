@@ -75,9 +75,7 @@ def main() -> None:
         env |= {"PREFECT_HOME": str(root / "prefect"), "DO_NOT_TRACK": "1"}
         wikitune = [sys.executable, "-m", "wikitune.cli"]
         with LocalWiki(root / "wiki") as wiki:
-            wiki.edit(
-                "Template:Infobox VTuber", "{{{name}}} {{{agency}}} {{{debut_date}}}"
-            )
+            wiki.edit("Template:Infobox VTuber", "{{{name}}} {{{agency}}} {{{debut_date}}}")
             wiki.import_pages({f"VTuber {n}": page_text(n) for n in range(args.pages)})
             wiki.run_jobs()
             home_option = ["--home", str(home)]
