@@ -210,6 +210,23 @@ def test_answer_tokens_split_cjk_by_character_and_other_text_by_word() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("prediction", "stale"),
+    [
+        ("Nova Quill属于晨星社。", True),  # the old value, word for word
+        ("晨星社", True),  # the old value alone
+        ("Nova Quill属于Deep Blue。", False),  # the new value
+        ("Nova Quill属于晨星社，后来属于Deep Blue。", False),  # the new value too
+        ("Nova Quill属于晨星", False),  # part of the old value
+        ("我不知道。", False),
+    ],
+)
+def test_stale_answers_hold_the_old_value_and_not_the_new(prediction: str, stale: bool) -> None:
+    previous, reference = "Nova Quill属于晨星社。", "Nova Quill属于Deep Blue。"
+    assert scoring.answers_with_old_value(prediction, previous, reference) is stale
+    assert not scoring.answers_with_old_value(prediction, reference, reference)  # no change
+
+
 def _scores(name: str, f1: list[float], stable: float, general: float) -> scoring.ModelScores:
     return scoring.ModelScores(
         name=name,

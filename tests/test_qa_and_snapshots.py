@@ -128,6 +128,17 @@ def test_snapshots_hold_out_phrasings_and_mark_fresh_facts(built: LocalWiki, hom
     fresh = {(r["title"], r["field"]) for r in _rows(second.path, "eval.jsonl") if r["fresh"]}
     assert fresh == {("Nova Quill", "agency"), ("Nova Quill", "lead")}
     assert second.counts["eval_stable"] > 0
+    # A changed fact's question carries what the champion's snapshot answered (the stale rate).
+    before = {r["id"]: r["messages"][-1]["content"] for r in _rows(first.path, "eval.jsonl")}
+    changed = [r for r in _rows(second.path, "eval.jsonl") if r["previous"] is not None]
+    assert {r["field"] for r in changed if r["field"] == "agency"} == {"agency"}
+    for row in changed:
+        assert row["fresh"] and row["previous"] == before[row["id"]]
+        assert row["previous"] != row["messages"][-1]["content"]
+        if row["field"] == "agency":
+            assert "Deep Blue" in row["messages"][-1]["content"]
+            assert "Deep Blue" not in row["previous"]
+    assert second.counts["eval_changed_values"] == len(changed)
 
 
 @pytest.mark.parametrize("wiki_pages", [2, 10, 40, 150])

@@ -133,4 +133,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE snapshots ADD COLUMN champion_at TIMESTAMP;
     UPDATE snapshots SET champion_at = trained_at;
     """,
+    # 5: each snapshot's answers to its eval questions, so that a later snapshot knows what a
+    # changed fact's question was answered with before (the stale rate).
+    """
+    CREATE TABLE snapshot_answers (
+        snapshot_id VARCHAR NOT NULL,
+        pair_id     VARCHAR NOT NULL,
+        answer      VARCHAR NOT NULL,
+        PRIMARY KEY (snapshot_id, pair_id)
+    );
+    """,
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
@@ -678,7 +678,14 @@ class Store:
 
     # -- snapshots -------------------------------------------------------------------------
 
-    def record_snapshot(self, record: SnapshotRecord, fact_hashes: Iterable[str]) -> None:
+    def record_snapshot(
+        self,
+        record: SnapshotRecord,
+        fact_hashes: Iterable[str],
+        eval_answers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record a snapshot, its facts, and its eval questions' answers by pair id."""
+        answers = eval_answers or {}
         with self.transaction():
             self.db.execute(
                 """INSERT INTO snapshots (id, source, digest, counts, path)
@@ -689,6 +696,12 @@ class Store:
                 """INSERT INTO snapshot_facts SELECT ?, unnest(?::VARCHAR[])""",
                 [record.id, sorted(set(fact_hashes))],
             )
+            if answers:
+                self.db.execute(
+                    """INSERT INTO snapshot_answers
+                       SELECT ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[])""",
+                    [record.id, list(answers), list(answers.values())],
+                )
 
     def _snapshots(
         self, where: str, params: list[Any], order: str = "created_at"
@@ -747,6 +760,14 @@ class Store:
             "SELECT fact_hash FROM snapshot_facts WHERE snapshot_id = ?", [snapshot_id]
         ).fetchall()
         return {r[0] for r in rows}
+
+    def snapshot_answers(self, snapshot_id: str) -> dict[str, str]:
+        """A snapshot's answers to its eval questions, by pair id (empty for snapshots made
+        before they were recorded)."""
+        rows = self.db.execute(
+            "SELECT pair_id, answer FROM snapshot_answers WHERE snapshot_id = ?", [snapshot_id]
+        ).fetchall()
+        return dict(rows)
 
     def pairs_changed_since(self, source: str, snapshot: SnapshotRecord | None) -> int:
         """Active pairs whose fact was added or changed since ``snapshot`` (all, without one)."""

@@ -124,6 +124,7 @@ def _general_row(row: dict[str, Any], system_prompt: str) -> dict[str, Any]:
         "field": None,
         "lang": row.get("lang"),
         "fresh": None,
+        "previous": None,
         "messages": with_system(row["messages"], system_prompt),
     }
 
@@ -151,12 +152,16 @@ def make_snapshot(
     # Fresh means new to the champion: a candidate that lost taught the registry nothing.
     champion = store.champion_snapshot(source)
     champion_facts = store.snapshot_facts(champion.id) if champion else set()
+    # What the champion was taught to answer, for questions whose fact has changed since.
+    champion_answers = store.snapshot_answers(champion.id) if champion else {}
 
     # Every file has the same columns, so `datasets` can load them as splits of one dataset.
     wiki_train, eval_rows = [], []
     for pair in pairs:
         row = _wiki_row(pair, system_prompt)
         row["fresh"] = pair.fact_hash not in champion_facts
+        before = champion_answers.get(pair.pair_id)
+        row["previous"] = before if row["fresh"] and before != pair.answer else None
         (wiki_train if pair.split == "train" else eval_rows).append(row)
 
     pool, general_eval = split_general(load_general(general_path))
@@ -186,6 +191,7 @@ def make_snapshot(
         "eval_rows": len(eval_rows),
         "eval_fresh": fresh,
         "eval_stable": len(eval_rows) - fresh,
+        "eval_changed_values": sum(1 for r in eval_rows if r["previous"] is not None),
         "general_eval_rows": len(general_eval_rows),
     }
     created = datetime.now(UTC)
@@ -227,5 +233,6 @@ def make_snapshot(
         path=str(target),
         created_at=created.isoformat(),
     )
-    store.record_snapshot(record, (p.fact_hash for p in pairs))
+    answers = {row["id"]: row["messages"][-1]["content"] for row in eval_rows}
+    store.record_snapshot(record, (p.fact_hash for p in pairs), answers)
     return record

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ModelScores",
     "answer_tokens",
+    "answers_with_old_value",
     "assistant_loss",
     "exact_match",
     "f1_score",
@@ -72,6 +73,18 @@ def f1_score(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = common / len(predicted), common / len(expected)
     return 2 * precision * recall / (precision + recall)
+
+
+def answers_with_old_value(prediction: str, previous: str, reference: str) -> bool:
+    """Whether ``prediction`` answers with what changed from ``previous`` to ``reference``
+    (the old value, known to the champion's snapshot) and not with the new: it holds every
+    token only the old answer has and lacks some token only the new one has."""
+    old, new = Counter(answer_tokens(previous)), Counter(answer_tokens(reference))
+    answered = Counter(answer_tokens(prediction))
+    only_old, only_new = old - new, new - old
+    if not only_old:
+        return False
+    return not (only_old - answered) and bool(only_new - answered)
 
 
 def _loss_sum(
@@ -142,6 +155,8 @@ class ModelScores(BaseModel):
     fresh_f1: float | None
     stable_exact_match: float | None
     stable_f1: float | None
+    stale_rate: float | None = None
+    """Of the fresh questions whose fact changed value, the share answered with the old value."""
     wiki_loss: float
     general_loss: float | None
     per_question_f1: list[float] = Field(repr=False)
@@ -149,7 +164,7 @@ class ModelScores(BaseModel):
 
     def metrics(self) -> dict[str, float]:
         keys = ("exact_match", "f1", "fresh_exact_match", "fresh_f1", "stable_exact_match")
-        keys += ("stable_f1", "wiki_loss", "general_loss")
+        keys += ("stable_f1", "stale_rate", "wiki_loss", "general_loss")
         return {k: v for k in keys if (v := getattr(self, k)) is not None}
 
 
@@ -190,6 +205,11 @@ def score_model(
     def part(values: list[float], want: bool) -> float | None:
         return _mean([v for v, f in zip(values, fresh, strict=True) if f == want])
 
+    stale = [
+        answers_with_old_value(answer, row["previous"], reference)
+        for answer, reference, row in zip(answers, references, eval_rows, strict=True)
+        if row.get("previous")
+    ]
     general = [row["messages"] for row in general_rows]
     return ModelScores(
         name=name,
@@ -199,6 +219,7 @@ def score_model(
         fresh_f1=part(f1, True),
         stable_exact_match=part(em, False),
         stable_f1=part(f1, False),
+        stale_rate=_mean([float(s) for s in stale]),
         wiki_loss=assistant_loss(
             model, tokenizer, conversations, batch_size=batch_size, description=f"{name}: wiki loss"
         ),
