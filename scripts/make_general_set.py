@@ -1,5 +1,9 @@
 """Write wikitune/data/general.jsonl: the bundled general chat set mixed into every training
-snapshot (everyday questions in Chinese and English, generated from checked facts and rules).
+snapshot (everyday questions in Chinese and English, generated from checked facts and rules);
+and wikitune/data/general_probes.jsonl: prompts of kinds the general set holds none of (word
+meanings, translation, nature, science, short writing), in both languages, on which evaluation
+compares each model's answers with the bare base model's (general agreement), so that learning
+the general set's style cannot hide forgetting.
 
     .venv/bin/python scripts/make_general_set.py
 """
@@ -10,7 +14,9 @@ import hashlib
 import json
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "wikitune" / "data" / "general.jsonl"
+DATA = Path(__file__).resolve().parent.parent / "wikitune" / "data"
+OUT = DATA / "general.jsonl"
+PROBES_OUT = DATA / "general_probes.jsonl"
 
 DAYS_EN = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 DAYS_ZH = ["星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日"]
@@ -117,6 +123,82 @@ ADVICE = [
     ("zh", "用友好的方式打个招呼。", "你好！很高兴认识你，今天过得怎么样？"),
 ]
 
+# (category, language, prompt, a reference answer): no category here appears in rows().
+PROBES = [
+    ("opposites", "en", "What is the opposite of hot?", "The opposite of hot is cold."),
+    ("opposites", "zh", "“热”的反义词是什么？", "“热”的反义词是“冷”。"),
+    ("opposites", "en", "What is the opposite of up?", "The opposite of up is down."),
+    ("opposites", "zh", "“上”的反义词是什么？", "“上”的反义词是“下”。"),
+    (
+        "synonyms",
+        "en",
+        "Give a word that means the same as happy.",
+        "Glad means the same as happy.",
+    ),
+    ("synonyms", "zh", "“高兴”的近义词是什么？", "“高兴”的近义词是“快乐”。"),
+    (
+        "translation",
+        "en",
+        "How do you say thank you in Spanish?",
+        "Thank you in Spanish is gracias.",
+    ),
+    ("translation", "zh", "“谢谢”用英语怎么说？", "“谢谢”用英语说是“thank you”。"),
+    ("translation", "en", "What is the French word for cat?", "The French word for cat is chat."),
+    ("translation", "zh", "“猫”用英语怎么说？", "“猫”用英语说是“cat”。"),
+    ("nature", "en", "How many legs does a spider have?", "A spider has eight legs."),
+    ("nature", "zh", "蜘蛛有几条腿？", "蜘蛛有八条腿。"),
+    ("nature", "en", "What do bees make?", "Bees make honey."),
+    ("nature", "zh", "蜜蜂会酿造什么？", "蜜蜂会酿造蜂蜜。"),
+    ("nature", "en", "What color is the sky on a clear day?", "The sky is blue on a clear day."),
+    ("nature", "zh", "晴天的天空是什么颜色？", "晴天的天空是蓝色的。"),
+    (
+        "science",
+        "en",
+        "At what temperature does water boil at sea level?",
+        "Water boils at 100 degrees Celsius at sea level.",
+    ),
+    ("science", "zh", "在海平面上水在多少度沸腾？", "在海平面上水在100摄氏度沸腾。"),
+    (
+        "science",
+        "en",
+        "Which planet is closest to the Sun?",
+        "Mercury is the planet closest to the Sun.",
+    ),
+    ("science", "zh", "离太阳最近的行星是哪一颗？", "离太阳最近的行星是水星。"),
+    (
+        "science",
+        "en",
+        "What gas do plants take in from the air?",
+        "Plants take in carbon dioxide from the air.",
+    ),
+    ("science", "zh", "植物从空气中吸收什么气体？", "植物从空气中吸收二氧化碳。"),
+    (
+        "writing",
+        "en",
+        "Write one sentence about the sea.",
+        "The sea stretches blue and calm to the horizon.",
+    ),
+    ("writing", "zh", "写一句关于大海的话。", "蔚蓝的大海一望无际。"),
+    (
+        "writing",
+        "en",
+        "Name three colors of the rainbow.",
+        "Red, green and blue are colors of the rainbow.",
+    ),
+    ("writing", "zh", "说出彩虹的三种颜色。", "红色、绿色和蓝色都是彩虹的颜色。"),
+    ("seasons", "en", "How many seasons are there in a year?", "There are four seasons in a year."),
+    ("seasons", "zh", "一年有几个季节？", "一年有四个季节。"),
+    ("seasons", "en", "Which season comes after winter?", "Spring comes after winter."),
+    ("seasons", "zh", "冬天之后是什么季节？", "冬天之后是春天。"),
+    (
+        "comparison",
+        "en",
+        "Which is bigger, an elephant or a mouse?",
+        "An elephant is bigger than a mouse.",
+    ),
+    ("comparison", "zh", "大象和老鼠哪个更大？", "大象比老鼠大。"),
+]
+
 
 def rows() -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
@@ -190,6 +272,20 @@ def main() -> None:
             }
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     print(f"wrote {sum(1 for _ in OUT.open())} examples to {OUT}")
+    with PROBES_OUT.open("w", encoding="utf-8") as f:
+        for category, lang, prompt, answer in PROBES:
+            digest = hashlib.sha256(f"{lang}|{prompt}".encode()).hexdigest()[:12]
+            record = {
+                "id": f"probe-{digest}",
+                "category": category,
+                "lang": lang,
+                "messages": [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": answer},
+                ],
+            }
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    print(f"wrote {len(PROBES)} probes to {PROBES_OUT}")
 
 
 if __name__ == "__main__":

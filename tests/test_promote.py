@@ -79,6 +79,11 @@ def test_promote_reject_rollback_and_ask(
     run = client.get_run(first)
     assert run.data.metrics["candidate_f1"] > run.data.metrics["champion_f1"] + 0.1
     assert run.data.tags["wikitune.compared_against"] == "base"
+    # The bare base agrees with itself on every general probe, and its answers are kept.
+    assert version.tags["champion_general_agreement"] == "1.0000"
+    assert 0 <= float(version.tags["candidate_general_agreement"]) <= 1
+    (cached,) = (home / "runs" / "evaluations" / "base-probe-answers").glob("*.json")
+    cached_at = cached.stat().st_mtime_ns
 
     # A candidate trained on shuffled answers loses, is kept as a rejected version, and the
     # champion stays.
@@ -106,6 +111,8 @@ def test_promote_reject_rollback_and_ask(
     second = client.get_model_version("wikitune-trainwiki", "2")
     # (the damaged snapshot kept the evaluation questions: version 1 scores as it did.)
     assert second.tags["champion_f1"] == version.tags["candidate_f1"]
+    assert second.tags["champion_general_agreement"] == version.tags["candidate_general_agreement"]
+    assert cached.stat().st_mtime_ns == cached_at  # the base's answers came from the cache
     assert client.get_run(damaged.run_id).info.run_name.startswith("v2-rejected-")
     assert client.get_model_version("wikitune-trainwiki", "2").tags["parent_version"] == "1"
 

@@ -22,6 +22,7 @@ from wikitune.storage import QaPair, SnapshotRecord, Store
 __all__ = [
     "general_rows_needed",
     "load_general",
+    "load_general_probes",
     "make_snapshot",
     "sample_general",
     "split_general",
@@ -58,6 +59,13 @@ def load_general(path: Path | None = None) -> list[dict[str, Any]]:
                 + hashlib.sha256(json.dumps(messages, ensure_ascii=False).encode()).hexdigest()[:12]
             )
     return rows
+
+
+def load_general_probes() -> list[dict[str, Any]]:
+    """The bundled probe prompts: kinds the general set holds none of, in both languages, on
+    which evaluation compares each model's answers with the bare base model's."""
+    text = resources.files("wikitune.data").joinpath("general_probes.jsonl").read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def split_general(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -114,10 +122,10 @@ def _wiki_row(pair: QaPair, system_prompt: str) -> dict[str, Any]:
     }
 
 
-def _general_row(row: dict[str, Any], system_prompt: str) -> dict[str, Any]:
+def _general_row(row: dict[str, Any], system_prompt: str, kind: str = "general") -> dict[str, Any]:
     return {
         "id": str(row["id"]),
-        "kind": "general",
+        "kind": kind,
         "pageid": None,
         "revid": None,
         "title": None,
@@ -144,8 +152,8 @@ def make_snapshot(
     seed: int = 0,
 ) -> SnapshotRecord:
     """Freeze the active pairs of ``source`` into a snapshot (or return the latest snapshot when
-    its content is identical). Files: ``train.jsonl``, ``eval.jsonl``, ``general_eval.jsonl``
-    and ``manifest.json`` under ``snapshots_dir/<id>/``."""
+    its content is identical). Files: ``train.jsonl``, ``eval.jsonl``, ``general_eval.jsonl``,
+    ``general_probe.jsonl`` and ``manifest.json`` under ``snapshots_dir/<id>/``."""
     pairs = store.active_pairs(source)
     if not pairs:
         raise ValueError(f"source {source!r} has no active QA pairs: run `wikitune build` first")
@@ -169,11 +177,13 @@ def make_snapshot(
     train = wiki_train + [_general_row(r, system_prompt) for r in general]
     random.Random(seed).shuffle(train)
     general_eval_rows = [_general_row(r, system_prompt) for r in general_eval]
+    probe_rows = [_general_row(r, system_prompt, kind="probe") for r in load_general_probes()]
 
     files = {
         "train.jsonl": _jsonl(train),
         "eval.jsonl": _jsonl(eval_rows),
         "general_eval.jsonl": _jsonl(general_eval_rows),
+        "general_probe.jsonl": _jsonl(probe_rows),
     }
     digest = hashlib.sha256(
         "".join(f"{name}\n{text}" for name, text in sorted(files.items())).encode()
@@ -193,6 +203,7 @@ def make_snapshot(
         "eval_stable": len(eval_rows) - fresh,
         "eval_changed_values": sum(1 for r in eval_rows if r["previous"] is not None),
         "general_eval_rows": len(general_eval_rows),
+        "general_probe_rows": len(probe_rows),
     }
     created = datetime.now(UTC)
     snapshot_id = f"{created:%Y%m%dT%H%M%S}-{digest[:8]}"
@@ -211,6 +222,7 @@ def make_snapshot(
             "train": "train.jsonl",
             "eval": "eval.jsonl",
             "general_eval": "general_eval.jsonl",
+            "general_probe": "general_probe.jsonl",
         },
     }
     snapshots_dir.mkdir(parents=True, exist_ok=True)

@@ -3,15 +3,18 @@ one process, decide (``tasks/decision``), and add the numbers to the candidate's
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
 from wikitune.tasks import model as models
 from wikitune.tasks.decision import Decision, Margins, decide
-from wikitune.tasks.scoring import assistant_loss, score_model
+from wikitune.tasks.scoring import assistant_loss, probe_answers, score_model
 
 __all__ = ["Evaluation", "evaluate_run", "same_base"]
 
@@ -38,6 +41,33 @@ class Evaluation(BaseModel):
     champion_version: str | None
     decision: Decision
     run_link: str
+
+
+def _base_probe_answers(
+    model: Any,
+    tokenizer: Any,
+    probes: list[dict[str, Any]],
+    *,
+    cache_dir: Path,
+    base_digest: str,
+    batch_size: int,
+) -> list[str]:
+    """The bare base model's greedy answers to the probes (``model`` with its adapters off),
+    computed once per base, chat template and probe set, and kept under ``cache_dir``."""
+    key = json.dumps(
+        [base_digest, tokenizer.chat_template, [row["messages"] for row in probes]],
+        ensure_ascii=False,
+    )
+    cache = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    if base_digest and cache.exists():
+        return list(json.loads(cache.read_text(encoding="utf-8")))
+    answers = probe_answers("base", model, tokenizer, probes, batch_size=batch_size)
+    if base_digest:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staged = cache.with_suffix(".tmp")
+        staged.write_text(json.dumps(answers, ensure_ascii=False), encoding="utf-8")
+        staged.replace(cache)
+    return answers
 
 
 def evaluate_run(
@@ -75,11 +105,25 @@ def evaluate_run(
     base = models.load_base_model(params["base_model"], device=device, quantize=quantize)
     model = PeftModel.from_pretrained(base, candidate.adapter_dir, adapter_name="candidate")
     general = list(data.splits.get("general_eval") or [])
+    probes = list(data.splits.get("general_probe") or [])  # none in older snapshots
+    base_answers = None
+    if probes:
+        with model.disable_adapter():
+            base_answers = _base_probe_answers(
+                model,
+                tokenizer,
+                probes,
+                cache_dir=workdir.parent / "base-probe-answers",
+                base_digest=params.get("base_model_digest", ""),
+                batch_size=batch_size,
+            )
     # Both models answer the same questions with the same settings.
     score = partial(
         score_model,
         eval_rows=list(data.splits["eval"]),
         general_rows=general,
+        probe_rows=probes,
+        base_probe_answers=base_answers,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
     )

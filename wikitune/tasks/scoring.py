@@ -28,6 +28,7 @@ __all__ = [
     "exact_match",
     "f1_score",
     "paired_bootstrap",
+    "probe_answers",
     "score_model",
 ]
 
@@ -157,6 +158,8 @@ class ModelScores(BaseModel):
     stable_f1: float | None
     stale_rate: float | None = None
     """Of the fresh questions whose fact changed value, the share answered with the old value."""
+    general_agreement: float | None = None
+    """The share of the general probes answered exactly as the bare base model answers them."""
     wiki_loss: float
     general_loss: float | None
     per_question_f1: list[float] = Field(repr=False)
@@ -164,12 +167,35 @@ class ModelScores(BaseModel):
 
     def metrics(self) -> dict[str, float]:
         keys = ("exact_match", "f1", "fresh_exact_match", "fresh_f1", "stable_exact_match")
-        keys += ("stable_f1", "stale_rate", "wiki_loss", "general_loss")
+        keys += ("stable_f1", "stale_rate", "general_agreement", "wiki_loss", "general_loss")
         return {k: v for k in keys if (v := getattr(self, k)) is not None}
 
 
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+PROBE_TOKENS = 32
+"""Tokens of each answer to a general probe: enough to tell two answers apart."""
+
+
+def probe_answers(
+    name: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    probe_rows: Sequence[dict[str, Any]],
+    *,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy answers to the general probes (their reference answers are not shown)."""
+    return models.generate_answers(
+        model,
+        tokenizer,
+        [row["messages"] for row in probe_rows],
+        batch_size=batch_size,
+        max_new_tokens=PROBE_TOKENS,
+        description=f"{name}: general probes",
+    )
 
 
 def score_model(
@@ -179,12 +205,16 @@ def score_model(
     eval_rows: Sequence[dict[str, Any]],
     general_rows: Sequence[dict[str, Any]] = (),
     *,
+    probe_rows: Sequence[dict[str, Any]] = (),
+    base_probe_answers: Sequence[str] | None = None,
     batch_size: int = 32,
     max_new_tokens: int = 64,
 ) -> ModelScores:
     """Greedy answers (batched) to every eval question, scored against the references. Answers
     stop 8 tokens past the longest reference (or at ``max_new_tokens``): a longer one cannot
-    match, and a rambling model would otherwise cost the whole budget on every question."""
+    match, and a rambling model would otherwise cost the whole budget on every question. With
+    the bare base model's answers to ``probe_rows``, the share this model answers alike is its
+    general agreement."""
     conversations = [row["messages"] for row in eval_rows]
     references = [conv[-1]["content"] for conv in conversations]
     longest = max(
@@ -210,6 +240,12 @@ def score_model(
         for answer, reference, row in zip(answers, references, eval_rows, strict=True)
         if row.get("previous")
     ]
+    agreement = None
+    if probe_rows and base_probe_answers is not None:
+        answered = probe_answers(name, model, tokenizer, probe_rows, batch_size=batch_size)
+        agreement = _mean(
+            [exact_match(a, b) for a, b in zip(answered, base_probe_answers, strict=True)]
+        )
     general = [row["messages"] for row in general_rows]
     return ModelScores(
         name=name,
@@ -220,6 +256,7 @@ def score_model(
         stable_exact_match=part(em, False),
         stable_f1=part(f1, False),
         stale_rate=_mean([float(s) for s in stale]),
+        general_agreement=agreement,
         wiki_loss=assistant_loss(
             model, tokenizer, conversations, batch_size=batch_size, description=f"{name}: wiki loss"
         ),
