@@ -258,34 +258,30 @@ def rows() -> list[tuple[str, str, str]]:
     return out
 
 
+def record(prefix: str, lang: str, question: str, answer: str, **extra: str) -> dict[str, object]:
+    """One example; its id hashes the language and the question, so it is stable."""
+    digest = hashlib.sha256(f"{lang}|{question}".encode()).hexdigest()[:12]
+    return {
+        "id": f"{prefix}-{digest}",
+        **extra,
+        "lang": lang,
+        "messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ],
+    }
+
+
+def write(path: Path, records: list[dict[str, object]], what: str) -> None:
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {len(records)} {what} to {path}")
+
+
 def main() -> None:
-    with OUT.open("w", encoding="utf-8") as f:
-        for lang, question, answer in rows():
-            digest = hashlib.sha256(f"{lang}|{question}".encode()).hexdigest()[:12]
-            record = {
-                "id": f"general-{digest}",
-                "lang": lang,
-                "messages": [
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": answer},
-                ],
-            }
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    print(f"wrote {sum(1 for _ in OUT.open())} examples to {OUT}")
-    with PROBES_OUT.open("w", encoding="utf-8") as f:
-        for category, lang, prompt, answer in PROBES:
-            digest = hashlib.sha256(f"{lang}|{prompt}".encode()).hexdigest()[:12]
-            record = {
-                "id": f"probe-{digest}",
-                "category": category,
-                "lang": lang,
-                "messages": [
-                    {"role": "user", "content": prompt},
-                    {"role": "assistant", "content": answer},
-                ],
-            }
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    print(f"wrote {len(PROBES)} probes to {PROBES_OUT}")
+    write(OUT, [record("general", *row) for row in rows()], "examples")
+    probes = [record("probe", lang, q, a, category=category) for category, lang, q, a in PROBES]
+    write(PROBES_OUT, probes, "probes")
 
 
 if __name__ == "__main__":
