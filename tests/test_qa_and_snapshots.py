@@ -13,6 +13,7 @@ from wikitune.flows.build import build, snapshot
 from wikitune.localwiki import LocalWiki
 from wikitune.storage import QaPair, Store, StoredPage, SyncBatch
 from wikitune.tasks.dataset import general_rows_needed, make_snapshot
+from wikitune.tasks.train import read_snapshot
 
 PAIRS_PER_FIELD = 8  # two languages, four phrasings each
 
@@ -130,7 +131,7 @@ def test_snapshots_hold_out_phrasings_and_mark_fresh_facts(built: LocalWiki, hom
     assert second.counts["eval_stable"] > 0
     # A changed fact's question carries what the champion's snapshot answered (the stale rate).
     before = {r["id"]: r["messages"][-1]["content"] for r in _rows(first.path, "eval.jsonl")}
-    changed = [r for r in _rows(second.path, "eval.jsonl") if r["previous"] is not None]
+    changed = [r for r in _rows(second.path, "eval.jsonl") if r["previous"]]
     assert {r["field"] for r in changed if r["field"] == "agency"} == {"agency"}
     for row in changed:
         assert row["fresh"] and row["previous"] == before[row["id"]]
@@ -139,6 +140,9 @@ def test_snapshots_hold_out_phrasings_and_mark_fresh_facts(built: LocalWiki, hom
             assert "Deep Blue" in row["messages"][-1]["content"]
             assert "Deep Blue" not in row["previous"]
     assert second.counts["eval_changed_values"] == len(changed)
+    loaded = read_snapshot(second.path)  # as training and evaluation read it
+    assert sum(1 for row in loaded.splits["eval"] if row["previous"]) == len(changed)
+    assert set(loaded.splits) == {"train", "eval", "general_eval", "general_probe"}
 
 
 @pytest.mark.parametrize("wiki_pages", [2, 10, 40, 150])

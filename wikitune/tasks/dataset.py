@@ -132,7 +132,7 @@ def _general_row(row: dict[str, Any], system_prompt: str, kind: str = "general")
         "field": None,
         "lang": row.get("lang"),
         "fresh": None,
-        "previous": None,
+        "previous": "",
         "messages": with_system(row["messages"], system_prompt),
     }
 
@@ -169,7 +169,9 @@ def make_snapshot(
         row = _wiki_row(pair, system_prompt)
         row["fresh"] = pair.fact_hash not in champion_facts
         before = champion_answers.get(pair.pair_id)
-        row["previous"] = before if row["fresh"] and before != pair.answer else None
+        # "" rather than null: `datasets` types a column by the first split, and a null-typed
+        # column refuses the strings of a later one.
+        row["previous"] = before if row["fresh"] and before and before != pair.answer else ""
         (wiki_train if pair.split == "train" else eval_rows).append(row)
 
     pool, general_eval = split_general(load_general(general_path))
@@ -201,7 +203,7 @@ def make_snapshot(
         "eval_rows": len(eval_rows),
         "eval_fresh": fresh,
         "eval_stable": len(eval_rows) - fresh,
-        "eval_changed_values": sum(1 for r in eval_rows if r["previous"] is not None),
+        "eval_changed_values": sum(1 for r in eval_rows if r["previous"]),
         "general_eval_rows": len(general_eval_rows),
         "general_probe_rows": len(probe_rows),
     }
