@@ -231,7 +231,13 @@ def test_answer_tokens_split_cjk_by_character_and_other_text_by_word() -> None:
 def test_stale_answers_hold_the_old_value_and_not_the_new(prediction: str, stale: bool) -> None:
     previous, reference = "Nova Quill属于晨星社。", "Nova Quill属于Deep Blue。"
     assert scoring.answers_with_old_value(prediction, previous, reference) is stale
-    assert not scoring.answers_with_old_value(prediction, reference, reference)  # no change
+
+
+def test_a_value_that_only_grew_is_stale_when_answered_as_before() -> None:
+    previous, reference = "星野灯属于晨星社。", "星野灯属于晨星社二期。"
+    assert scoring.answers_with_old_value("星野灯属于晨星社", previous, reference)
+    assert not scoring.answers_with_old_value("星野灯属于晨星社二期。", previous, reference)
+    assert not scoring.answers_with_old_value("星野灯在Bilibili直播。", previous, reference)
 
 
 def _scores(name: str, f1: list[float], stable: float, general: float) -> scoring.ModelScores:

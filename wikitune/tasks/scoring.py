@@ -77,15 +77,16 @@ def f1_score(prediction: str, reference: str) -> float:
 
 
 def answers_with_old_value(prediction: str, previous: str, reference: str) -> bool:
-    """Whether ``prediction`` answers with what changed from ``previous`` to ``reference``
-    (the old value, known to the champion's snapshot) and not with the new: it holds every
-    token only the old answer has and lacks some token only the new one has."""
+    """Whether ``prediction`` answers with the old value (the champion snapshot's answer,
+    ``previous``) rather than the new one (``reference``): it is the old answer, or it holds
+    every token only the old answer has and lacks some token only the new one has (a value
+    that only grew, 晨星社 to 晨星社二期, has no such tokens: then only the old answer counts)."""
+    if exact_match(prediction, previous):
+        return True
     old, new = Counter(answer_tokens(previous)), Counter(answer_tokens(reference))
     answered = Counter(answer_tokens(prediction))
     only_old, only_new = old - new, new - old
-    if not only_old:
-        return False
-    return not (only_old - answered) and bool(only_new - answered)
+    return bool(only_old) and not (only_old - answered) and bool(only_new - answered)
 
 
 def _loss_sum(
