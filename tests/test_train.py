@@ -60,7 +60,9 @@ def test_training_lowers_eval_loss_and_logs_the_run(world: dict[str, Any]) -> No
     assert all(m.value > 0 for m in client.get_metric_history(result.run_id, "tokens_per_second"))
 
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
-    assert set(inputs) == {f"{snap.id}/{split}" for split in ("train", "eval", "general_eval")}
+    assert set(inputs) == {
+        f"{snap.id}/{split}" for split in ("train", "eval", "general_eval", "general_probe")
+    }
     assert {d.dataset.digest for d in inputs.values()} == {snap.digest[:32]}
     assert "train" in inputs[f"{snap.id}/train"].dataset.source
 

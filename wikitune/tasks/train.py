@@ -123,7 +123,7 @@ def read_manifest(location: str) -> dict[str, Any]:
 
 
 def read_snapshot(location: str) -> SnapshotData:
-    """The manifest and the train/eval/general_eval splits of a snapshot, by path or URL."""
+    """The manifest and the splits (train, eval, general_eval, general_probe) of a snapshot."""
     from datasets import load_dataset
 
     manifest = read_manifest(location)
