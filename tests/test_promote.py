@@ -350,3 +350,147 @@ def test_a_champion_on_another_base_is_not_warm_started(
     assert version.tags["base_model_digest"] == smollm2.digest
     assert version.tags["base_model_spec"] == "smollm2-135m-instruct"
     assert version.tags["compared_against"] == "version 1"
+
+
+def _delta_snapshot(
+    snapshot: Path, out: Path, fresh_title: str, **manifest_changes: Any
+) -> tuple[Path, int]:
+    """A copy of ``snapshot`` made after the champion trained on it, in which one page's
+    training pairs changed (fresh to the champion) and the rest did not."""
+    shutil.copytree(snapshot, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["kind"] == "wiki":
+            row["fresh"] = row["title"] == fresh_title
+    (out / "train.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    )
+    fresh = sum(1 for r in rows if r["fresh"])
+    manifest["counts"]["train_fresh"] = fresh
+    manifest |= {
+        "id": f"{manifest['id']}-delta",
+        "digest": hashlib.sha256(out.name.encode()).hexdigest(),
+        "fresh_against": manifest["id"],
+        **manifest_changes,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out, fresh
+
+
+def test_a_retrain_on_the_champion_trains_on_what_is_fresh_to_it(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the champion's adapter, a retrain takes the fresh pairs, as many stable ones replayed
+    and the general share; the run and the version record it, and the next delta counts on."""
+    from wikitune.flows.retrain import retrain
+    from wikitune.tasks.dataset import general_rows_needed
+
+    monkeypatch.setenv("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
+    home = tmp_path / "home"
+    recipe = TrainingRecipe(**{**TEST_RECIPE, "warm_start": "champion", "num_train_epochs": 2})
+    base = str(world["root"] / "base")
+    first = retrain(snapshot=world["snapshot"].path, base_model=base, recipe=recipe, home=str(home))
+    assert first.plan.scope == "full" and first.promotion is not None
+    assert first.promotion.champion_version == "1"
+    manifest = json.loads((Path(world["snapshot"].path) / "manifest.json").read_text())
+    assert manifest["mapping_digest"], "the snapshot records the mapping it was built with"
+    assert first.train_counts["train_general_rows"] == manifest["counts"]["general_train_rows"]
+
+    title = json.loads((Path(world["snapshot"].path) / "eval.jsonl").read_text().split("\n")[0])
+    changed, fresh = _delta_snapshot(Path(world["snapshot"].path), tmp_path / "d1", title["title"])
+    second = retrain(snapshot=str(changed), base_model=base, recipe=recipe, home=str(home))
+    assert second.plan.scope == "delta" and second.plan.delta_streak == 1
+    assert second.init_adapter is not None
+    assert second.train_counts == {
+        "train_fresh_rows": fresh,
+        "train_stable_rows": fresh,  # delta_replay_share 0.5: one stable row per fresh one
+        "train_general_rows": general_rows_needed(2 * fresh, manifest["general_share"]),
+    }
+    run = mlflow_client(home).get_run(second.run_id)
+    assert run.data.params["training_scope"] == "delta"
+    assert run.data.params["train_fresh_rows"] == str(fresh)
+    reason = run.data.tags["wikitune.training_scope_reason"]
+    assert reason == f"{fresh} training pairs are fresh to the champion"
+    assert second.promotion is not None
+    version = mlflow_client(home).get_model_version("wikitune-trainwiki", second.promotion.version)
+    assert version.tags["training_scope"] == "delta" and version.tags["delta_streak"] == "1"
+
+    # --full trains on the whole snapshot, from the champion all the same.
+    whole = retrain(
+        snapshot=str(changed),
+        base_model=base,
+        recipe=recipe,
+        promote=False,
+        full=True,
+        home=str(home),
+    )
+    assert whole.plan.scope == "full" and whole.plan.reason == "a full retrain was asked for"
+    assert whole.init_adapter is not None
+    assert whole.train_counts["train_stable_rows"] == manifest["counts"]["wiki_train_rows"] - fresh
+
+
+def test_the_training_plan_says_why_a_retrain_is_full() -> None:
+    recipe = TrainingRecipe(full_retrain_every=3)
+    manifest = {"fresh_against": "s1", "mapping_digest": "m", "counts": {"train_fresh": 4}}
+    champion = {"snapshot_id": "s1", "mapping_digest": "m", "delta_streak": "0"}
+    plan = training.plan_training(manifest, recipe, champion)
+    assert (plan.scope, plan.delta_streak) == ("delta", 1)
+    assert plan.reason == "4 training pairs are fresh to the champion"
+    assert training.plan_training(manifest, recipe, {**champion, "delta_streak": "1"}).scope == (
+        "delta"
+    )
+    cases = {
+        "training starts from the bare base model": (manifest, None, False),
+        "a full retrain was asked for": (manifest, champion, True),
+        "the recipe asks for a full retrain after 2 delta retrains (full_retrain_every: 3)": (
+            manifest,
+            {**champion, "delta_streak": "2"},
+            False,
+        ),
+        "the snapshot counts fresh pairs against s0, the champion was trained on s1": (
+            {**manifest, "fresh_against": "s0"},
+            champion,
+            False,
+        ),
+        "the question mapping changed since the champion's training": (
+            {**manifest, "mapping_digest": "m2"},
+            champion,
+            False,
+        ),
+        "no training pair is fresh to the champion": (
+            {**manifest, "counts": {"train_fresh": 0}},
+            champion,
+            False,
+        ),
+    }
+    for reason, (snapshot, tags, full) in cases.items():
+        plan = training.plan_training(snapshot, recipe, tags, full=full)
+        assert (plan.scope, plan.reason, plan.delta_streak) == ("full", reason, 0)
+    # A champion from before deltas has no mapping digest: the retrain is full.
+    old = {"snapshot_id": "s1"}
+    assert training.plan_training(manifest, recipe, old).scope == "full"
+
+
+def test_a_delta_keeps_every_fresh_row_and_samples_the_rest() -> None:
+    from datasets import Dataset
+
+    rows = [{"kind": "wiki", "fresh": i < 6, "id": str(i)} for i in range(40)] + [
+        {"kind": "general", "fresh": None, "id": f"g{i}"} for i in range(5)
+    ]
+    train = Dataset.from_list(rows)
+    plan = training.TrainingPlan(scope="delta", reason="test", delta_streak=1)
+    recipe = TrainingRecipe(delta_replay_share=0.25)
+    chosen, counts = training.training_rows(train, plan, recipe, general_share=0.1)
+    assert counts == {"train_fresh_rows": 6, "train_stable_rows": 2, "train_general_rows": 1}
+    ids = chosen["id"]
+    assert {str(i) for i in range(6)} <= set(ids) and len(ids) == 9
+    assert ids == sorted(ids, key=lambda i: [r["id"] for r in rows].index(i))  # snapshot order
+    again, _ = training.training_rows(train, plan, recipe, general_share=0.1)
+    assert again["id"] == ids  # the recipe's seed fixes the sample
+    _, counts = training.training_rows(
+        train, plan, recipe.model_copy(update={"delta_general_share": 0.0}), general_share=0.1
+    )
+    assert counts["train_general_rows"] == 0
+    full, counts = training.training_rows(train, training.TrainingPlan(), recipe, 0.1)
+    assert len(full) == 45 and counts["train_stable_rows"] == 34

@@ -347,6 +347,14 @@ RecipeOption = Annotated[
     Path | None,
     typer.Option(help="Training recipe: a YAML file or a packaged name (smollm2-135m-cpu)."),
 ]
+FullOption = Annotated[
+    bool,
+    typer.Option(
+        "--full",
+        help="Train on the whole snapshot, not only on what is fresh to the champion (with a"
+        " replay of stable pairs): the delta retrain a champion on the same base gets otherwise.",
+    ),
+]
 
 
 class RetrainWhenChoice(StrEnum):
@@ -371,6 +379,7 @@ def run(
     ] = RetrainWhenChoice.threshold,
     base_model: BaseModelOption = None,
     recipe: RecipeOption = None,
+    full: FullOption = False,
     retrain_deployment: Annotated[
         str | None,
         typer.Option(help='Retrain as this deployment (e.g. "retrain/gpu") instead of in-process.'),
@@ -408,6 +417,7 @@ def run(
         retrain_when="always" if force else when.value,
         base_model=base_model,
         recipe=chosen,
+        full=full,
         retrain_deployment=retrain_deployment,
         home=str(settings.home),
     )
@@ -471,6 +481,7 @@ def train(
         str | None, typer.Option(help="Name of a saved 'wikitune training recipe' block.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda if any).")] = None,
+    full: FullOption = False,
     home: HomeOption = None,
 ) -> None:
     """Train a LoRA adapter on a snapshot (QLoRA where 4-bit runs) and log it to MLflow;
@@ -496,10 +507,12 @@ def train(
         recipe_file=str(recipe) if recipe else None,
         device=device,
         promote=False,
+        full=full,
         home=str(settings.home),
     )
     console.print(_counts_table(f"adapter for snapshot {result.snapshot_id}", result.metrics))
     console.print(f"method {result.method}; MLflow run {result.run_id}; model {result.model_uri}")
+    console.print(f"{result.plan.scope} retrain: {result.plan.reason}")
     console.print(f"adapter in {result.adapter_dir}")
     if settings.store_path.exists():
         with Store(settings.store_path) as store:

@@ -69,6 +69,26 @@ class TrainingRecipe(Block):
         default="champion",
         description="Start from the champion adapter when there is one, or from the bare base.",
     )
+    full_retrain_every: int = Field(
+        default=0,
+        ge=0,
+        description="Make every Nth retrain on a champion a full one (0: only when needed: no"
+        " champion, another base, a changed mapping, or --full).",
+    )
+    delta_replay_share: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="In a delta retrain, the share of the wiki rows that replay stable pairs"
+        " (sampled) beside the fresh ones.",
+    )
+    delta_general_share: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="In a delta retrain, the share of general rows in the result (default: the"
+        " snapshot's general share).",
+    )
     eval_steps: int = Field(default=50, ge=1, description="Evaluate (and checkpoint) this often.")
     logging_steps: int = Field(default=10, ge=1, description="Log loss and speed this often.")
     early_stopping_patience: int = Field(

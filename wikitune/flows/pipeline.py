@@ -238,6 +238,7 @@ def pipeline(
     base_model: str | None = None,
     recipe: TrainingRecipe | None = None,
     retrain_deployment: str | None = None,
+    full: bool = False,
     home: str | None = None,
 ) -> CycleSummary:
     """One cycle: sync the wiki, build QA pairs, then retrain according to ``retrain_when``,
@@ -251,7 +252,8 @@ def pipeline(
       cycle is already in flight or the last retrain already saw every change.
 
     With ``retrain_deployment`` (e.g. ``retrain/gpu``) the training, evaluation and promotion
-    run as that deployment on its work pool; otherwise in this process. The run ends Completed
+    run as that deployment on its work pool; otherwise in this process. A retrain on the
+    champion trains on what is fresh to it (a delta) unless ``full`` is set. The run ends Completed
     with the outcome as its message (``promoted v3: ...``, ``rejected v3: ...``, ``not due``)
     and the cycle's markdown artifact; a failed retrain fails the run and changes nothing.
     """
@@ -291,10 +293,17 @@ def pipeline(
                 parameters["base_model"] = base_model
             if recipe is not None:
                 parameters["recipe"] = recipe
+            if full:
+                parameters["full"] = True
             result = _retrain_on_deployment(retrain_deployment, parameters, frozen.id)
         else:
             result = step(
-                retrain, snapshot=frozen.id, base_model=base_model, recipe=recipe, home=home
+                retrain,
+                snapshot=frozen.id,
+                base_model=base_model,
+                recipe=recipe,
+                full=full,
+                home=home,
             )
         with Store(settings.store_path) as store:
             store.mark_trained(frozen.id)

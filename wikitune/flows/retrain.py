@@ -126,30 +126,35 @@ def _starting_point(
     recipe: TrainingRecipe,
     base: basemodel.ResolvedBase,
     source: str,
-    snapshot_id: str,
-) -> tuple[str | None, str]:
-    """The adapter to warm-start from (the champion's, when it was trained on this very base)
-    and a sentence saying why training starts where it does."""
+    manifest: dict[str, Any],
+    full: bool,
+) -> tuple[str | None, str, training.TrainingPlan]:
+    """The adapter to warm-start from (the champion's, when it was trained on this very base),
+    a sentence saying why training starts where it does, and what it trains on."""
     if recipe.warm_start == "base":
-        return None, "the bare base model (the recipe says warm_start: base)"
+        reason = "the bare base model (the recipe says warm_start: base)"
+        return None, reason, training.plan_training(manifest, recipe, None)
     current = registry.champion(settings.tracking_uri, source)
     if current is None:
-        return None, "the bare base model (no champion yet)"
+        reason = "the bare base model (no champion yet)"
+        return None, reason, training.plan_training(manifest, recipe, None)
     if not evaluation.same_base(current.tags, base.params()):
         theirs = current.tags.get("base_model_spec") or current.tags.get("base_model", "?")
         digest = current.tags.get("base_model_digest", "no recorded digest")[:23]
-        return None, (
+        reason = (
             f"the bare base model: champion version {current.version} was trained on"
             f" {theirs} ({digest}), not on {base.spec} ({base.digest[:23]})"
         )
+        return None, reason, training.plan_training(manifest, recipe, None)
     # The version just checked, not the alias: it may move before the download.
     adapter = registry.version_adapter(
         settings.tracking_uri,
         source,
         str(current.version),
-        settings.runs_dir / "champions" / snapshot_id,
+        settings.runs_dir / "champions" / str(manifest["id"]),
     )
-    return adapter, f"champion version {current.version} (same base, {base.digest[:23]})"
+    reason = f"champion version {current.version} (same base, {base.digest[:23]})"
+    return adapter, reason, training.plan_training(manifest, recipe, current.tags, full=full)
 
 
 def _prefect_run_tags() -> dict[str, str]:
@@ -229,11 +234,17 @@ def retrain(
     recipe_file: str | None = None,
     device: str | None = None,
     promote: bool = True,
+    full: bool = False,
     home: str | None = None,
 ) -> RetrainResult:
     """Train a LoRA adapter (QLoRA where 4-bit runs) on ``snapshot`` (an id under the snapshots
     directory, a directory, or a URL); then, with ``promote``, evaluate it against the champion
-    and register it. Returns the MLflow run id, where the adapter is, and the promotion."""
+    and register it. Returns the MLflow run id, where the adapter is, and the promotion.
+
+    On the champion's adapter it trains on the pairs fresh to the champion, a replay sample of
+    stable pairs and general rows (a delta retrain); on the whole snapshot when there is no
+    champion on this base, the mapping changed, ``full`` is set, or the recipe's
+    ``full_retrain_every`` says so."""
     settings = load_settings(home)
     logger = run_logger()
     base_spec = base_model or settings.base_model
@@ -243,10 +254,16 @@ def retrain(
     location = training.resolve_snapshot(snapshot, settings.snapshots_dir)
     manifest = training.read_manifest(location)
     base = basemodel.resolve_base_model(base_spec, settings.models_dir)
-    init_adapter, warm_start = _starting_point(
-        settings, recipe, base, manifest.get("source", "wiki"), manifest["id"]
+    init_adapter, warm_start, plan = _starting_point(
+        settings, recipe, base, manifest.get("source", "wiki"), manifest, full
     )
-    logger.info("training on snapshot %s from %s", manifest["id"], warm_start)
+    logger.info(
+        "training on snapshot %s from %s: %s retrain (%s)",
+        manifest["id"],
+        warm_start,
+        plan.scope,
+        plan.reason,
+    )
     shown = _training_progress(
         manifest.get("source", "wiki"), settings.tracking_uri, settings.mlflow_ui_url
     )
@@ -260,6 +277,7 @@ def retrain(
         artifact_root=settings.mlflow_artifacts_dir,
         init_adapter=init_adapter,
         warm_start=warm_start,
+        plan=plan,
         device=device or settings.device,
         callbacks=[shown],
         on_run_started=shown.run_started,
@@ -271,6 +289,10 @@ def retrain(
         f"- method: **{result.method}** on `{result.base_model_spec}`"
         f" ({result.base_model_digest[:23]}), {result.loss_mode} loss",
         f"- started from: {result.warm_start}",
+        f"- trained on: {result.plan.scope} ({result.plan.reason}):"
+        f" {result.train_counts.get('train_fresh_rows', 0)} fresh,"
+        f" {result.train_counts.get('train_stable_rows', 0)} stable and"
+        f" {result.train_counts.get('train_general_rows', 0)} general rows",
         f"- MLflow run: `{result.run_id}` (model `{result.model_uri}`)",
         f"- adapter: `{result.adapter_dir}`",
         f"- steps: {result.global_step}" + (" (resumed)" if result.resumed_from else ""),

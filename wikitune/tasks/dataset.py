@@ -199,6 +199,7 @@ def make_snapshot(
         "pages": len({p.pageid for p in pairs}),
         "train_rows": len(train),
         "wiki_train_rows": len(wiki_train),
+        "train_fresh": sum(1 for r in wiki_train if r["fresh"]),
         "general_train_rows": len(general),
         "eval_rows": len(eval_rows),
         "eval_fresh": fresh,
@@ -220,6 +221,8 @@ def make_snapshot(
         "seed": seed,
         "system_prompt": system_prompt,
         "fresh_against": champion.id if champion else None,
+        # Fresh is counted by fact: a changed mapping rewrites pairs without changing facts.
+        "mapping_digest": store.build_mapping_digest(source) or "",
         "files": {
             "train": "train.jsonl",
             "eval": "eval.jsonl",

@@ -38,6 +38,10 @@ class Evaluation(BaseModel):
     base_model_spec: str = ""
     base_model_digest: str = ""
     method: str
+    # How the candidate was trained: a full or delta retrain (read back by the next one).
+    training_scope: str = "full"
+    delta_streak: int = 0
+    mapping_digest: str = ""
     champion_version: str | None
     decision: Decision
     run_link: str
@@ -173,6 +177,9 @@ def evaluate_run(
         base_model_spec=params.get("base_model_spec", params["base_model"]),
         base_model_digest=params.get("base_model_digest", ""),
         method=params.get("method", "lora"),
+        training_scope=params.get("training_scope", "full"),
+        delta_streak=int(params.get("delta_streak", 0)),
+        mapping_digest=params.get("mapping_digest", ""),
         champion_version=str(current.version) if current else None,
         decision=decision,
         run_link=tracking.run_link(ui_url, run),

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -37,14 +38,17 @@ __all__ = [
     "SnapshotData",
     "TrainResult",
     "TrainingFailed",
+    "TrainingPlan",
     "choose_method",
     "make_trainer",
+    "plan_training",
     "prepare_model",
     "read_manifest",
     "read_snapshot",
     "resolve_snapshot",
     "run_directory",
     "train_adapter",
+    "training_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,90 @@ class SnapshotData:
         return str(self.manifest["digest"])
 
 
+class TrainingPlan(BaseModel):
+    """What a training covers: the whole snapshot (``full``), or, on the champion's adapter,
+    the pairs fresh to it, a replay sample of stable pairs and general rows (``delta``)."""
+
+    scope: Literal["full", "delta"] = "full"
+    reason: str = "no champion to start from"
+    # Delta retrains in a row up to this one (0 for a full one): full_retrain_every counts these.
+    delta_streak: int = 0
+
+
+def plan_training(
+    manifest: Mapping[str, Any],
+    recipe: TrainingRecipe,
+    champion_tags: Mapping[str, str] | None,
+    *,
+    full: bool = False,
+) -> TrainingPlan:
+    """Delta when training starts from a champion (``champion_tags``, None otherwise) that the
+    snapshot counted its fresh pairs against, under the same mapping, and something is fresh;
+    a full retrain otherwise, or when ``full`` or the recipe's ``full_retrain_every`` asks."""
+    if champion_tags is None:
+        return TrainingPlan(reason="training starts from the bare base model")
+    trained_on = champion_tags.get("snapshot_id", "")
+    streak = int(champion_tags.get("delta_streak", "0") or 0) + 1
+    mapping = str(manifest.get("mapping_digest") or "")
+    reasons = [
+        (full, "a full retrain was asked for"),
+        (
+            bool(recipe.full_retrain_every) and streak >= recipe.full_retrain_every,
+            f"the recipe asks for a full retrain after {streak - 1} delta retrains"
+            f" (full_retrain_every: {recipe.full_retrain_every})",
+        ),
+        (
+            manifest.get("fresh_against") != trained_on,
+            f"the snapshot counts fresh pairs against {manifest.get('fresh_against') or 'none'},"
+            f" the champion was trained on {trained_on or 'an unrecorded snapshot'}",
+        ),
+        (
+            not mapping or mapping != champion_tags.get("mapping_digest", ""),
+            "the question mapping changed since the champion's training",
+        ),
+        (
+            not manifest.get("counts", {}).get("train_fresh"),
+            "no training pair is fresh to the champion",
+        ),
+    ]
+    for applies, reason in reasons:
+        if applies:
+            return TrainingPlan(reason=reason)
+    return TrainingPlan(
+        scope="delta",
+        reason=f"{manifest['counts']['train_fresh']} training pairs are fresh to the champion",
+        delta_streak=streak,
+    )
+
+
+def training_rows(
+    train: Dataset, plan: TrainingPlan, recipe: TrainingRecipe, general_share: float
+) -> tuple[Dataset, dict[str, int]]:
+    """The snapshot's training rows the plan covers, and how many of each kind: fresh and
+    stable wiki rows, and general ones. A delta keeps every fresh row, samples stable rows to
+    ``delta_replay_share`` of the wiki rows and general rows to their share of the result."""
+    from wikitune.tasks.dataset import general_rows_needed
+
+    kinds: dict[str, list[int]] = {"fresh": [], "stable": [], "general": []}
+    for index, (kind, fresh) in enumerate(zip(train["kind"], train["fresh"], strict=True)):
+        key = "general" if kind != "wiki" else "fresh" if fresh else "stable"
+        kinds[key].append(index)
+    if plan.scope == "delta":
+        rng = random.Random(recipe.seed)
+        share = recipe.delta_replay_share
+        replay = round(len(kinds["fresh"]) * share / (1 - share))
+        kinds["stable"] = sorted(rng.sample(kinds["stable"], min(replay, len(kinds["stable"]))))
+        wiki = len(kinds["fresh"]) + len(kinds["stable"])
+        mix = recipe.delta_general_share
+        needed = general_rows_needed(wiki, general_share if mix is None else mix)
+        kinds["general"] = sorted(rng.sample(kinds["general"], min(needed, len(kinds["general"]))))
+        # Sorted indices keep the snapshot's own shuffled order.
+        rows = train.select(sorted(kinds["fresh"] + kinds["stable"] + kinds["general"]))
+    else:
+        rows = train
+    return rows, {f"train_{kind}_rows": len(indices) for kind, indices in kinds.items()}
+
+
 class TrainResult(BaseModel):
     """Where the adapter is and how it was trained; what the retrain flow returns."""
 
@@ -93,6 +181,8 @@ class TrainResult(BaseModel):
     resumed_from: str | None = None
     init_adapter: str | None = None
     warm_start: str = ""
+    plan: TrainingPlan = Field(default_factory=TrainingPlan)
+    train_counts: dict[str, int] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
@@ -156,11 +246,14 @@ def run_directory(
     base_digest: str,
     recipe: TrainingRecipe,
     init: str | None,
+    scope: str = "full",
 ) -> Path:
-    """One directory per (snapshot, base, recipe, starting adapter): a re-run resumes there."""
-    key = hashlib.sha256(
-        json.dumps([snapshot.digest, base_digest, recipe.fingerprint(), init]).encode()
-    ).hexdigest()[:10]
+    """One directory per (snapshot, base, recipe, starting adapter, scope): a re-run resumes
+    there."""
+    parts: list[Any] = [snapshot.digest, base_digest, recipe.fingerprint(), init]
+    if scope != "full":  # full runs keep the directories they had before deltas existed
+        parts.append(scope)
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:10]
     return runs_dir / f"{snapshot.id}-{key}"
 
 
@@ -398,6 +491,7 @@ def train_adapter(
     artifact_root: Path | None = None,
     init_adapter: str | None = None,
     warm_start: str = "",
+    plan: TrainingPlan | None = None,
     models_dir: Path | None = None,
     device: str | None = None,
     callbacks: list[TrainerCallback] | None = None,
@@ -406,7 +500,8 @@ def train_adapter(
 ) -> TrainResult:
     """Train an adapter of ``base_model`` (resolved under ``models_dir`` when given by name) on
     the snapshot at ``snapshot`` (path or URL); log the run to MLflow and return where the
-    adapter is. ``warm_start`` says why training starts where it does; ``run_tags`` (e.g. the
+    adapter is. ``warm_start`` says why training starts where it does, ``plan`` what it trains
+    on (default: the whole snapshot); ``run_tags`` (e.g. the
     orchestrator's run id and URL) are set on the MLflow run. Re-running with the same inputs
     resumes from the last checkpoint, or returns the finished result."""
     import torch
@@ -422,7 +517,10 @@ def train_adapter(
         except basemodel.BaseModelError as error:
             raise TrainingFailed(str(error)) from error
     base = base_model
-    run_dir = run_directory(runs_dir, data, base.digest, recipe, init_adapter)
+    plan = plan or TrainingPlan(reason="the whole snapshot was asked for")
+    if plan.scope == "delta" and not init_adapter:
+        raise TrainingFailed("a delta retrain needs the champion's adapter to start from")
+    run_dir = run_directory(runs_dir, data, base.digest, recipe, init_adapter, plan.scope)
     if (run_dir / RESULT_FILE).exists():
         log.info("training of snapshot %s already finished in %s", data.id, run_dir)
         return TrainResult.model_validate_json((run_dir / RESULT_FILE).read_text())
@@ -455,10 +553,12 @@ def train_adapter(
                 **(run_tags or {}),
                 tracking.DESCRIPTION_TAG: (
                     f"LoRA adapter of {base.spec} trained on snapshot {data.id} of {source},"
-                    f" from {warm_start or 'the bare base model'}; the evaluation replaces this"
-                    " text with its decision."
+                    f" from {warm_start or 'the bare base model'}, {plan.scope} retrain"
+                    f" ({plan.reason}); the evaluation replaces this text with its decision."
                 ),
                 **({"wikitune.warm_start": warm_start} if warm_start else {}),
+                "wikitune.training_scope": plan.scope,
+                "wikitune.training_scope_reason": plan.reason,
             }
         )
         if on_run_started:
@@ -474,6 +574,7 @@ def train_adapter(
                 run_id=run_id,
                 init_adapter=init_adapter,
                 warm_start=warm_start,
+                plan=plan,
                 callbacks=callbacks or [],
             )
         except torch.OutOfMemoryError as error:
@@ -508,6 +609,7 @@ def _train_in_run(
     run_id: str,
     init_adapter: str | None,
     warm_start: str,
+    plan: TrainingPlan,
     callbacks: list[TrainerCallback],
 ) -> TrainResult:
     try:
@@ -526,6 +628,15 @@ def _train_in_run(
     log.info("chat template: %s", fmt.describe())
     checkpoints = run_dir / "checkpoints"
     resume = _last_checkpoint(checkpoints)
+    chosen, train_counts = training_rows(
+        data.splits["train"], plan, recipe, float(data.manifest.get("general_share", 0.1))
+    )
+    log.info(
+        "%s retrain (%s): %s",
+        plan.scope,
+        plan.reason,
+        ", ".join(f"{n} {k.split('_')[1]}" for k, n in train_counts.items()),
+    )
     tracking.log_params(
         {
             **recipe.params(),
@@ -538,6 +649,11 @@ def _train_in_run(
             "snapshot_id": data.id,
             "snapshot_digest": data.digest,
             "snapshot_location": data.location,
+            "mapping_digest": data.manifest.get("mapping_digest", ""),
+            "training_scope": plan.scope,
+            "training_scope_reason": plan.reason,
+            "delta_streak": plan.delta_streak,
+            **train_counts,
             **{f"snapshot_{k}": v for k, v in data.manifest.get("counts", {}).items()},
             "wikitune_version": __version__,
             "trainable_parameters": model.get_nb_trainable_parameters()[0],
@@ -547,7 +663,7 @@ def _train_in_run(
         data.splits, location=data.location, snapshot_id=data.id, digest=data.digest
     )
 
-    train_rows = data.splits["train"].select_columns(["messages"])
+    train_rows = chosen.select_columns(["messages"])
     train_split = chat.tokenize_rows(train_rows, tokenizer, fmt)
     # The wiki eval loss picks the checkpoint and stops early; the general loss is the
     # evaluation's to measure (once, on the kept adapter), not every few steps here.
@@ -631,6 +747,8 @@ def _train_in_run(
         resumed_from=str(resume) if resume else None,
         init_adapter=init_adapter,
         warm_start=warm_start,
+        plan=plan,
+        train_counts=train_counts,
         metrics={k: float(v) for k, v in metrics.items()},
     )
     (run_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2) + "\n")
