@@ -903,7 +903,8 @@ def demo(
             return
         decision = promotion.evaluation.decision
         console.print(
-            f"[bold]{title}:[/] candidate version {promotion.version} against"
+            f"[bold]{title}:[/] candidate version {promotion.version}"
+            f" ({promotion.evaluation.training_scope} retrain) against"
             f" {decision.champion_name}: {promotion.outcome}"
         )
         console.print(decision.markdown(), highlight=False)
