@@ -28,8 +28,10 @@ def test_demo_promotes_smollm2_twice_and_learns_the_edit(
     assert "first sync (backfill): new 6" in out
     assert "second sync (recent changes): new 1, edited 1, moved 1, deleted 1" in out
     assert "second build (QA pairs): pages parsed 3" in out
-    assert "first cycle: candidate version 1 against base: promoted" in out
-    assert "second cycle: candidate version 2 against version 1: promoted" in out, out
+    assert "first cycle: candidate version 1 (full retrain) against base: promoted" in out
+    assert "second cycle: candidate version 2 (delta retrain) against version 1: promoted" in out, (
+        out
+    )
     assert "Decision: **" in out and "bootstrap interval" in out
     # The demo asks the champion a held-out phrasing about the edited fact. Whether that one
     # answer is right varies with the CPU (held-out fresh exact match is about 0.72), so the
@@ -62,6 +64,7 @@ def test_demo_promotes_smollm2_twice_and_learns_the_edit(
     assert set(versions) == {"1", "2"}
     assert "champion" in versions["2"]["aliases"]
     assert versions["2"]["tags"]["base_model_spec"] == "smollm2-135m-instruct"
+    assert versions["2"]["tags"]["training_scope"] == "delta"
     assert versions["2"]["tags"]["base_model_digest"].startswith("sha256:")
     # Version 2 learned what changed: better on the fresh facts than version 1 on the same
     # questions, and no more often answering with an old value.
