@@ -113,6 +113,11 @@ def test_promote_reject_rollback_and_ask(
     assert second.tags["champion_f1"] == version.tags["candidate_f1"]
     assert second.tags["champion_general_agreement"] == version.tags["candidate_general_agreement"]
     assert cached.stat().st_mtime_ns == cached_at  # the base's answers came from the cache
+    # The gate's reference is the bare base's general loss, kept once per base and eval set.
+    (loss_file,) = (home / "runs" / "evaluations" / "base-general-loss").glob("*.json")
+    base_loss = client.get_run(damaged.run_id).data.metrics["base_general_loss"]
+    assert json.loads(loss_file.read_text()) == pytest.approx(base_loss)
+    assert base_loss == pytest.approx(run.data.metrics["champion_general_loss"], rel=1e-4)
     assert client.get_run(damaged.run_id).info.run_name.startswith("v2-rejected-")
     assert client.get_model_version("wikitune-trainwiki", "2").tags["parent_version"] == "1"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -17,6 +17,8 @@ from wikitune.tasks.decision import Decision, Margins, decide
 from wikitune.tasks.scoring import assistant_loss, probe_answers, score_model
 
 __all__ = ["Evaluation", "evaluate_run", "same_base"]
+
+T = TypeVar("T")
 
 
 def same_base(champion_tags: Mapping[str, str], run_params: Mapping[str, str]) -> bool:
@@ -47,31 +49,30 @@ class Evaluation(BaseModel):
     run_link: str
 
 
-def _base_probe_answers(
-    model: Any,
-    tokenizer: Any,
-    probes: list[dict[str, Any]],
-    *,
+def _once_per_base(
     cache_dir: Path,
     base_digest: str,
-    batch_size: int,
-) -> list[str]:
-    """The bare base model's greedy answers to the probes (``model`` with its adapters off),
-    computed once per base, chat template and probe set, and kept under ``cache_dir``."""
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    compute: Callable[[], T],
+) -> T:
+    """``compute()``, a bare base model's answers or loss on ``rows``: computed once per base,
+    chat template and rows, and kept as JSON under ``cache_dir`` (not kept for a base without
+    a digest)."""
     key = json.dumps(
-        [base_digest, tokenizer.chat_template, [row["messages"] for row in probes]],
+        [base_digest, tokenizer.chat_template, [row["messages"] for row in rows]],
         ensure_ascii=False,
     )
     cache = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     if base_digest and cache.exists():
-        return list(json.loads(cache.read_text(encoding="utf-8")))
-    answers = probe_answers("base", model, tokenizer, probes, batch_size=batch_size)
+        return cast(T, json.loads(cache.read_text(encoding="utf-8")))
+    value = compute()
     if base_digest:
         cache_dir.mkdir(parents=True, exist_ok=True)
         staged = cache.with_suffix(".tmp")
-        staged.write_text(json.dumps(answers, ensure_ascii=False), encoding="utf-8")
+        staged.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
         staged.replace(cache)
-    return answers
+    return value
 
 
 def evaluate_run(
@@ -110,16 +111,16 @@ def evaluate_run(
     model = PeftModel.from_pretrained(base, candidate.adapter_dir, adapter_name="candidate")
     general = list(data.splits.get("general_eval") or [])
     probes = list(data.splits.get("general_probe") or [])  # none in older snapshots
+    base_digest = params.get("base_model_digest", "")
     base_answers = None
     if probes:
         with model.disable_adapter():
-            base_answers = _base_probe_answers(
-                model,
+            base_answers = _once_per_base(
+                workdir.parent / "base-probe-answers",
+                base_digest,
                 tokenizer,
                 probes,
-                cache_dir=workdir.parent / "base-probe-answers",
-                base_digest=params.get("base_model_digest", ""),
-                batch_size=batch_size,
+                lambda: probe_answers("base", model, tokenizer, probes, batch_size=batch_size),
             )
     # Both models answer the same questions with the same settings.
     score = partial(
@@ -140,12 +141,18 @@ def evaluate_run(
         base_general_loss = None
         if general:
             with model.disable_adapter():
-                base_general_loss = assistant_loss(
-                    model,
+                base_general_loss = _once_per_base(
+                    workdir.parent / "base-general-loss",
+                    base_digest,
                     tokenizer,
-                    [row["messages"] for row in general],
-                    batch_size=batch_size,
-                    description="base: general loss",
+                    general,
+                    lambda: assistant_loss(
+                        model,
+                        tokenizer,
+                        [row["messages"] for row in general],
+                        batch_size=batch_size,
+                        description="base: general loss",
+                    ),
                 )
         name = registry.registered_model_name(source)
         held = registry.download_logged_model(
