@@ -10,7 +10,8 @@ followed by a forced cycle (sync, build, snapshot, retrain, evaluate, promote):
 3. one changed value: the smallest change the demo's scale has (about 3% of the pairs).
 
 The ``full`` arm retrains on the whole snapshot each time (``--full``); the ``delta`` arm
-trains on what is fresh to the champion with a replay of stable pairs (the default). The default
+trains on what is fresh to the champion with a replay of stable pairs (``full_retrain_every:
+0``). The default
 promotion margins apply: no tolerance is widened. For every cycle it prints the candidate's
 fresh exact match (held-out phrasings), stale rate, stable exact match (and the change from
 the champion it was compared with), general loss against the bare base's, general agreement,
@@ -95,6 +96,7 @@ def cycle_row(arm: str, index: int, summary: Any, base_general_loss: float) -> d
 
 
 def run_arm(arm: str, home: Path, results: list[dict[str, Any]], out: Path) -> None:
+    from wikitune.blocks.recipe import default_recipe
     from wikitune.blocks.source import WikiSource
     from wikitune.flows import runtime
     from wikitune.flows.pipeline import pipeline
@@ -102,6 +104,10 @@ def run_arm(arm: str, home: Path, results: list[dict[str, Any]], out: Path) -> N
     PAGES.clear()
     PAGES.update({title: list(fields) for title, *fields in SAMPLE_VTUBERS})
     base_general_loss = float("nan")
+    # The packaged recipe, with delta retraining on in the delta arm (the recipe keeps it off).
+    recipe = default_recipe(BASE).model_copy(
+        update={"full_retrain_every": 0 if arm == "delta" else 1}
+    )
     with LocalWiki(home / "wiki") as wiki:
         wiki.edit("Template:Infobox VTuber", INFOBOX_TEMPLATE)
         for title, fields in PAGES.items():
@@ -117,6 +123,7 @@ def run_arm(arm: str, home: Path, results: list[dict[str, Any]], out: Path) -> N
                 source=source,
                 retrain_when="always",
                 base_model=BASE,
+                recipe=recipe,
                 full=arm == "full",
                 home=str(home),
             )

@@ -393,7 +393,9 @@ def test_a_retrain_on_the_champion_trains_on_what_is_fresh_to_it(
 
     monkeypatch.setenv("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
     home = tmp_path / "home"
-    recipe = TrainingRecipe(**{**TEST_RECIPE, "warm_start": "champion", "num_train_epochs": 2})
+    recipe = TrainingRecipe(
+        **{**TEST_RECIPE, "warm_start": "champion", "num_train_epochs": 2, "full_retrain_every": 0}
+    )
     base = str(world["root"] / "base")
     first = retrain(snapshot=world["snapshot"].path, base_model=base, recipe=recipe, home=str(home))
     assert first.plan.scope == "full" and first.promotion is not None
@@ -472,6 +474,8 @@ def test_the_training_plan_says_why_a_retrain_is_full() -> None:
     for reason, (snapshot, tags, full) in cases.items():
         plan = training.plan_training(snapshot, recipe, tags, full=full)
         assert (plan.scope, plan.reason, plan.delta_streak) == ("full", reason, 0)
+    every = training.plan_training(manifest, TrainingRecipe(), champion)
+    assert every.reason.endswith("every time (full_retrain_every: 1)")  # the default
     # A champion from before deltas has no mapping digest: the retrain is full.
     old = {"snapshot_id": "s1"}
     assert training.plan_training(manifest, recipe, old).scope == "full"

@@ -70,10 +70,11 @@ class TrainingRecipe(Block):
         description="Start from the champion adapter when there is one, or from the bare base.",
     )
     full_retrain_every: int = Field(
-        default=0,
+        default=1,
         ge=0,
-        description="Make every Nth retrain on a champion a full one (0: only when needed: no"
-        " champion, another base, a changed mapping, or --full).",
+        description="Make every Nth retrain on a champion a full one: 1, every one (delta"
+        " retrains off; benchmarks/learning_bench.py); 0, only when needed (no champion,"
+        " another base, a changed mapping, --full).",
     )
     delta_replay_share: float = Field(
         default=0.5,

@@ -107,6 +107,10 @@ def plan_training(
     reasons = [
         (full, "a full retrain was asked for"),
         (
+            recipe.full_retrain_every == 1,
+            "the recipe retrains on the whole snapshot every time (full_retrain_every: 1)",
+        ),
+        (
             bool(recipe.full_retrain_every) and streak >= recipe.full_retrain_every,
             f"the recipe asks for a full retrain after {streak - 1} delta retrains"
             f" (full_retrain_every: {recipe.full_retrain_every})",
