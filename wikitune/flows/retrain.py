@@ -8,6 +8,7 @@ that starts it with ``run_deployment`` can read it.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from prefect import flow, task
@@ -126,18 +127,15 @@ def _starting_point(
     recipe: TrainingRecipe,
     base: basemodel.ResolvedBase,
     source: str,
-    manifest: dict[str, Any],
-    full: bool,
-) -> tuple[str | None, str, training.TrainingPlan]:
+    snapshot_id: str,
+) -> tuple[str | None, str, Mapping[str, str] | None]:
     """The adapter to warm-start from (the champion's, when it was trained on this very base),
-    a sentence saying why training starts where it does, and what it trains on."""
+    a sentence saying why training starts where it does, and that champion's version tags."""
     if recipe.warm_start == "base":
-        reason = "the bare base model (the recipe says warm_start: base)"
-        return None, reason, training.plan_training(manifest, recipe, None)
+        return None, "the bare base model (the recipe says warm_start: base)", None
     current = registry.champion(settings.tracking_uri, source)
     if current is None:
-        reason = "the bare base model (no champion yet)"
-        return None, reason, training.plan_training(manifest, recipe, None)
+        return None, "the bare base model (no champion yet)", None
     if not evaluation.same_base(current.tags, base.params()):
         theirs = current.tags.get("base_model_spec") or current.tags.get("base_model", "?")
         digest = current.tags.get("base_model_digest", "no recorded digest")[:23]
@@ -145,16 +143,16 @@ def _starting_point(
             f"the bare base model: champion version {current.version} was trained on"
             f" {theirs} ({digest}), not on {base.spec} ({base.digest[:23]})"
         )
-        return None, reason, training.plan_training(manifest, recipe, None)
+        return None, reason, None
     # The version just checked, not the alias: it may move before the download.
     adapter = registry.version_adapter(
         settings.tracking_uri,
         source,
         str(current.version),
-        settings.runs_dir / "champions" / str(manifest["id"]),
+        settings.runs_dir / "champions" / snapshot_id,
     )
     reason = f"champion version {current.version} (same base, {base.digest[:23]})"
-    return adapter, reason, training.plan_training(manifest, recipe, current.tags, full=full)
+    return adapter, reason, current.tags
 
 
 def _prefect_run_tags() -> dict[str, str]:
@@ -254,9 +252,10 @@ def retrain(
     location = training.resolve_snapshot(snapshot, settings.snapshots_dir)
     manifest = training.read_manifest(location)
     base = basemodel.resolve_base_model(base_spec, settings.models_dir)
-    init_adapter, warm_start, plan = _starting_point(
-        settings, recipe, base, manifest.get("source", "wiki"), manifest, full
+    init_adapter, warm_start, champion_tags = _starting_point(
+        settings, recipe, base, manifest.get("source", "wiki"), manifest["id"]
     )
+    plan = training.plan_training(manifest, recipe, champion_tags, full=full)
     logger.info(
         "training on snapshot %s from %s: %s retrain (%s)",
         manifest["id"],

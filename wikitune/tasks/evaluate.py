@@ -182,7 +182,7 @@ def evaluate_run(
         snapshot_digest=params["snapshot_digest"],
         base_model=params["base_model"],
         base_model_spec=params.get("base_model_spec", params["base_model"]),
-        base_model_digest=params.get("base_model_digest", ""),
+        base_model_digest=base_digest,
         method=params.get("method", "lora"),
         training_scope=params.get("training_scope", "full"),
         delta_streak=int(params.get("delta_streak", 0)),

@@ -84,7 +84,7 @@ class TrainingPlan(BaseModel):
     the pairs fresh to it, a replay sample of stable pairs and general rows (``delta``)."""
 
     scope: Literal["full", "delta"] = "full"
-    reason: str = "no champion to start from"
+    reason: str = "the whole snapshot"
     # Delta retrains in a row up to this one (0 for a full one): full_retrain_every counts these.
     delta_streak: int = 0
 
@@ -107,12 +107,10 @@ def plan_training(
     reasons = [
         (full, "a full retrain was asked for"),
         (
-            recipe.full_retrain_every == 1,
-            "the recipe retrains on the whole snapshot every time (full_retrain_every: 1)",
-        ),
-        (
             bool(recipe.full_retrain_every) and streak >= recipe.full_retrain_every,
-            f"the recipe asks for a full retrain after {streak - 1} delta retrains"
+            "the recipe retrains on the whole snapshot every time (full_retrain_every: 1)"
+            if recipe.full_retrain_every == 1
+            else f"the recipe asks for a full retrain after {streak - 1} delta retrains"
             f" (full_retrain_every: {recipe.full_retrain_every})",
         ),
         (
@@ -521,7 +519,7 @@ def train_adapter(
         except basemodel.BaseModelError as error:
             raise TrainingFailed(str(error)) from error
     base = base_model
-    plan = plan or TrainingPlan(reason="the whole snapshot was asked for")
+    plan = plan or TrainingPlan()
     if plan.scope == "delta" and not init_adapter:
         raise TrainingFailed("a delta retrain needs the champion's adapter to start from")
     run_dir = run_directory(runs_dir, data, base.digest, recipe, init_adapter, plan.scope)
