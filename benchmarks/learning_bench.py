@@ -31,11 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wikitune.demo import CATEGORY, INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
+from wikitune.demo import CATEGORY, SAMPLE_VTUBERS, sample_page, write_sample_pages
 from wikitune.localwiki import LocalWiki
 
 BASE = "smollm2-135m-instruct"
-PAGES = {title: list(fields) for title, *fields in SAMPLE_VTUBERS}
 # Field positions in a page's fields: name, debut, agency, fans, language, platform.
 AGENCY, FANS, PLATFORM = 2, 3, 5
 NEW_PAGES = {
@@ -58,13 +57,14 @@ BURSTS: list[dict[str, Any]] = [
 ]
 
 
-def apply_burst(wiki: LocalWiki, burst: dict[str, Any]) -> None:
+def apply_burst(wiki: LocalWiki, pages: dict[str, list[str]], burst: dict[str, Any]) -> None:
+    """Make the burst's edits on the wiki and in ``pages`` (each page's current fields)."""
     for title, position, value in burst["change"]:
-        PAGES[title][position] = value
-        wiki.edit(title, sample_page(*PAGES[title]))
+        pages[title][position] = value
+        wiki.edit(title, sample_page(*pages[title]))
     for title in burst["create"]:
-        PAGES[title] = list(NEW_PAGES[title])
-        wiki.edit(title, sample_page(*PAGES[title]))
+        pages[title] = list(NEW_PAGES[title])
+        wiki.edit(title, sample_page(*pages[title]))
     for title in burst["delete"]:
         wiki.delete(title)
     wiki.run_jobs()
@@ -101,22 +101,18 @@ def run_arm(arm: str, home: Path, results: list[dict[str, Any]], out: Path) -> N
     from wikitune.flows import runtime
     from wikitune.flows.pipeline import pipeline
 
-    PAGES.clear()
-    PAGES.update({title: list(fields) for title, *fields in SAMPLE_VTUBERS})
+    pages = {title: list(fields) for title, *fields in SAMPLE_VTUBERS}
     base_general_loss = float("nan")
     # The packaged recipe, with delta retraining on in the delta arm (the recipe keeps it off).
     recipe = default_recipe(BASE).model_copy(
         update={"full_retrain_every": 0 if arm == "delta" else 1}
     )
     with LocalWiki(home / "wiki") as wiki:
-        wiki.edit("Template:Infobox VTuber", INFOBOX_TEMPLATE)
-        for title, fields in PAGES.items():
-            wiki.edit(title, sample_page(*fields))
-        wiki.run_jobs()
+        write_sample_pages(wiki)
         source = WikiSource(api_url=wiki.api_url, categories=[CATEGORY], name="learning-wiki")
         for index in range(len(BURSTS) + 1):
             if index:
-                apply_burst(wiki, BURSTS[index - 1])
+                apply_burst(wiki, pages, BURSTS[index - 1])
             started = time.perf_counter()
             summary = runtime.run_flow(
                 pipeline,

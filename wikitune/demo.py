@@ -77,6 +77,14 @@ def sample_page(name: str, debut: str, agency: str, fans: str, language: str, pl
     )
 
 
+def write_sample_pages(wiki: LocalWiki) -> None:
+    """The infobox template and the sample VTubers' pages, with the wiki's jobs run."""
+    wiki.edit("Template:Infobox VTuber", INFOBOX_TEMPLATE)
+    for title, *fields in SAMPLE_VTUBERS:
+        wiki.edit(title, sample_page(*fields))
+    wiki.run_jobs()
+
+
 # The toy base (`--base-model toy`): a tiny model built from the wiki's text, for fast runs of the
 # plumbing. Many small packed rows and a high learning rate.
 TOY = "toy"
@@ -169,10 +177,7 @@ def run_demo(
     outcome = DemoOutcome()
     wiki = LocalWiki(home / "demo-wiki")
     with wiki:
-        wiki.edit("Template:Infobox VTuber", INFOBOX_TEMPLATE)
-        for title, *fields in SAMPLE_VTUBERS:
-            wiki.edit(title, sample_page(*fields))
-        wiki.run_jobs()
+        write_sample_pages(wiki)
         source = WikiSource(api_url=wiki.api_url, categories=[CATEGORY], name="demo-wiki")
         # The toy's tokenizer learns the wiki's text, so the first sync comes first.
         synced = runtime.run_flow(sync, source=source, home=str(home))
