@@ -18,6 +18,10 @@ the champion it was compared with), general loss against the bare base's, genera
 train seconds and the decision; then delta's train seconds as a share of full's.
 
     .venv/bin/python benchmarks/learning_bench.py [--home DIR] [--arms delta,full]
+        [--cycles 3] [--set FIELD=VALUE ...]
+
+``--set`` changes a setting of the packaged recipe in both arms (``--set general_answers=base``
+``--set num_train_epochs=3``): how the settings the recipe ships with were chosen.
 
 Results are also written to ``<home>/learning.json`` as each cycle ends.
 """
@@ -30,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from wikitune.demo import CATEGORY, SAMPLE_VTUBERS, sample_page, write_sample_pages
 from wikitune.localwiki import LocalWiki
@@ -95,7 +101,15 @@ def cycle_row(arm: str, index: int, summary: Any, base_general_loss: float) -> d
     }
 
 
-def run_arm(arm: str, home: Path, results: list[dict[str, Any]], out: Path) -> None:
+def run_arm(
+    arm: str,
+    home: Path,
+    results: list[dict[str, Any]],
+    out: Path,
+    *,
+    cycles: int,
+    overrides: dict[str, Any],
+) -> None:
     from wikitune.blocks.recipe import default_recipe
     from wikitune.blocks.source import WikiSource
     from wikitune.flows import runtime
@@ -104,13 +118,14 @@ def run_arm(arm: str, home: Path, results: list[dict[str, Any]], out: Path) -> N
     pages = {title: list(fields) for title, *fields in SAMPLE_VTUBERS}
     base_general_loss = float("nan")
     # The packaged recipe, with delta retraining on in the delta arm (the recipe keeps it off).
-    recipe = default_recipe(BASE).model_copy(
-        update={"full_retrain_every": 0 if arm == "delta" else 1}
-    )
+    packaged = default_recipe(BASE)
+    settings = packaged.model_dump(exclude={"block_type_slug"})
+    settings |= {"full_retrain_every": 0 if arm == "delta" else 1, **overrides}
+    recipe = type(packaged)(**settings)
     with LocalWiki(home / "wiki") as wiki:
         write_sample_pages(wiki)
         source = WikiSource(api_url=wiki.api_url, categories=[CATEGORY], name="learning-wiki")
-        for index in range(len(BURSTS) + 1):
+        for index in range(cycles + 1):
             if index:
                 apply_burst(wiki, pages, BURSTS[index - 1])
             started = time.perf_counter()
@@ -169,13 +184,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--arms", default="delta,full")
+    parser.add_argument(
+        "--cycles", type=int, default=len(BURSTS), help="edit bursts after cycle 0 (at most 3)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a recipe setting for both arms (YAML value), e.g. general_answers=base",
+    )
     args = parser.parse_args()
+    overrides = {}
+    for setting in args.set:
+        field, _, value = setting.partition("=")
+        overrides[field] = yaml.safe_load(value)
     root = args.home or Path(tempfile.mkdtemp(prefix="wikitune-learning-"))
     root.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     out = root / "learning.json"
     for arm in args.arms.split(","):
-        run_arm(arm, root / arm, results, out)
+        run_arm(
+            arm,
+            root / arm,
+            results,
+            out,
+            cycles=min(args.cycles, len(BURSTS)),
+            overrides=overrides,
+        )
     print(table(results))
     by_cycle = {(r["arm"], r["cycle"]): r for r in results}
     for index in range(1, len(BURSTS) + 1):

@@ -211,7 +211,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert ready["payload"]["changed_since_champion"] >= 60
     done = _wait_for("the retrain cycle", lambda: api.finished(cycle["id"]))
     assert done["state_type"] == "COMPLETED", done["state"]
-    assert done["state"]["message"].startswith("promoted v1: F1 +"), done["state"]
+    assert done["state"]["message"].startswith("promoted v1: fresh-fact F1 +"), done["state"]
     (gpu_run,) = api.runs_of("retrain/gpu")
     assert gpu_run["state_type"] == "COMPLETED"
     assert gpu_run["parent_task_run_id"] is not None  # a child of the cycle, not a stray run

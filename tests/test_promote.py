@@ -15,7 +15,7 @@ from helpers import TEST_RECIPE, cli, mlflow_client
 
 from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.mlflow import registry
-from wikitune.tasks import evaluate, promotion, scoring
+from wikitune.tasks import basecache, evaluate, promotion, scoring
 from wikitune.tasks import model as models
 from wikitune.tasks import train as training
 from wikitune.tasks.decision import Margins, decide
@@ -245,7 +245,9 @@ def test_a_value_that_only_grew_is_stale_when_answered_as_before() -> None:
     assert not scoring.answers_with_old_value("星野灯在Bilibili直播。", previous, reference)
 
 
-def _scores(name: str, f1: list[float], stable: float, general: float) -> scoring.ModelScores:
+def _scores(
+    name: str, f1: list[float], stable: float, general: float, fresh: list[bool] | None = None
+) -> scoring.ModelScores:
     return scoring.ModelScores(
         name=name,
         exact_match=0.0,
@@ -258,6 +260,7 @@ def _scores(name: str, f1: list[float], stable: float, general: float) -> scorin
         general_loss=general,
         per_question_f1=f1,
         answers=[""] * len(f1),
+        fresh_questions=fresh or [],
     )
 
 
@@ -283,6 +286,64 @@ def test_decision_rule_and_bootstrap_interval() -> None:
     result = decide(forgot_chat, champion, margins, base_general_loss=2.4)
     assert result.promote and "vs the bare base's 2.4000 (within +10%)" in result.reasons[-1]
     assert not decide(forgot_chat, champion, margins, base_general_loss=2.2).promote
+
+
+def test_the_gain_is_asked_of_the_fresh_questions() -> None:
+    margins = Margins(min_gain=0.01, stable_tolerance=0.02)
+    # One changed value: 2 fresh questions of 80. The champion answers them with the old value.
+    fresh = [True, True] + [False] * 78
+    champion = _scores("version 1", [0.2, 0.2] + [0.9] * 78, 0.9, 1.0, fresh)
+    learned = _scores("candidate", [1.0, 1.0] + [0.9] * 76 + [0.3, 0.3], 0.885, 1.0, fresh)
+    result = decide(learned, champion, margins)
+    assert result.promote and result.gain_on == "fresh" and result.gain_questions == 2
+    assert result.f1_gain == pytest.approx(0.8)
+    assert result.reasons[0].startswith("fresh-fact F1 1.0000 vs 0.2000 (2 questions)")
+    assert result.verdict() == "fresh-fact F1 +0.8000 over version 1"
+    # Over all 80 questions (two stable answers worse, within the tolerance) they gain less.
+    assert not decide(learned.model_copy(update={"fresh_questions": []}), champion, margins).promote
+    # No fresh gain: rejected, however the stable questions went.
+    same = _scores("candidate", [0.2, 0.2] + [1.0] * 78, 1.0, 1.0, fresh)
+    result = decide(same, champion, margins)
+    assert not result.promote and result.failed[0].startswith("fresh-fact F1")
+    # A fresh gain bought with stable facts is rejected by the stable tolerance.
+    forgot = _scores("candidate", [1.0, 1.0] + [0.5] * 78, 0.5, 1.0, fresh)
+    result = decide(forgot, champion, margins)
+    assert not result.promote and "stable-fact F1 0.5000 vs 0.9000" in result.failed[0]
+
+
+def test_base_answers_are_generated_once_per_prompt(tmp_path: Path) -> None:
+    class Tokenizer:
+        chat_template = "{{ messages }}"
+
+    asked: list[list[str]] = []
+
+    def generate(conversations: list[list[dict[str, str]]]) -> list[str]:
+        asked.append([c[-1]["content"] for c in conversations])
+        return [f"answer to {c[-1]['content']}" for c in conversations]
+
+    def conversation(question: str) -> list[dict[str, str]]:
+        return [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": "the bundled answer"},
+        ]
+
+    def answers(questions: list[str], digest: str = "base-1") -> list[str]:
+        return basecache.base_answers(
+            tmp_path,
+            digest,
+            Tokenizer(),
+            [conversation(q) for q in questions],
+            max_new_tokens=8,
+            generate=generate,
+        )
+
+    assert answers(["a", "b"]) == ["answer to a", "answer to b"]
+    assert answers(["b", "c", "a"]) == ["answer to b", "answer to c", "answer to a"]
+    assert asked == [["a", "b"], ["c"]]  # the assistant turn is not part of the prompt
+    answers(["a"], digest="base-2")  # another base answers for itself
+    answers(["a"], digest="")  # a base without a digest is never cached
+    answers(["a"], digest="")
+    assert asked[2:] == [["a"], ["a"], ["a"]]
 
 
 def test_retrain_flow_evaluates_promotes_and_publishes_the_table(

@@ -178,6 +178,64 @@ def test_plain_lora_when_4bit_is_unavailable(
         )
 
 
+def test_self_distilled_general_rows_train_on_the_bases_own_answers(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wikitune.tasks import chat
+
+    trained: list[Any] = []
+    tokenize_rows = chat.tokenize_rows
+
+    def keep_rows(rows: Any, *args: Any, **kwargs: Any) -> Any:
+        trained.append(rows)
+        return tokenize_rows(rows, *args, **kwargs)
+
+    monkeypatch.setattr(chat, "tokenize_rows", keep_rows)
+    settings = {"max_steps": 2, "quantization": "none", "general_answers": "base"}
+    recipe = TrainingRecipe(**{**TEST_RECIPE, **settings})
+    result = training.train_adapter(
+        snapshot=world["snapshot"].path,
+        base_model=str(world["root"] / "base"),
+        recipe=recipe,
+        runs_dir=tmp_path / "runs",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_root=tmp_path / "artifacts",
+    )
+    general = [
+        json.loads(line)["messages"]
+        for line in (Path(world["snapshot"].path) / "train.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "general"
+    ]
+    assert len(general) == result.train_counts["train_general_rows"] > 0
+    # The rows trained on: the wiki rows as they are, the general ones with the bare base's own
+    # greedy answers, kept once per base.
+    (cache,) = (tmp_path / "runs" / "base-answers").glob("*.json")
+    kept = json.loads(cache.read_text())
+    base = models.load_base_model(str(world["root"] / "base"), device="cpu", quantize=False)
+    tokenizer = models.load_tokenizer(result.adapter_dir)
+    expected = models.generate_answers(
+        base, tokenizer, general, max_new_tokens=training.SELF_DISTILLED_TOKENS
+    )
+    assert sorted(kept.values()) == sorted(expected) and any(expected)
+    answers = [row["messages"][-1]["content"] for row in trained[0] if row["messages"]]
+    bundled = [conversation[-1]["content"] for conversation in general]
+    assert all(answer not in answers for answer in bundled if answer not in expected)
+    assert all(answer in answers for answer in expected if answer)
+    client = mlflow_client(tmp_path)
+    assert client.get_run(result.run_id).data.params["general_answers"] == "base"
+
+    # Another recipe on the same base reads the kept answers instead of generating them.
+    monkeypatch.setattr(models, "generate_answers", None)
+    training.train_adapter(
+        snapshot=world["snapshot"].path,
+        base_model=str(world["root"] / "base"),
+        recipe=recipe.model_copy(update={"seed": 7, "sample_generations": 0}),
+        runs_dir=tmp_path / "runs",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_root=tmp_path / "artifacts",
+    )
+
+
 def test_killed_training_resumes_from_its_checkpoint(world: dict[str, Any], tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     steps = {"max_steps": 120, "eval_steps": 20, "save_total_limit": 10, "sample_generations": 0}

@@ -90,6 +90,12 @@ class TrainingRecipe(Block):
         description="In a delta retrain, the share of general rows in the result (default: the"
         " snapshot's general share).",
     )
+    general_answers: Literal["bundled", "base"] = Field(
+        default="bundled",
+        description="Answers of the general rows trained on: the bundled references, or the base"
+        " model's own greedy answers to their prompts (self-distilled replay, generated once per"
+        " base and cached), which keep the base's own way of answering.",
+    )
     eval_steps: int = Field(default=50, ge=1, description="Evaluate (and checkpoint) this often.")
     logging_steps: int = Field(default=10, ge=1, description="Log loss and speed this often.")
     early_stopping_patience: int = Field(

@@ -71,7 +71,8 @@ def evaluate_task(run_id: str, home: str) -> evaluation.Evaluation:
         table=decision.table(),
         description=(
             f"**{verdict}** candidate run [{run_id}]({result.run_link}) against"
-            f" {decision.champion_name}: F1 gain {decision.f1_gain:+.4f}, 95% interval"
+            f" {decision.champion_name}: {decision.gain_label()} gain {decision.f1_gain:+.4f},"
+            f" 95% interval"
             f" [{decision.ci_low:+.4f}, {decision.ci_high:+.4f}]. "
             + " ".join(f"{reason}." for reason in decision.reasons)
         ),

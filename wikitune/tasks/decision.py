@@ -16,7 +16,9 @@ class Margins(BaseModel):
     """The decision rule's knobs."""
 
     min_gain: float = Field(
-        default=0.01, description="Domain F1 the candidate must gain over the champion."
+        default=0.01,
+        description="F1 the candidate must gain over the champion on the fresh facts' questions"
+        " (on all questions when none is fresh).",
     )
     stable_tolerance: float = Field(
         default=0.02, description="Stable-fact F1 the candidate may lose."
@@ -39,14 +41,22 @@ class Decision(BaseModel):
     champion: dict[str, float]
     champion_name: str
     base_general_loss: float | None = None
+    gain_on: str = "all"
+    """The questions ``f1_gain`` is measured on: ``fresh`` (facts fresh to the champion) or
+    ``all`` (when none is fresh)."""
+    gain_questions: int = 0
     failed: list[str] = []
     """The reasons that stopped the candidate (empty when it won)."""
 
     def verdict(self) -> str:
         """One line: ``promote`` with the gain, or ``reject`` with what stopped it."""
         if self.promote:
-            return f"F1 {self.f1_gain:+.4f} over {self.champion_name}"
+            return f"{self.gain_label()} {self.f1_gain:+.4f} over {self.champion_name}"
         return "; ".join(self.failed) or "no gain"
+
+    def gain_label(self) -> str:
+        """What ``f1_gain`` is: ``fresh-fact F1`` or ``domain F1``."""
+        return "fresh-fact F1" if self.gain_on == "fresh" else "domain F1"
 
     def table(self) -> list[dict[str, Any]]:
         """Rows of metric, candidate, champion: for the model version and the UI artifacts."""
@@ -69,7 +79,8 @@ class Decision(BaseModel):
         verdict = "**promote**" if self.promote else "**reject**"
         lines += [
             "",
-            f"Decision: {verdict}. F1 gain {self.f1_gain:+.4f}, 95% paired bootstrap interval"
+            f"Decision: {verdict}. {self.gain_label()} gain {self.f1_gain:+.4f} on"
+            f" {self.gain_questions} questions, 95% paired bootstrap interval"
             f" [{self.ci_low:+.4f}, {self.ci_high:+.4f}].",
             "",
             *[f"- {reason}" for reason in self.reasons],
@@ -84,17 +95,29 @@ def decide(
     *,
     base_general_loss: float | None = None,
 ) -> Decision:
-    """The candidate wins when its domain F1 beats the champion's by ``min_gain``, its stable-fact
-    F1 drops by no more than ``stable_tolerance`` and its general loss is at most
+    """The candidate wins when its F1 on the questions about facts fresh to the champion (all
+    questions when none is fresh) beats the champion's by ``min_gain``, its stable-fact F1
+    drops by no more than ``stable_tolerance`` and its general loss is at most
     ``general_loss_tolerance`` above the bare base model's (``base_general_loss``; the
-    champion's when not given). Against the base, forgetting cannot compound across cycles, and
-    a champion whose training lowered the general loss does not make its successor fail."""
-    gain, low, high = paired_bootstrap(candidate.per_question_f1, champion.per_question_f1)
+    champion's when not given). The gain is asked of what changed, so that a retrain after one
+    edit can win; the stable tolerance guards the rest. Against the base, forgetting cannot
+    compound across cycles, and a champion whose training lowered the general loss does not
+    make its successor fail."""
+    questions = len(candidate.per_question_f1)
+    fresh = candidate.fresh_questions if len(candidate.fresh_questions) == questions else []
+    picked = [i for i, is_fresh in enumerate(fresh) if is_fresh]
+    gain_on = "fresh" if picked else "all"
+    picked = picked or list(range(questions))
+    ours = [candidate.per_question_f1[i] for i in picked]
+    theirs = [champion.per_question_f1[i] for i in picked]
+    gain, low, high = paired_bootstrap(ours, theirs)
     reasons: list[str] = []
     failed: list[str] = []
     wins = gain >= margins.min_gain
+    label = "fresh-fact F1" if gain_on == "fresh" else "domain F1"
     reasons.append(
-        f"domain F1 {candidate.f1:.4f} vs {champion.f1:.4f}: gain {gain:+.4f}"
+        f"{label} {sum(ours) / len(ours):.4f} vs {sum(theirs) / len(theirs):.4f}"
+        f" ({len(picked)} questions): gain {gain:+.4f}"
         f" {'>=' if wins else '<'} margin {margins.min_gain}"
     )
     if not wins:
@@ -128,5 +151,7 @@ def decide(
         champion=champion.metrics(),
         champion_name=champion.name,
         base_general_loss=base_general_loss,
+        gain_on=gain_on,
+        gain_questions=len(picked),
         failed=failed,
     )

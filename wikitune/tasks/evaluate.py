@@ -3,22 +3,18 @@ one process, decide (``tasks/decision``), and add the numbers to the candidate's
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 
+from wikitune.tasks import basecache
 from wikitune.tasks import model as models
 from wikitune.tasks.decision import Decision, Margins, decide
-from wikitune.tasks.scoring import assistant_loss, probe_answers, score_model
+from wikitune.tasks.scoring import PROBE_TOKENS, assistant_loss, probe_answers, score_model
 
 __all__ = ["Evaluation", "evaluate_run", "same_base"]
-
-T = TypeVar("T")
 
 
 def same_base(champion_tags: Mapping[str, str], run_params: Mapping[str, str]) -> bool:
@@ -47,32 +43,6 @@ class Evaluation(BaseModel):
     champion_version: str | None
     decision: Decision
     run_link: str
-
-
-def _once_per_base(
-    cache_dir: Path,
-    base_digest: str,
-    tokenizer: Any,
-    rows: list[dict[str, Any]],
-    compute: Callable[[], T],
-) -> T:
-    """``compute()``, a bare base model's answers or loss on ``rows``: computed once per base,
-    chat template and rows, and kept as JSON under ``cache_dir`` (not kept for a base without
-    a digest)."""
-    key = json.dumps(
-        [base_digest, tokenizer.chat_template, [row["messages"] for row in rows]],
-        ensure_ascii=False,
-    )
-    cache = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
-    if base_digest and cache.exists():
-        return cast(T, json.loads(cache.read_text(encoding="utf-8")))
-    value = compute()
-    if base_digest:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        staged = cache.with_suffix(".tmp")
-        staged.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
-        staged.replace(cache)
-    return value
 
 
 def evaluate_run(
@@ -115,12 +85,19 @@ def evaluate_run(
     base_answers = None
     if probes:
         with model.disable_adapter():
-            base_answers = _once_per_base(
+            base_answers = basecache.base_answers(
                 workdir.parent / "base-probe-answers",
                 base_digest,
                 tokenizer,
-                probes,
-                lambda: probe_answers("base", model, tokenizer, probes, batch_size=batch_size),
+                [row["messages"] for row in probes],
+                max_new_tokens=PROBE_TOKENS,
+                generate=lambda prompts: probe_answers(
+                    "base",
+                    model,
+                    tokenizer,
+                    [{"messages": p} for p in prompts],
+                    batch_size=batch_size,
+                ),
             )
     # Both models answer the same questions with the same settings.
     score = partial(
@@ -141,7 +118,7 @@ def evaluate_run(
         base_general_loss = None
         if general:
             with model.disable_adapter():
-                base_general_loss = _once_per_base(
+                base_general_loss = basecache.once_per_base(
                     workdir.parent / "base-general-loss",
                     base_digest,
                     tokenizer,

@@ -46,6 +46,7 @@ def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Pr
             "parent_version": evaluation.champion_version or "base",
             "compared_against": decision.champion_name,
             "f1_gain": f"{decision.f1_gain:.4f}",
+            "f1_gain_on": f"{decision.gain_on} ({decision.gain_questions} questions)",
             "f1_gain_ci": f"[{decision.ci_low:.4f}, {decision.ci_high:.4f}]",
             # Both models on the same questions, so versions compare across snapshots.
             **{f"candidate_{k}": f"{v:.4f}" for k, v in decision.candidate.items()},

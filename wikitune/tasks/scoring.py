@@ -165,6 +165,8 @@ class ModelScores(BaseModel):
     general_loss: float | None
     per_question_f1: list[float] = Field(repr=False)
     answers: list[str] = Field(repr=False)
+    fresh_questions: list[bool] = Field(default_factory=list, repr=False)
+    """Per question, whether its fact is fresh to the champion (empty: not known)."""
 
     def metrics(self) -> dict[str, float]:
         keys = ("exact_match", "f1", "fresh_exact_match", "fresh_f1", "stable_exact_match")
@@ -274,6 +276,7 @@ def score_model(
         ),
         per_question_f1=f1,
         answers=answers,
+        fresh_questions=fresh,
     )
 
 

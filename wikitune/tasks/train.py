@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from wikitune import __version__, progress
 from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.mlflow import tracking
-from wikitune.tasks import basemodel, chat
+from wikitune.tasks import basecache, basemodel, chat
 from wikitune.tasks import model as models
 
 if TYPE_CHECKING:
@@ -586,6 +586,47 @@ def train_adapter(
             ) from error
 
 
+SELF_DISTILLED_TOKENS = 96
+"""Longest base answer a self-distilled general row trains on."""
+
+
+def _answered_by_base(
+    rows: Dataset, model: Any, tokenizer: Any, *, cache_dir: Path, base: basemodel.ResolvedBase
+) -> Dataset:
+    """``rows`` with each general row's answer replaced by the bare base's own greedy answer to
+    its prompt (self-distilled replay), generated once per base and kept under ``cache_dir``;
+    a row the base answers with nothing keeps its bundled answer."""
+    general = [i for i, kind in enumerate(rows["kind"]) if kind != "wiki"]
+    if not general:
+        return rows
+    with model.disable_adapter():
+        answers = basecache.base_answers(
+            cache_dir,
+            base.digest,
+            tokenizer,
+            [rows[i]["messages"] for i in general],
+            max_new_tokens=SELF_DISTILLED_TOKENS,
+            generate=lambda prompts: models.generate_answers(
+                model,
+                tokenizer,
+                prompts,
+                batch_size=16,
+                max_new_tokens=SELF_DISTILLED_TOKENS,
+                description="base: answering the general prompts",
+            ),
+        )
+    replaced = {i: answer for i, answer in zip(general, answers, strict=True) if answer}
+    log.info("%d general rows answered by the base itself (self-distilled)", len(replaced))
+
+    def answer(row: dict[str, Any], index: int) -> dict[str, Any]:
+        if index in replaced:
+            turns = row["messages"][:-1]
+            row["messages"] = [*turns, {"role": "assistant", "content": replaced[index]}]
+        return row
+
+    return rows.map(answer, with_indices=True)
+
+
 def _best_eval(state: Any) -> dict[str, float]:
     """The eval losses at the checkpoint training kept (the best wiki eval loss), read from the
     trainer's log instead of evaluating again."""
@@ -633,6 +674,10 @@ def _train_in_run(
     chosen, train_counts = training_rows(
         data.splits["train"], plan, recipe, float(data.manifest.get("general_share", 0.1))
     )
+    if recipe.general_answers == "base":
+        chosen = _answered_by_base(
+            chosen, model, tokenizer, cache_dir=run_dir.parent / "base-answers", base=base
+        )
     log.info(
         "%s retrain (%s): %s",
         plan.scope,
