@@ -97,6 +97,7 @@ def cycle_row(arm: str, index: int, summary: Any, base_general_loss: float) -> d
         "stable_change": stable - before if stable is not None and before is not None else None,
         "general_loss_vs_base": general / base_general_loss - 1 if general else None,
         "general_agreement": ours.get("general_agreement"),
+        "general_similarity": ours.get("general_similarity"),
         "decision": result.promotion.outcome,
     }
 
@@ -165,6 +166,7 @@ COLUMNS = [
     ("stable_change", "stable Δ", "{:+.3f}"),
     ("general_loss_vs_base", "general loss vs base", "{:+.1%}"),
     ("general_agreement", "agreement", "{:.3f}"),
+    ("general_similarity", "similarity", "{:.3f}"),
     ("decision", "decision", "{}"),
 ]
 

@@ -81,7 +81,11 @@ def test_promote_reject_rollback_and_ask(
     assert run.data.tags["wikitune.compared_against"] == "base"
     # The bare base agrees with itself on every general probe, and its answers are kept.
     assert version.tags["champion_general_agreement"] == "1.0000"
+    assert version.tags["champion_general_similarity"] == "1.0000"
     assert 0 <= float(version.tags["candidate_general_agreement"]) <= 1
+    assert float(version.tags["candidate_general_agreement"]) <= float(
+        version.tags["candidate_general_similarity"]
+    )
     (cached,) = (home / "runs" / "evaluations" / "base-probe-answers").glob("*.json")
     cached_at = cached.stat().st_mtime_ns
 

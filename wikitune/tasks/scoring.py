@@ -161,6 +161,9 @@ class ModelScores(BaseModel):
     """Of the fresh questions whose fact changed value, the share answered with the old value."""
     general_agreement: float | None = None
     """The share of the general probes answered exactly as the bare base model answers them."""
+    general_similarity: float | None = None
+    """Mean token F1 of the answers to the general probes against the bare base model's: how
+    far they moved, where agreement only says whether they moved at all."""
     wiki_loss: float
     general_loss: float | None
     per_question_f1: list[float] = Field(repr=False)
@@ -170,7 +173,8 @@ class ModelScores(BaseModel):
 
     def metrics(self) -> dict[str, float]:
         keys = ("exact_match", "f1", "fresh_exact_match", "fresh_f1", "stable_exact_match")
-        keys += ("stable_f1", "stale_rate", "general_agreement", "wiki_loss", "general_loss")
+        keys += ("stable_f1", "stale_rate", "general_agreement", "general_similarity")
+        keys += ("wiki_loss", "general_loss")
         return {k: v for k in keys if (v := getattr(self, k)) is not None}
 
 
@@ -243,12 +247,12 @@ def score_model(
         for answer, reference, row in zip(answers, references, eval_rows, strict=True)
         if row.get("previous")
     ]
-    agreement = None
+    agreement = similarity = None
     if probe_rows and base_probe_answers is not None:
         answered = probe_answers(name, model, tokenizer, probe_rows, batch_size=batch_size)
-        agreement = _mean(
-            [exact_match(a, b) for a, b in zip(answered, base_probe_answers, strict=True)]
-        )
+        pairs = list(zip(answered, base_probe_answers, strict=True))
+        agreement = _mean([exact_match(a, b) for a, b in pairs])
+        similarity = _mean([f1_score(a, b) for a, b in pairs])
     general = [row["messages"] for row in general_rows]
     return ModelScores(
         name=name,
@@ -260,6 +264,7 @@ def score_model(
         stable_f1=part(f1, False),
         stale_rate=_mean([float(s) for s in stale]),
         general_agreement=agreement,
+        general_similarity=similarity,
         wiki_loss=assistant_loss(
             model, tokenizer, conversations, batch_size=batch_size, description=f"{name}: wiki loss"
         ),
