@@ -106,7 +106,9 @@ class Settings(BaseSettings):
         default=None, description="The MLflow UI's URL, for links in Prefect artifacts."
     )
     promote_min_gain: float = Field(
-        default=0.01, description="Domain F1 a candidate must gain over the champion to win."
+        default=0.01,
+        description="F1 a candidate must gain over the champion to win, on the questions about"
+        " facts fresh to the champion (all questions when none is fresh).",
     )
     promote_stable_tolerance: float = Field(
         default=0.02, description="Stable-fact F1 a winning candidate may lose."
