@@ -151,12 +151,11 @@ def test_store_marks_the_snapshot_trained(world: dict[str, Any]) -> None:
     assert source["qa"]["changed_since_last_retrain"] == 0
 
 
-def test_plain_lora_when_4bit_is_unavailable(
-    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(models, "fourbit_available", lambda device: False)
-    recipe = TrainingRecipe(**{**TEST_RECIPE, "max_steps": 8, "eval_steps": 4})
-    result = training.train_adapter(
+def _train_on_world(
+    world: dict[str, Any], tmp_path: Path, recipe: TrainingRecipe
+) -> training.TrainResult:
+    """Train on the world's snapshot and base, with the run store under ``tmp_path``."""
+    return training.train_adapter(
         snapshot=world["snapshot"].path,
         base_model=str(world["root"] / "base"),
         recipe=recipe,
@@ -164,6 +163,14 @@ def test_plain_lora_when_4bit_is_unavailable(
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         artifact_root=tmp_path / "artifacts",
     )
+
+
+def test_plain_lora_when_4bit_is_unavailable(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models, "fourbit_available", lambda device: False)
+    recipe = TrainingRecipe(**{**TEST_RECIPE, "max_steps": 8, "eval_steps": 4})
+    result = _train_on_world(world, tmp_path, recipe)
     assert result.method == "lora" and result.global_step == 8
     client = mlflow_client(tmp_path)
     assert client.get_run(result.run_id).data.params["method"] == "lora"
@@ -193,14 +200,7 @@ def test_self_distilled_general_rows_train_on_the_bases_own_answers(
     monkeypatch.setattr(chat, "tokenize_rows", keep_rows)
     settings = {"max_steps": 2, "quantization": "none", "general_answers": "base"}
     recipe = TrainingRecipe(**{**TEST_RECIPE, **settings})
-    result = training.train_adapter(
-        snapshot=world["snapshot"].path,
-        base_model=str(world["root"] / "base"),
-        recipe=recipe,
-        runs_dir=tmp_path / "runs",
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        artifact_root=tmp_path / "artifacts",
-    )
+    result = _train_on_world(world, tmp_path, recipe)
     general = [
         json.loads(line)["messages"]
         for line in (Path(world["snapshot"].path) / "train.jsonl").read_text().splitlines()
@@ -226,14 +226,7 @@ def test_self_distilled_general_rows_train_on_the_bases_own_answers(
 
     # Another recipe on the same base reads the kept answers instead of generating them.
     monkeypatch.setattr(models, "generate_answers", None)
-    training.train_adapter(
-        snapshot=world["snapshot"].path,
-        base_model=str(world["root"] / "base"),
-        recipe=recipe.model_copy(update={"seed": 7, "sample_generations": 0}),
-        runs_dir=tmp_path / "runs",
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        artifact_root=tmp_path / "artifacts",
-    )
+    _train_on_world(world, tmp_path, recipe.model_copy(update={"seed": 7, "sample_generations": 0}))
 
 
 def test_killed_training_resumes_from_its_checkpoint(world: dict[str, Any], tmp_path: Path) -> None:
