@@ -69,6 +69,7 @@ def test_demo_promotes_smollm2_twice_and_learns_the_edit(
     # Version 2 learned what changed: better on the fresh facts than version 1 on the same
     # questions, and no more often answering with an old value.
     tags = versions["2"]["tags"]
+    assert tags["f1_gain_on"].startswith("fresh ("), tags  # the gain asked of what changed
     assert float(tags["candidate_fresh_f1"]) > float(tags["champion_fresh_f1"]), tags
     assert float(tags["candidate_stale_rate"]) <= float(tags["champion_stale_rate"]), tags
     assert cli("ask", _question(out)).strip() == asked.group(1).strip()
