@@ -313,6 +313,15 @@ def test_the_gain_is_asked_of_the_fresh_questions() -> None:
     forgot = _scores("candidate", [1.0, 1.0] + [0.5] * 78, 0.5, 1.0, fresh)
     result = decide(forgot, champion, margins)
     assert not result.promote and "stable-fact F1 0.5000 vs 0.9000" in result.failed[0]
+    # So is one whose stable answers kept their words but lost their values: F1 within the
+    # tolerance, exact match beyond it (learning_bench's cycle 3: stable F1 -0.012, EM -0.085).
+    worded = learned.model_copy(update={"stable_exact_match": 0.6})
+    champion = champion.model_copy(update={"stable_exact_match": 0.7})
+    result = decide(worded, champion, margins)
+    assert not result.promote and result.failed == [
+        "stable-fact F1 0.8850 vs 0.9000, exact match 0.6000 vs 0.7000 (beyond tolerance 0.02)"
+    ]
+    assert decide(worded, champion.model_copy(update={"stable_exact_match": 0.61}), margins).promote
 
 
 def test_base_answers_are_generated_once_per_prompt(tmp_path: Path) -> None:

@@ -111,7 +111,8 @@ class Settings(BaseSettings):
         " facts fresh to the champion (all questions when none is fresh).",
     )
     promote_stable_tolerance: float = Field(
-        default=0.02, description="Stable-fact F1 a winning candidate may lose."
+        default=0.02,
+        description="Stable-fact F1, and stable-fact exact match, a winning candidate may lose.",
     )
     promote_general_loss_tolerance: float = Field(
         default=0.10, description="Relative rise of general-chat loss a winner may show."

@@ -21,7 +21,8 @@ class Margins(BaseModel):
         " (on all questions when none is fresh).",
     )
     stable_tolerance: float = Field(
-        default=0.02, description="Stable-fact F1 the candidate may lose."
+        default=0.02,
+        description="Stable-fact F1, and stable-fact exact match, the candidate may lose.",
     )
     general_loss_tolerance: float = Field(
         default=0.10,
@@ -123,11 +124,15 @@ def decide(
     if not wins:
         failed.append(reasons[-1])
     if candidate.stable_f1 is not None and champion.stable_f1 is not None:
-        kept = candidate.stable_f1 >= champion.stable_f1 - margins.stable_tolerance
-        reasons.append(
-            f"stable-fact F1 {candidate.stable_f1:.4f} vs {champion.stable_f1:.4f}"
-            f" ({'within' if kept else 'beyond'} tolerance {margins.stable_tolerance})"
-        )
+        tolerance = margins.stable_tolerance
+        kept = candidate.stable_f1 >= champion.stable_f1 - tolerance
+        reason = f"stable-fact F1 {candidate.stable_f1:.4f} vs {champion.stable_f1:.4f}"
+        ours_em, theirs_em = candidate.stable_exact_match, champion.stable_exact_match
+        if ours_em is not None and theirs_em is not None:
+            # F1 forgives an answer that kept most of its words; a wrong value is still wrong.
+            kept = kept and ours_em >= theirs_em - tolerance
+            reason += f", exact match {ours_em:.4f} vs {theirs_em:.4f}"
+        reasons.append(f"{reason} ({'within' if kept else 'beyond'} tolerance {tolerance})")
         failed += [] if kept else reasons[-1:]
         wins = wins and kept
     reference, against = base_general_loss, "the bare base's"
