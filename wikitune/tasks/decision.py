@@ -12,6 +12,9 @@ from wikitune.tasks.scoring import ModelScores, paired_bootstrap
 __all__ = ["Decision", "Margins", "decide"]
 
 
+_GAIN_LABELS = {"fresh": "fresh-fact F1", "all": "domain F1"}
+
+
 class Margins(BaseModel):
     """The decision rule's knobs."""
 
@@ -57,7 +60,7 @@ class Decision(BaseModel):
 
     def gain_label(self) -> str:
         """What ``f1_gain`` is: ``fresh-fact F1`` or ``domain F1``."""
-        return "fresh-fact F1" if self.gain_on == "fresh" else "domain F1"
+        return _GAIN_LABELS[self.gain_on]
 
     def table(self) -> list[dict[str, Any]]:
         """Rows of metric, candidate, champion: for the model version and the UI artifacts."""
@@ -97,8 +100,8 @@ def decide(
     base_general_loss: float | None = None,
 ) -> Decision:
     """The candidate wins when its F1 on the questions about facts fresh to the champion (all
-    questions when none is fresh) beats the champion's by ``min_gain``, its stable-fact F1
-    drops by no more than ``stable_tolerance`` and its general loss is at most
+    questions when none is fresh) beats the champion's by ``min_gain``, its stable-fact F1 and
+    exact match each drop by no more than ``stable_tolerance`` and its general loss is at most
     ``general_loss_tolerance`` above the bare base model's (``base_general_loss``; the
     champion's when not given). The gain is asked of what changed, so that a retrain after one
     edit can win; the stable tolerance guards the rest. Against the base, forgetting cannot
@@ -115,9 +118,8 @@ def decide(
     reasons: list[str] = []
     failed: list[str] = []
     wins = gain >= margins.min_gain
-    label = "fresh-fact F1" if gain_on == "fresh" else "domain F1"
     reasons.append(
-        f"{label} {sum(ours) / len(ours):.4f} vs {sum(theirs) / len(theirs):.4f}"
+        f"{_GAIN_LABELS[gain_on]} {sum(ours) / len(ours):.4f} vs {sum(theirs) / len(theirs):.4f}"
         f" ({len(picked)} questions): gain {gain:+.4f}"
         f" {'>=' if wins else '<'} margin {margins.min_gain}"
     )
