@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from wikitune.tasks import chat
+
 __all__ = ["base_answers", "once_per_base"]
 
 T = TypeVar("T")
@@ -63,7 +65,7 @@ def base_answers(
     kept: dict[str, str] = {}
     if base_digest and cache.exists():
         kept = json.loads(cache.read_text(encoding="utf-8"))
-    prompts = [_prompt(conversation) for conversation in conversations]
+    prompts = [chat.prompt_turns(conversation) for conversation in conversations]
     keys = [_digest(prompt) for prompt in prompts]
     missing = {key: prompt for key, prompt in zip(keys, prompts, strict=True) if key not in kept}
     if missing:
@@ -72,9 +74,3 @@ def base_answers(
         if base_digest:
             _write_json(cache, kept)
     return [kept[key] for key in keys]
-
-
-def _prompt(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The turns up to the last user turn: what the model answers."""
-    last_user = max(i for i, turn in enumerate(conversation) if turn["role"] == "user")
-    return conversation[: last_user + 1]

@@ -128,14 +128,21 @@ def chat_format(tokenizer: PreTrainedTokenizerBase) -> ChatFormat:
     )
 
 
+def prompt_turns(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation up to its last user turn: what a model answers (trailing assistant
+    turns, such as a reference answer, dropped)."""
+    turns = list(messages)
+    while turns and turns[-1]["role"] == "assistant":
+        turns.pop()
+    return turns
+
+
 def render_prompt(
     tokenizer: PreTrainedTokenizerBase, fmt: ChatFormat, messages: Sequence[dict[str, str]]
 ) -> str:
     """The prompt a model answers: the conversation up to its last user turn, rendered by the
     training template with the generation prompt."""
-    turns = list(messages)
-    while turns and turns[-1]["role"] == "assistant":
-        turns.pop()
+    turns = prompt_turns(messages)
     return str(
         tokenizer.apply_chat_template(
             turns, chat_template=fmt.template, tokenize=False, add_generation_prompt=True

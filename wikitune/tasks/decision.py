@@ -3,7 +3,7 @@ the same questions, and the numbers and reasons that say why."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -45,7 +45,7 @@ class Decision(BaseModel):
     champion: dict[str, float]
     champion_name: str
     base_general_loss: float | None = None
-    gain_on: str = "all"
+    gain_on: Literal["fresh", "all"] = "all"
     """The questions ``f1_gain`` is measured on: ``fresh`` (facts fresh to the champion) or
     ``all`` (when none is fresh)."""
     gain_questions: int = 0

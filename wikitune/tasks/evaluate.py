@@ -92,11 +92,7 @@ def evaluate_run(
                 [row["messages"] for row in probes],
                 max_new_tokens=PROBE_TOKENS,
                 generate=lambda prompts: probe_answers(
-                    "base",
-                    model,
-                    tokenizer,
-                    [{"messages": p} for p in prompts],
-                    batch_size=batch_size,
+                    "base", model, tokenizer, prompts, batch_size=batch_size
                 ),
             )
     # Both models answer the same questions with the same settings.

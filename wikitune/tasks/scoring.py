@@ -190,15 +190,16 @@ def probe_answers(
     name: str,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    probe_rows: Sequence[dict[str, Any]],
+    probes: Sequence[list[dict[str, str]]],
     *,
     batch_size: int = 32,
 ) -> list[str]:
-    """Greedy answers to the general probes (their reference answers are not shown)."""
+    """Greedy answers to the general probes' conversations (their reference answers are not
+    shown)."""
     return models.generate_answers(
         model,
         tokenizer,
-        [row["messages"] for row in probe_rows],
+        probes,
         batch_size=batch_size,
         max_new_tokens=PROBE_TOKENS,
         description=f"{name}: general probes",
@@ -249,7 +250,9 @@ def score_model(
     ]
     agreement = similarity = None
     if probe_rows and base_probe_answers is not None:
-        answered = probe_answers(name, model, tokenizer, probe_rows, batch_size=batch_size)
+        answered = probe_answers(
+            name, model, tokenizer, [row["messages"] for row in probe_rows], batch_size=batch_size
+        )
         pairs = list(zip(answered, base_probe_answers, strict=True))
         agreement = _mean([exact_match(a, b) for a, b in pairs])
         similarity = _mean([f1_score(a, b) for a, b in pairs])
