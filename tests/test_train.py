@@ -229,6 +229,62 @@ def test_self_distilled_general_rows_train_on_the_bases_own_answers(
     _train_on_world(world, tmp_path, recipe.model_copy(update={"seed": 7, "sample_generations": 0}))
 
 
+def test_the_checkpoint_can_be_kept_on_the_fresh_questions(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """With ``checkpoint_on: fresh`` the loss over the questions about fresh facts, scored
+    apart beside the loss over all of them, picks the checkpoint kept."""
+    import shutil
+
+    from datasets import Dataset
+
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(world["snapshot"].path, snapshot)
+    rows = [json.loads(line) for line in (snapshot / "eval.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["fresh"] = row["title"] == rows[0]["title"]
+    (snapshot / "eval.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    )
+    settings = {"max_steps": 16, "eval_steps": 4, "save_total_limit": 10, "sample_generations": 0}
+    recipe = TrainingRecipe(**{**TEST_RECIPE, **settings, "checkpoint_on": "fresh"})
+    result = training.train_adapter(
+        snapshot=str(snapshot),
+        base_model=str(world["root"] / "base"),
+        recipe=recipe,
+        runs_dir=tmp_path / "runs",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_root=tmp_path / "artifacts",
+    )
+    client = mlflow_client(tmp_path)
+    losses = {
+        split: {
+            m.step: m.value for m in client.get_metric_history(result.run_id, f"eval_{split}_loss")
+        }
+        for split in ("wiki", "fresh")
+    }
+    assert set(losses["fresh"]) == set(losses["wiki"]) == {4, 8, 12, 16}
+    assert losses["fresh"] != losses["wiki"]
+    kept = min(losses["fresh"], key=losses["fresh"].get)
+    assert result.metrics["final_eval_fresh_loss"] == pytest.approx(losses["fresh"][kept])
+    assert result.metrics["final_eval_wiki_loss"] == pytest.approx(losses["wiki"][kept])
+    assert client.get_run(result.run_id).data.params["checkpoint_on"] == "fresh"
+
+    # The fresh questions are scored apart only when they are some of the questions, not all or
+    # none; the trainer keeps its checkpoint on them then, on all questions otherwise.
+    def splits(fresh: list[bool], checkpoint_on: str = "fresh") -> dict[str, Any]:
+        questions = Dataset.from_dict({"messages": [[]] * len(fresh), "fresh": fresh})
+        on = recipe.model_copy(update={"checkpoint_on": checkpoint_on})
+        return training._eval_splits(questions, on, lambda rows: rows["fresh"])
+
+    assert splits([True, False, False]) == {"wiki": [True, False, False], "fresh": [True]}
+    assert splits([True, True]).keys() == splits([False, False]).keys() == {"wiki"}
+    assert splits([True, False], checkpoint_on="wiki").keys() == {"wiki"}
+    for fresh, metric in (([True, False], "eval_fresh_loss"), ([True, True], "eval_wiki_loss")):
+        config = training._sft_config(recipe, "cpu", tmp_path / "out", splits(fresh), "packed")
+        assert config.metric_for_best_model == metric
+
+
 def test_killed_training_resumes_from_its_checkpoint(world: dict[str, Any], tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     steps = {"max_steps": 120, "eval_steps": 20, "save_total_limit": 10, "sample_generations": 0}

@@ -96,6 +96,12 @@ class TrainingRecipe(Block):
         " model's own greedy answers to their prompts (self-distilled replay, generated once per"
         " base and cached), which keep the base's own way of answering.",
     )
+    checkpoint_on: Literal["wiki", "fresh"] = Field(
+        default="wiki",
+        description="The eval loss that picks the checkpoint kept and stops training early: over"
+        " all held-out wiki questions, or over those about facts fresh to the champion (the same"
+        " questions when there is no champion, or every fact is fresh).",
+    )
     eval_steps: int = Field(default=50, ge=1, description="Evaluate (and checkpoint) this often.")
     logging_steps: int = Field(default=10, ge=1, description="Log loss and speed this often.")
     early_stopping_patience: int = Field(

@@ -300,9 +300,10 @@ def retrain(
         "| eval loss at the kept checkpoint | value |",
         "| --- | ---: |",
     ]
-    after = result.metrics.get("final_eval_wiki_loss")
-    if after is not None:
-        lines.append(f"| wiki | {after:.4f} |")
+    for split in ("wiki", "fresh"):
+        after = result.metrics.get(f"final_eval_{split}_loss")
+        if after is not None:
+            lines.append(f"| {split} | {after:.4f} |")
     markdown_artifact(
         key=artifact_key("retrain", result.source),
         markdown="\n".join(lines),

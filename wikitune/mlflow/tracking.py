@@ -51,6 +51,8 @@ OWN_METRICS = {
     "train_loss",
     "eval_wiki_loss",
     "final_eval_wiki_loss",
+    "eval_fresh_loss",
+    "final_eval_fresh_loss",
     "tokens_per_second",
     "mean_token_accuracy",
     "eval_wiki_mean_token_accuracy",
@@ -215,11 +217,13 @@ def log_evaluation(
     *,
     metrics: Mapping[str, float],
     table: Sequence[Mapping[str, Any]],
+    answers: Sequence[Mapping[str, Any]] = (),
     report: str,
     tags: Mapping[str, str],
 ) -> None:
-    """Add an evaluation's metrics, table (``evaluation.json``) and report (``evaluation.md``,
-    also the run's description) to a finished run."""
+    """Add an evaluation's metrics, table (``evaluation.json``), the two models' answer to each
+    question (``evaluation_answers.json``) and report (``evaluation.md``, also the run's
+    description) to a finished run."""
     use_tracking(tracking_uri)
     client = MlflowClient()
     run = client.get_run(run_id)
@@ -230,9 +234,10 @@ def log_evaluation(
         client.log_metric(run_id, key, float(value))
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
-    if table:
-        columns = {key: [row[key] for row in table] for key in table[0]}
-        client.log_table(run_id, data=columns, artifact_file="evaluation.json")
+    for rows, artifact in ((table, "evaluation.json"), (answers, "evaluation_answers.json")):
+        if rows:
+            columns = {key: [row[key] for row in rows] for key in rows[0]}
+            client.log_table(run_id, data=columns, artifact_file=artifact)
     client.log_text(run_id, report, "evaluation.md")
 
 

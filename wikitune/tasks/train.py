@@ -297,7 +297,7 @@ def _metrics_callback() -> TrainerCallback:
                 self.last = (tokens, now)
             if values:
                 tracking.log_metrics(values, step=state.global_step)
-                shown = ("loss", "eval_wiki_loss", "tokens_per_second")
+                shown = ("loss", "eval_wiki_loss", "eval_fresh_loss", "tokens_per_second")
                 log.info(
                     "step %d: %s",
                     state.global_step,
@@ -425,13 +425,30 @@ def _sft_config(
         save_steps=recipe.eval_steps,
         save_total_limit=recipe.save_total_limit,
         load_best_model_at_end=eval_strategy != "no",
-        metric_for_best_model="eval_wiki_loss",
+        metric_for_best_model=f"eval_{_checkpoint_split(eval_datasets)}_loss",
         greater_is_better=False,
         logging_steps=recipe.logging_steps,
         report_to="none",
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+
+
+def _checkpoint_split(eval_datasets: dict[str, Any]) -> str:
+    """The eval split whose loss picks the checkpoint: the fresh questions where they were
+    evaluated apart (``checkpoint_on: fresh``), else all wiki questions."""
+    return "fresh" if "fresh" in eval_datasets else "wiki"
+
+
+def _eval_splits(wiki_eval: Dataset, recipe: TrainingRecipe, tokenize: Any) -> dict[str, Any]:
+    """The eval splits training scores: all held-out wiki questions, and the fresh ones apart
+    when the recipe keeps its checkpoint on them and they are not all the questions."""
+    splits = {"wiki": tokenize(wiki_eval)}
+    if recipe.checkpoint_on == "fresh":
+        fresh = wiki_eval.filter(lambda row: bool(row["fresh"]))
+        if 0 < len(fresh) < len(wiki_eval):
+            splits["fresh"] = tokenize(fresh)
+    return splits
 
 
 def _checkpointing(recipe: TrainingRecipe, device: str) -> bool:
@@ -628,8 +645,8 @@ def _answered_by_base(
 
 
 def _best_eval(state: Any) -> dict[str, float]:
-    """The eval losses at the checkpoint training kept (the best wiki eval loss), read from the
-    trainer's log instead of evaluating again."""
+    """The eval losses at the checkpoint training kept (the best eval loss of the recipe's
+    ``checkpoint_on`` split), read from the trainer's log instead of evaluating again."""
     evals: dict[int, dict[str, float]] = {}
     for entry in state.log_history:
         for key, value in entry.items():
@@ -717,7 +734,11 @@ def _train_in_run(
     wiki_eval = data.splits.get("eval")
     has_eval = wiki_eval is not None and len(wiki_eval) > 0
     eval_splits = (
-        {"wiki": chat.tokenize_rows(wiki_eval.select_columns(["messages"]), tokenizer, fmt)}
+        _eval_splits(
+            wiki_eval,
+            recipe,
+            lambda rows: chat.tokenize_rows(rows.select_columns(["messages"]), tokenizer, fmt),
+        )
         if has_eval
         else {}
     )
