@@ -386,6 +386,23 @@ def test_retrain_flow_evaluates_promotes_and_publishes_the_table(
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert {row["metric"] for row in rows} >= {"f1", "exact_match", "wiki_loss", "general_loss"}
 
+    # The run keeps both models' answer to every question, for a reviewer to see where they differ.
+    client = mlflow_client(tmp_path / "home")
+    logged = json.loads(
+        Path(client.download_artifacts(result.run_id, "evaluation_answers.json")).read_text()
+    )
+    answers = [dict(zip(logged["columns"], values, strict=True)) for values in logged["data"]]
+    eval_file = Path(world["snapshot"].path) / "eval.jsonl"
+    questions = [json.loads(line)["messages"] for line in eval_file.read_text().splitlines()]
+    assert [(a["question"], a["reference"]) for a in answers] == [
+        (q[-2]["content"], q[-1]["content"]) for q in questions
+    ]
+    metrics = client.get_run(result.run_id).data.metrics
+    for model in ("candidate", "champion"):
+        exact = [a[f"{model}_exact"] for a in answers]
+        assert sum(exact) / len(exact) == pytest.approx(metrics[f"{model}_exact_match"])
+    assert any(a["candidate"] != a["champion"] for a in answers)
+
 
 def test_a_champion_on_another_base_is_not_warm_started(
     world: dict[str, Any],

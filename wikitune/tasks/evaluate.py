@@ -12,7 +12,13 @@ from pydantic import BaseModel
 from wikitune.tasks import basecache
 from wikitune.tasks import model as models
 from wikitune.tasks.decision import Decision, Margins, decide
-from wikitune.tasks.scoring import PROBE_TOKENS, assistant_loss, probe_answers, score_model
+from wikitune.tasks.scoring import (
+    PROBE_TOKENS,
+    answer_table,
+    assistant_loss,
+    probe_answers,
+    score_model,
+)
 
 __all__ = ["Evaluation", "evaluate_run", "same_base"]
 
@@ -96,9 +102,10 @@ def evaluate_run(
                 ),
             )
     # Both models answer the same questions with the same settings.
+    eval_rows = list(data.splits["eval"])
     score = partial(
         score_model,
-        eval_rows=list(data.splits["eval"]),
+        eval_rows=eval_rows,
         general_rows=general,
         probe_rows=probes,
         base_probe_answers=base_answers,
@@ -176,6 +183,7 @@ def evaluate_run(
             **({"base_general_loss": base_general_loss} if base_general_loss is not None else {}),
         },
         table=decision.table(),
+        answers=answer_table(eval_rows, candidate_scores, champion_scores),
         report=(
             f"Adapter of {evaluation.base_model_spec or evaluation.base_model} trained on snapshot"
             f" {evaluation.snapshot_id}, evaluated against {decision.champion_name} on the same"

@@ -288,6 +288,32 @@ def score_model(
     )
 
 
+def answer_table(
+    eval_rows: Sequence[dict[str, Any]], candidate: ModelScores, champion: ModelScores
+) -> list[dict[str, Any]]:
+    """One row per eval question: the candidate's and the champion's (or bare base's) answers
+    beside the reference, whether each matched it exactly, and whether the fact is fresh (with
+    its previous value when it changed): where two models' numbers differ, on which questions."""
+    table = []
+    for index, row in enumerate(eval_rows):
+        messages = row["messages"]
+        reference = messages[-1]["content"]
+        ours, theirs = candidate.answers[index], champion.answers[index]
+        table.append(
+            {
+                "question": chat.prompt_turns(messages)[-1]["content"],
+                "reference": reference,
+                "fresh": bool(row.get("fresh")),
+                "previous": row.get("previous") or "",
+                "candidate": ours,
+                "champion": theirs,
+                "candidate_exact": bool(exact_match(ours, reference)),
+                "champion_exact": bool(exact_match(theirs, reference)),
+            }
+        )
+    return table
+
+
 def paired_bootstrap(
     candidate: Sequence[float], champion: Sequence[float], *, samples: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:
