@@ -136,8 +136,11 @@ def test_an_answer_learned_in_training_comes_back_from_ask(
     questions = [row["messages"][-2]["content"] for row in wiki]
     references = [row["messages"][-1]["content"] for row in wiki]
     answers = answer.ask(model, tokenizer, questions)
-    learned = {a for a, r in zip(answers, references, strict=True) if a == r}
+    # Training questions answered exactly: at least one in ten (rows, not distinct answers: each
+    # answer is asked in several phrasings).
+    learned = [a for a, r in zip(answers, references, strict=True) if a == r]
     assert len(learned) >= max(2, len(wiki) // 10), list(zip(answers, references, strict=True))[:8]
+    assert len(set(learned)) >= 2
 
 
 def test_4bit_layers_of_a_model_that_trains_stay_on_the_training_path(
