@@ -181,8 +181,12 @@ def log_snapshot_inputs(
 def log_sample_generations(rows: Sequence[Mapping[str, Any]]) -> None:
     """A table of eval questions, references and the trained model's answers."""
     if rows:
-        columns = {key: [row[key] for row in rows] for key in rows[0]}
-        mlflow.log_table(data=columns, artifact_file="sample_generations.json")
+        mlflow.log_table(data=_columns(rows), artifact_file="sample_generations.json")
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Rows of one shape as the columns MLflow's ``log_table`` takes."""
+    return {key: [row[key] for row in rows] for key in rows[0]}
 
 
 def log_adapter(
@@ -236,8 +240,7 @@ def log_evaluation(
         client.set_tag(run_id, key, value)
     for rows, artifact in ((table, "evaluation.json"), (answers, "evaluation_answers.json")):
         if rows:
-            columns = {key: [row[key] for row in rows] for key in rows[0]}
-            client.log_table(run_id, data=columns, artifact_file=artifact)
+            client.log_table(run_id, data=_columns(rows), artifact_file=artifact)
     client.log_text(run_id, report, "evaluation.md")
 
 

@@ -295,10 +295,10 @@ def answer_table(
     beside the reference, whether each matched it exactly, and whether the fact is fresh (with
     its previous value when it changed): where two models' numbers differ, on which questions."""
     table = []
-    for index, row in enumerate(eval_rows):
+    answers = zip(eval_rows, candidate.answers, champion.answers, strict=True)
+    for row, ours, theirs in answers:
         messages = row["messages"]
         reference = messages[-1]["content"]
-        ours, theirs = candidate.answers[index], champion.answers[index]
         table.append(
             {
                 "question": chat.prompt_turns(messages)[-1]["content"],
