@@ -22,9 +22,8 @@ train seconds and the decision; then delta's train seconds as a share of full's.
 
 ``--set`` changes a setting of the packaged recipe in both arms (``--set general_answers=base``
 ``--set num_train_epochs=3``): how the settings the recipe ships with were chosen. The QA mapping
-is wikitune's default unless ``WIKITUNE_MAPPING_PATH`` names another, such as
-``benchmarks/mapping-eight-phrasings.yaml`` (twice the training phrasings, the same held-out
-questions). Each evaluated run keeps every question's answers in ``evaluation_answers.json``.
+is wikitune's default unless ``WIKITUNE_MAPPING_PATH`` names another. Each evaluated run keeps
+every question's answers in ``evaluation_answers.json``.
 
 Results are also written to ``<home>/learning.json`` as each cycle ends.
 """

@@ -91,7 +91,7 @@ def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator
     env = {
         "WIKITUNE_BASE_MODEL": str(world["root"] / "base"),
         "WIKITUNE_RECIPE_PATH": str(world["recipe"]),
-        "WIKITUNE_RETRAIN_THRESHOLD": "60",
+        "WIKITUNE_RETRAIN_THRESHOLD": "120",
         "WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE": "0.6",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
@@ -184,7 +184,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert api.deployment("pipeline/retrain")["id"] == nightly["id"]
     assert len(api.post("/automations/filter", {})) == 1
 
-    # One page: below the threshold of 60 pairs, the sync run emits nothing.
+    # One page: below the threshold of 120 pairs (one page gives 96), the sync run emits nothing.
     wiki.edit("Template:Infobox VTuber", INFOBOX_TEMPLATE)
     first_page = SAMPLE_VTUBERS[0][1:]
     wiki.edit(first_page[0], sample_page(*first_page))
@@ -208,7 +208,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
         "the event", lambda: api.post("/events/filter", event_filter)["events"], timeout=60
     )
     assert ready["resource"]["prefect.resource.name"] == SOURCE
-    assert ready["payload"]["changed_since_champion"] >= 60
+    assert ready["payload"]["changed_since_champion"] >= 120
     done = _wait_for("the retrain cycle", lambda: api.finished(cycle["id"]))
     assert done["state_type"] == "COMPLETED", done["state"]
     assert done["state"]["message"].startswith("promoted v1: fresh-fact F1 +"), done["state"]

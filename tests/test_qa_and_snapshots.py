@@ -15,7 +15,7 @@ from wikitune.storage import QaPair, Store, StoredPage, SyncBatch
 from wikitune.tasks.dataset import general_rows_needed, make_snapshot
 from wikitune.tasks.train import read_snapshot
 
-PAIRS_PER_FIELD = 8  # two languages, four phrasings each
+PAIRS_PER_FIELD = 16  # two languages, eight phrasings each
 
 
 def _page(name: str, agency: str = "Harbor Live", fans: str | None = "Tidecallers") -> str:
