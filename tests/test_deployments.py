@@ -209,7 +209,9 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     )
     assert ready["resource"]["prefect.resource.name"] == SOURCE
     assert ready["payload"]["changed_since_champion"] >= 120
-    done = _wait_for("the retrain cycle", lambda: api.finished(cycle["id"]))
+    # 288 pairs for 20 epochs on the toy model: about 9 minutes on 2 cores. The wait guards
+    # against a hang, not a slow machine.
+    done = _wait_for("the retrain cycle", lambda: api.finished(cycle["id"]), timeout=1500)
     assert done["state_type"] == "COMPLETED", done["state"]
     assert done["state"]["message"].startswith("promoted v1: fresh-fact F1 +"), done["state"]
     (gpu_run,) = api.runs_of("retrain/gpu")
