@@ -209,7 +209,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     )
     assert ready["resource"]["prefect.resource.name"] == SOURCE
     assert ready["payload"]["changed_since_champion"] >= 120
-    # 288 pairs for 20 epochs on the toy model: about 9 minutes on 2 cores. The wait guards
+    # 288 pairs for 20 epochs on the toy model: about 10 minutes on 2 cores. The wait guards
     # against a hang, not a slow machine.
     done = _wait_for("the retrain cycle", lambda: api.finished(cycle["id"]), timeout=1500)
     assert done["state_type"] == "COMPLETED", done["state"]
@@ -259,14 +259,15 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert "**promote**" in run_tags["mlflow.note.content"]
     assert run_tags["mlflow.source.name"] == "prefect flow retrain"
 
-    # The gpu pool runs one retrain at a time: two more, started together, do not overlap.
+    # The gpu pool runs one retrain at a time: two more, started together, do not overlap. They
+    # train 10 steps each: two epochs of the snapshot take 7 minutes here.
     snapshot_path = str(services["home"] / "snapshots" / snapshot_id)
     extra = [
         api.run_deployment(
             "retrain/gpu",
             snapshot=snapshot_path,
             promote=False,
-            recipe={**TEST_RECIPE, "num_train_epochs": 2, "seed": seed},
+            recipe={**TEST_RECIPE, "max_steps": 10, "seed": seed},
         )
         for seed in (1, 2)
     ]
