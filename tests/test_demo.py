@@ -29,7 +29,8 @@ def test_demo_promotes_smollm2_twice_and_learns_the_edit(
     assert "second sync (recent changes): new 1, edited 1, moved 1, deleted 1" in out
     assert "second build (QA pairs): pages parsed 3" in out
     assert "first cycle: candidate version 1 (full retrain) against base: promoted" in out
-    assert "second cycle: candidate version 2 (full retrain) against version 1: promoted" in out, (
+    # The SmolLM2 recipe retrains on what changed (a delta) when a champion exists.
+    assert "second cycle: candidate version 2 (delta retrain) against version 1: promoted" in out, (
         out
     )
     assert "Decision: **" in out and "bootstrap interval" in out
@@ -64,7 +65,8 @@ def test_demo_promotes_smollm2_twice_and_learns_the_edit(
     assert set(versions) == {"1", "2"}
     assert "champion" in versions["2"]["aliases"]
     assert versions["2"]["tags"]["base_model_spec"] == "smollm2-135m-instruct"
-    assert versions["2"]["tags"]["training_scope"] == "full"  # the recipe's choice
+    assert versions["2"]["tags"]["training_scope"] == "delta"  # the recipe's choice
+    assert versions["2"]["tags"]["delta_streak"] == "1"
     assert versions["2"]["tags"]["base_model_digest"].startswith("sha256:")
     # Version 2 learned what changed: better on the fresh facts than version 1 on the same
     # questions, and no more often answering with an old value.
