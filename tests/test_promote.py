@@ -113,9 +113,18 @@ def test_promote_reject_rollback_and_ask(
     assert "Latest candidate: version 2, **rejected**" in registered.description
     # Both numbers on the same questions, and the run named after the decision.
     second = client.get_model_version("wikitune-trainwiki", "2")
-    # (the damaged snapshot kept the evaluation questions: version 1 scores as it did.)
-    assert second.tags["champion_f1"] == version.tags["candidate_f1"]
-    assert second.tags["champion_general_agreement"] == version.tags["candidate_general_agreement"]
+    # (the damaged snapshot kept the evaluation questions: version 1 scores as it did, up to
+    # one question or probe: on AVX-512 CPUs two processes' greedy answers of the toy model
+    # differed on a near-tied token, by 0.0004 to 0.0033 F1: in 3 of 5 runs, and in 1 of 7 with
+    # MKL's reproducible mode, MKL_CBWR, set.)
+    counts = world["snapshot"].counts
+    one_question, one_probe = 1 / counts["eval_rows"], 1 / counts["general_probe_rows"]
+    assert float(second.tags["champion_f1"]) == pytest.approx(
+        float(version.tags["candidate_f1"]), abs=one_question
+    )
+    assert float(second.tags["champion_general_agreement"]) == pytest.approx(
+        float(version.tags["candidate_general_agreement"]), abs=one_probe
+    )
     assert cached.stat().st_mtime_ns == cached_at  # the base's answers came from the cache
     # The gate's reference is the bare base's general loss, kept once per base and eval set.
     (loss_file,) = (home / "runs" / "evaluations" / "base-general-loss").glob("*.json")
