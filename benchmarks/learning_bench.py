@@ -120,7 +120,7 @@ def run_arm(
 
     pages = {title: list(fields) for title, *fields in SAMPLE_VTUBERS}
     base_general_loss = float("nan")
-    # The packaged recipe, with delta retraining in every cycle of the delta arm and never in full.
+    # The packaged recipe, with a delta retrain in every cycle of the delta arm and none in full's.
     packaged = default_recipe(BASE)
     settings = packaged.model_dump(exclude={"block_type_slug"})
     settings |= {"full_retrain_every": 0 if arm == "delta" else 1, **overrides}
