@@ -494,7 +494,13 @@ def test_a_retrain_on_the_champion_trains_on_what_is_fresh_to_it(
     monkeypatch.setenv("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
     home = tmp_path / "home"
     recipe = TrainingRecipe(
-        **{**TEST_RECIPE, "warm_start": "champion", "num_train_epochs": 2, "full_retrain_every": 0}
+        **{
+            **TEST_RECIPE,
+            "warm_start": "champion",
+            "num_train_epochs": 2,
+            "delta_num_train_epochs": 1,
+            "full_retrain_every": 0,
+        }
     )
     base = str(world["root"] / "base")
     first = retrain(snapshot=world["snapshot"].path, base_model=base, recipe=recipe, home=str(home))
@@ -516,6 +522,8 @@ def test_a_retrain_on_the_champion_trains_on_what_is_fresh_to_it(
     }
     run = mlflow_client(home).get_run(second.run_id)
     assert run.data.params["training_scope"] == "delta"
+    assert float(run.data.params["num_train_epochs"]) == 1  # the recipe's delta_num_train_epochs
+    assert run.data.metrics["trainer/train_epoch"] == pytest.approx(1.0)
     assert run.data.params["train_fresh_rows"] == str(fresh)
     reason = run.data.tags["wikitune.training_scope_reason"]
     assert reason == f"{fresh} training pairs are fresh to the champion"
@@ -535,6 +543,7 @@ def test_a_retrain_on_the_champion_trains_on_what_is_fresh_to_it(
     assert whole.plan.scope == "full" and whole.plan.reason == "a full retrain was asked for"
     assert whole.init_adapter is not None
     assert whole.train_counts["train_stable_rows"] == manifest["counts"]["wiki_train_rows"] - fresh
+    assert float(mlflow_client(home).get_run(whole.run_id).data.params["num_train_epochs"]) == 2
 
 
 def test_the_training_plan_says_why_a_retrain_is_full() -> None:

@@ -90,6 +90,12 @@ class TrainingRecipe(Block):
         description="In a delta retrain, the share of general rows in the result (default: the"
         " snapshot's general share).",
     )
+    delta_num_train_epochs: float | None = Field(
+        default=None,
+        gt=0,
+        description="Epochs of a delta retrain, which starts from the champion's adapter"
+        " (default: num_train_epochs).",
+    )
     general_answers: Literal["bundled", "base"] = Field(
         default="bundled",
         description="Answers of the general rows trained on: the bundled references, or the base"
@@ -114,6 +120,12 @@ class TrainingRecipe(Block):
         default=16, ge=0, description="Eval questions answered after training, logged to MLflow."
     )
     max_new_tokens: int = Field(default=48, ge=1, description="Length of a sample answer.")
+
+    def for_scope(self, scope: Literal["full", "delta"]) -> TrainingRecipe:
+        """The recipe a retrain of ``scope`` runs: a delta's own epochs where set."""
+        if scope == "delta" and self.delta_num_train_epochs is not None:
+            return self.model_copy(update={"num_train_epochs": self.delta_num_train_epochs})
+        return self
 
     def fingerprint(self) -> str:
         """A short hash of the settings (the run directory of a resumable training uses it)."""

@@ -539,6 +539,7 @@ def train_adapter(
     plan = plan or TrainingPlan()
     if plan.scope == "delta" and not init_adapter:
         raise TrainingFailed("a delta retrain needs the champion's adapter to start from")
+    recipe = recipe.for_scope(plan.scope)
     run_dir = run_directory(runs_dir, data, base.digest, recipe, init_adapter, plan.scope)
     if (run_dir / RESULT_FILE).exists():
         log.info("training of snapshot %s already finished in %s", data.id, run_dir)
