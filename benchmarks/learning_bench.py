@@ -81,6 +81,7 @@ def apply_burst(wiki: LocalWiki, pages: dict[str, list[str]], burst: dict[str, A
 def cycle_row(arm: str, index: int, summary: Any, base_general_loss: float) -> dict[str, Any]:
     """The candidate's numbers from one cycle's evaluation."""
     result = summary.retrain
+    assert result.promotion.evaluation is not None, "the bench's runs are never versions yet"
     decision = result.promotion.evaluation.decision
     ours, theirs = decision.candidate, decision.champion
     stable = ours.get("stable_exact_match")
@@ -141,10 +142,11 @@ def run_arm(
                 full=arm == "full",
                 home=str(home),
             )
-            if summary.retrain is None or summary.retrain.promotion is None:
+            promotion = summary.retrain.promotion if summary.retrain else None
+            if promotion is None or promotion.evaluation is None:
                 raise SystemExit(f"{arm} cycle {index} did not retrain: {summary.message}")
             if index == 0:  # the first candidate is compared with the bare base
-                champion = summary.retrain.promotion.evaluation.decision.champion
+                champion = promotion.evaluation.decision.champion
                 base_general_loss = champion["general_loss"]
             row = cycle_row(arm, index, summary, base_general_loss)
             row["cycle_seconds"] = time.perf_counter() - started

@@ -64,16 +64,16 @@ def test_demo_promotes_smollm2_twice_and_learns_the_edit(
     versions = {v["version"]: v for v in json.loads(cli("models", "--json"))}
     assert set(versions) == {"1", "2"}
     assert "champion" in versions["2"]["aliases"]
-    assert versions["2"]["tags"]["base_model_spec"] == "smollm2-135m-instruct"
+    assert versions["2"]["tags"]["base"] == "smollm2-135m-instruct"
     assert versions["2"]["tags"]["training_scope"] == "delta"  # the recipe's choice
-    assert versions["2"]["tags"]["delta_streak"] == "1"
-    assert versions["2"]["tags"]["base_model_digest"].startswith("sha256:")
+    assert versions["2"]["params"]["delta_streak"] == "1"
+    assert versions["2"]["params"]["base_model_digest"].startswith("sha256:")
     # Version 2 learned what changed: better on the fresh facts than version 1 on the same
     # questions, and no more often answering with an old value.
-    tags = versions["2"]["tags"]
-    assert tags["f1_gain_on"].startswith("fresh ("), tags  # the gain asked of what changed
-    assert float(tags["candidate_fresh_f1"]) > float(tags["champion_fresh_f1"]), tags
-    assert float(tags["candidate_stale_rate"]) <= float(tags["champion_stale_rate"]), tags
+    metrics = versions["2"]["metrics"]
+    assert versions["2"]["tags"]["verdict"].startswith("fresh-fact F1 +"), versions["2"]
+    assert metrics["candidate_fresh_f1"] > metrics["champion_fresh_f1"], metrics
+    assert metrics["candidate_stale_rate"] <= metrics["champion_stale_rate"], metrics
     assert cli("ask", _question(out)).strip() == asked.group(1).strip()
 
 

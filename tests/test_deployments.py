@@ -96,11 +96,19 @@ def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
     }
+    # The source is the one the store recorded (as a user who synced first runs `up`): the
+    # deployments must carry it, and runs be named after it.
+    first_sync = cli(
+        *("sync", "--api-url", wiki.api_url, "--category", "Category:VTuber", "--name", SOURCE),
+        home=home,
+        local=True,
+        **env,
+    )
+    assert first_sync.returncode == 0, first_sync.stderr[-3000:]
     prefect_port, mlflow_port = free_port(), free_port()
     started = cli(
         "up",
         *("--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)),
-        *("--api-url", wiki.api_url, "--category", "Category:VTuber", "--name", SOURCE),
         *("--timezone", "Asia/Shanghai"),
         home=home,
         local=True,
@@ -168,6 +176,9 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
         assert shown["parameters"]["recipe"]["learning_rate"] == TEST_RECIPE["learning_rate"]
     assert nightly["parameters"]["source"] == sync_deployment["parameters"]["source"] == SOURCE
     assert "wikitune.dataset.ready" in nightly["description"]
+    # Which recipe trains, in `up`'s output and on the deployment page.
+    assert f"retrains train {services['base']} with the recipe " in services["stdout"]
+    assert "with the recipe " in nightly["description"]
     (automation,) = api.post("/automations/filter", {})
     assert automation["trigger"]["expect"] == ["wikitune.dataset.ready"]
     assert automation["actions"][0]["deployment_id"] == nightly["id"]
@@ -203,17 +214,36 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert _wait_for("the burst's sync", lambda: api.finished(burst))["state_type"] == "COMPLETED"
     (cycle,) = _wait_for("the automation's retrain cycle", lambda: api.runs_of("pipeline/retrain"))
     assert cycle["created_by"]["type"] == "AUTOMATION"
+    assert api.get(f"/flow_runs/{burst}")["name"] == f"poll-{SOURCE}"
+
+    # Another burst while the cycle runs: its poll sees the cycle in flight and starts none.
+    _wait_for("the cycle's training on the gpu pool", lambda: api.runs_of("retrain/gpu"))
+    for _, *fields in SAMPLE_VTUBERS[3:5]:
+        wiki.edit(fields[0], sample_page(*fields))
+    wiki.run_jobs()
+    during = api.run_deployment("pipeline/sync-every-15-minutes")
+    polled = _wait_for("the poll during the cycle", lambda: api.finished(during))
+    assert polled["state_type"] == "COMPLETED"
+    assert f"cycle-{SOURCE} is in flight" in polled["state"]["message"], polled["state"]
     event_filter = {"filter": {"event": {"name": ["wikitune.dataset.ready"]}}}
     (ready,) = _wait_for(
         "the event", lambda: api.post("/events/filter", event_filter)["events"], timeout=60
     )
     assert ready["resource"]["prefect.resource.name"] == SOURCE
     assert ready["payload"]["changed_since_champion"] >= 120
+    changed = ready["resource"]["wikitune.changed-pairs"]
+    assert int(changed) == ready["payload"]["changed_since_champion"]
     # 288 pairs for 20 epochs on the toy model: about 10 minutes on 2 cores. The wait guards
     # against a hang, not a slow machine.
     done = _wait_for("the retrain cycle", lambda: api.finished(cycle["id"]), timeout=1500)
     assert done["state_type"] == "COMPLETED", done["state"]
     assert done["state"]["message"].startswith("promoted v1: fresh-fact F1 +"), done["state"]
+    # The outcome is the state's name and the run's tags: the runs list shows it unopened.
+    assert done["state"]["name"] == "Promoted" and {"promoted", "v1"} <= set(done["tags"])
+    assert done["name"] == f"cycle-{SOURCE}"
+    # One cycle, one version: the poll during the cycle started no second one.
+    time.sleep(5)
+    assert [run["id"] for run in api.runs_of("pipeline/retrain")] == [cycle["id"]]
     (gpu_run,) = api.runs_of("retrain/gpu")
     assert gpu_run["state_type"] == "COMPLETED"
     assert gpu_run["parent_task_run_id"] is not None  # a child of the cycle, not a stray run
@@ -224,6 +254,14 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     (version,) = versions["model_versions"]
     tags = {t["key"]: t["value"] for t in version.get("tags", [])}
     assert tags["snapshot_id"] == snapshot_id
+    # A handful of tags, one of them the Prefect run that trained it; a one-line description.
+    assert set(tags) == {
+        *("decision", "verdict", "snapshot_id", "base", "training_scope", "parent_version"),
+        "prefect_run",
+    }
+    assert tags["prefect_run"].endswith(f"/runs/flow-run/{gpu_run['id']}")
+    assert version["description"].startswith("**promoted** against base: fresh-fact F1 +")
+    assert "\n" not in version["description"]
     champion = _mlflow_get(
         services["mlflow"], "registered-models/alias", name=model, alias="champion"
     )
@@ -242,8 +280,17 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert "**promoted**" in promotion["data"]
     snapshot_artifact = latest_artifact(f"snapshot-{SOURCE}")
     assert snapshot_id in snapshot_artifact["data"]
+    # The cycle card keeps the decision: polls report under their own key.
     cycle_artifact = latest_artifact(f"cycle-{SOURCE}")
     assert cycle_artifact["flow_run_id"] == cycle["id"]
+    poll_artifact = latest_artifact(f"poll-{SOURCE}")
+    assert poll_artifact["flow_run_id"] == during
+    # What changed is named: each page once, with a link to its diff on the wiki.
+    assert "**3 distinct pages**" in cycle_artifact["data"], cycle_artifact["data"]
+    for _, title, *_ in SAMPLE_VTUBERS[:3]:
+        assert f"| {title} | " in cycle_artifact["data"]
+    sync_artifact = latest_artifact(f"sync-{SOURCE}")
+    assert "&diff=" in sync_artifact["data"] and SAMPLE_VTUBERS[4][1] in sync_artifact["data"]
     assert cycle_artifact["description"] == f"{SOURCE}: {done['state']['message']}"
     assert f"[{version['version']}]({version_page})" in cycle_artifact["data"]
     training = latest_artifact(f"training-{SOURCE}")

@@ -428,7 +428,7 @@ def run(
         console.print(
             f"trained on snapshot {summary.snapshot_id}: MLflow run {summary.retrain.run_id}"
         )
-        if promotion is not None:
+        if promotion is not None and promotion.evaluation is not None:
             console.print(promotion.evaluation.decision.markdown(), highlight=False)
             console.print(
                 f"version {promotion.version}: {promotion.outcome};"
@@ -545,10 +545,12 @@ def promote(run: RunOption, home: HomeOption = None) -> None:
     promotion = _run_flow(
         promote_candidate, (LookupError, ValueError), run_id=run, home=str(settings.home)
     )
-    _follow_champion(settings, promotion.evaluation.source)
-    console.print(promotion.evaluation.decision.markdown(), highlight=False)
+    _follow_champion(settings, promotion.source)
+    if promotion.evaluation is not None:
+        console.print(promotion.evaluation.decision.markdown(), highlight=False)
+    already = " (already; nothing registered)" if promotion.already_registered else ""
     console.print(
-        f"version {promotion.version}: {promotion.outcome};"
+        f"version {promotion.version}: {promotion.outcome}{already};"
         f" champion is version {promotion.champion_version or '(none)'}"
     )
 
@@ -597,23 +599,28 @@ def models(
     # its F1 and that model's are comparable; F1s of two versions on their own snapshots are not.
     table = Table(
         title=registry.registered_model_name(name),
-        caption="F1 and F1 before: this version and the model it was compared against (vs),"
-        " on the same held-out questions",
+        caption="F1 on the questions the gain is measured on (the facts fresh to the model it"
+        " was compared with; all questions when none is fresh), both models on the same"
+        " questions; the numbers are the training run's metrics",
     )
-    for column in ("version", "aliases", "decision", "snapshot", "vs", "F1 before", "F1"):
+    columns = ("version", "aliases", "decision", "snapshot", "scope", "compared with")
+    for column in (*columns, "its F1", "their F1", "gain", "why"):
         table.add_column(column)
-    table.add_column("gain")
-    table.add_column("why")
     for v in versions:
+        on = "fresh_f1" if "candidate_fresh_f1" in v.metrics else "f1"
+        ours, theirs = v.metrics.get(f"candidate_{on}"), v.metrics.get(f"champion_{on}")
+        gain = v.metrics.get("f1_gain")
+        parent = v.tags.get("parent_version", "")
         table.add_row(
             v.version,
             ", ".join(v.aliases),
             v.tags.get("decision", ""),
             v.tags.get("snapshot_id", ""),
-            v.tags.get("compared_against", ""),
-            v.tags.get("champion_f1", ""),
-            v.tags.get("candidate_f1", ""),
-            v.tags.get("f1_gain", ""),
+            v.tags.get("training_scope", v.params.get("training_scope", "")),
+            f"version {parent}" if parent and parent != "base" else parent,
+            f"{ours:.4f}" + (" (fresh)" if on == "fresh_f1" else "") if ours is not None else "",
+            f"{theirs:.4f}" if theirs is not None else "",
+            f"{gain:+.4f}" if gain is not None else "",
             v.tags.get("verdict", ""),
         )
     console.print(table)
@@ -898,8 +905,8 @@ def demo(
         console.print(f"[bold]{title}:[/] {changed or 'no changes'}")
 
     def explain(title: str, promotion: Promotion | None) -> None:
-        if promotion is None:
-            console.print(f"[bold]{title}:[/] no retrain")
+        if promotion is None or promotion.evaluation is None:
+            console.print(f"[bold]{title}:[/] no new candidate")
             return
         decision = promotion.evaluation.decision
         console.print(
@@ -972,11 +979,14 @@ def _deploy_plan(
     nightly_retrain_when: str,
     base_model: str | None,
     recipe: Path | None,
-) -> Any:
-    """Check what ``deploy`` is given before anything is started or applied."""
+    *,
+    block_later: bool = False,
+) -> tuple[Any, Any]:
+    """Check what ``deploy`` is given before anything is started or applied: the wiki source
+    (the one the store recorded when none is given) and the deployments' options."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from wikitune.blocks.recipe import TrainingRecipe, default_recipe
+    from wikitune.blocks.recipe import TrainingRecipe, default_recipe, recipe_origin
     from wikitune.deployments import DeployOptions
     from wikitune.storage import Store
 
@@ -988,26 +998,39 @@ def _deploy_plan(
         ) from None
     if nightly_retrain_when not in ("new-data", "threshold", "always"):
         raise _fail("--nightly-retrain-when must be new-data, threshold or always")
-    if source is None:
+    if source is None and not block_later:
+        # The deployments carry the source the store recorded (saved as a block), so their
+        # runs are named after it and the UI shows what they sync.
+        from wikitune.blocks.source import WikiSource
+
         with Store(settings.store_path) as store:
-            if not store.source_names():
+            names = store.source_names()
+            if not names:
                 raise _fail(
                     f"no wiki source in {settings.store_path}: give --api-url and --category"
                     " or --source-block NAME (up and deploy save the source as that block)"
                 )
+            if len(names) > 1:
+                raise _fail(
+                    f"the store holds several sources ({', '.join(names)}): give --source-block"
+                    " NAME or the source's options"
+                )
+            spec = store.source_spec(names[0])
+        source = WikiSource(**(spec or {}))
     base = base_model or settings.base_model
     try:
         path = recipe or settings.recipe_path
         chosen = TrainingRecipe.from_file(path) if path else default_recipe(base)
     except ValueError as error:
         raise _fail(str(error)) from None
-    return DeployOptions(
+    return source, DeployOptions(
         timezone=timezone,
         sync_minutes=sync_minutes,
         nightly_cron=nightly_cron,
         nightly_retrain_when=nightly_retrain_when,
         base_model=base,
         recipe=chosen.model_dump(mode="json", exclude={"block_type_slug"}),
+        recipe_origin=recipe_origin(base, path),
     )
 
 
@@ -1062,7 +1085,7 @@ def deploy(
     source = _wiki_source(
         api_url, category, namespace, name, user_agent, request_interval, bot_user, source_block
     )
-    plan = _deploy_plan(
+    source, plan = _deploy_plan(
         settings,
         source,
         timezone,
@@ -1073,6 +1096,7 @@ def deploy(
         recipe,
     )
     _print_applied(apply(source, plan), PREFECT_API_URL.value().removesuffix("/api"))
+    console.print(f"retrains train {plan.base_model} with {plan.recipe_origin}")
 
 
 @app.command()
@@ -1116,7 +1140,7 @@ def up(
     source = _wiki_source(
         api_url, category, namespace, name, user_agent, request_interval, bot_user, None
     )
-    plan = _deploy_plan(
+    source, plan = _deploy_plan(
         settings,
         source,
         timezone,
@@ -1125,6 +1149,7 @@ def up(
         nightly_retrain_when,
         base_model,
         recipe,
+        block_later=source_block is not None,
     )
     try:
         record = services.start(
@@ -1149,6 +1174,7 @@ def up(
         services.stop(settings)
         raise _fail(f"deploy failed, services stopped: {error}") from None
     _print_applied(applied, record.prefect_ui_url)
+    console.print(f"retrains train {plan.base_model} with {plan.recipe_origin}")
     console.print(f"Prefect UI: {record.prefect_ui_url}")
     console.print(f"MLflow UI:  {record.mlflow_url}")
     experiment = _experiment_url(settings, record.mlflow_url, applied.source_block)

@@ -163,6 +163,20 @@ class TrainingRecipe(Block):
             raise ValueError(f"invalid recipe {path}: {error}") from error
 
 
+def recipe_origin(base_model: str, path: Path | str | None) -> str:
+    """Which recipe a retrain of ``base_model`` uses, in words: the given file, the base's
+    packaged recipe, or the defaults (said plainly, with how to pick another)."""
+    if path:
+        return f"the recipe {path}"
+    name = _DEFAULT_RECIPES.get(base_model)
+    if name:
+        return f"the packaged recipe {name} (the base's own)"
+    return (
+        f"the default recipe (QLoRA for a 7B model on one GPU): {base_model} has no packaged"
+        f" recipe; pick one with --recipe FILE or a packaged name ({', '.join(packaged_recipes())})"
+    )
+
+
 def default_recipe(base_model: str) -> TrainingRecipe:
     """The recipe for ``base_model`` when none is given: its packaged recipe if it has one
     (``smollm2-135m-instruct``: ``smollm2-135m-cpu``), else the defaults (a 7B model, one GPU)."""

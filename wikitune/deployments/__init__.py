@@ -41,6 +41,8 @@ class DeployOptions(BaseModel):
     base_model: str | None = None
     recipe: dict[str, Any] | None = None
     """The training recipe's fields, shown and editable as the deployments' parameter."""
+    recipe_origin: str = ""
+    """Which recipe that is, in words (the deployments' descriptions and `up` say it)."""
 
 
 class Applied(BaseModel):
@@ -83,6 +85,13 @@ def _source_parameter(source: WikiSource | None) -> tuple[dict[str, Any], str | 
     block_name = source_slug(source.name)
     source.save(block_name, overwrite=True)
     return {"source": block_name}, block_name
+
+
+def _trains_with(options: DeployOptions) -> str:
+    if not options.base_model:
+        return ""
+    origin = f" with {options.recipe_origin}" if options.recipe_origin else ""
+    return f" Trains `{options.base_model}`{origin}; the `recipe` parameter holds its fields."
 
 
 def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Applied:
@@ -142,7 +151,7 @@ def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Ap
                 f" whenever a sync emits `{DATASET_READY}`. Syncs, builds and snapshots here,"
                 f" then runs `{GPU_RETRAIN}` (train, evaluate, promote) on the gpu pool. One at a"
                 " time: a run that starts while another is active waits for it (and finds the"
-                " changes already trained)."
+                " changes already trained)." + _trains_with(options)
             ),
             tags=["wikitune", "retrain"],
             entrypoint_type=EntrypointType.MODULE_PATH,
@@ -155,6 +164,7 @@ def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Ap
                 "Train a QLoRA adapter on a snapshot (its directory or URL), evaluate it against"
                 " the champion on the same held-out questions, register it in MLflow and move"
                 " the champion alias if it wins. Started by `pipeline/retrain`."
+                + _trains_with(options)
             ),
             tags=["wikitune", "train"],
             entrypoint_type=EntrypointType.MODULE_PATH,

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from wikitune.config import load_settings
-from wikitune.flows.naming import artifact_key, counts_table, run_name
+from wikitune.flows.naming import artifact_key, counts_table, name_run_after, run_name
 from wikitune.flows.runtime import markdown_artifact, run_logger, step
 from wikitune.storage import Store, ValueRejection
 from wikitune.tasks import dataset, qa
@@ -58,6 +58,7 @@ def build(source: str | None = None, home: str | None = None) -> BuildSummary:
     mapping = qa.load_mapping(settings.mapping_path)
     with Store(settings.store_path) as store:
         name = store.source_name(source)
+        name_run_after(name)
         counts = step(build_pairs, store, name, mapping)
         rejections = store.value_rejections(name)
         summary = BuildSummary(
@@ -134,6 +135,7 @@ def snapshot(source: str | None = None, home: str | None = None) -> SnapshotSumm
     settings = load_settings(home)
     with Store(settings.store_path) as store:
         name = store.source_name(source)
+        name_run_after(name)
         record = step(
             make_snapshot,
             store,

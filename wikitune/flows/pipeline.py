@@ -16,12 +16,19 @@ from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.blocks.source import WikiSource
 from wikitune.config import load_settings, source_slug
 from wikitune.flows.build import BuildSummary, SnapshotSummary, build, snapshot
-from wikitune.flows.naming import artifact_key, counts_table, source_name
+from wikitune.flows.naming import (
+    STORED_SOURCE,
+    artifact_key,
+    counts_table,
+    name_run_after,
+    pages_table,
+    source_name,
+)
 from wikitune.flows.retrain import RetrainResult, retrain
 from wikitune.flows.runtime import finished, in_prefect_run, markdown_artifact, run_logger, step
 from wikitune.flows.sync import SyncSummary, sync
 from wikitune.mlflow import registry
-from wikitune.storage import Store
+from wikitune.storage import PageChange, Store
 from wikitune.tasks.champion import follow_champion
 
 __all__ = [
@@ -115,7 +122,11 @@ def _cycle_in_flight(source: str) -> str | None:
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
-                name=FlowRunFilterName(any_=[f"cycle-{source_slug(source)}"]),
+                # A cycle started without a source carries the stored-source name until its
+                # sync has read the store's.
+                name=FlowRunFilterName(
+                    any_=[f"cycle-{source_slug(source)}", f"cycle-{STORED_SOURCE}"]
+                ),
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=active)),
                 expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)),
                 id=FlowRunFilterId(not_any_=[flow_run.id] if flow_run.id else []),
@@ -126,12 +137,26 @@ def _cycle_in_flight(source: str) -> str | None:
 
 
 def _emit_dataset_ready(source: str, built: BuildSummary) -> None:
+    changed = built.changed_since_champion
+    # The count and the threshold as resource labels and a related resource: the event feed's
+    # card shows those, where the payload is only in the raw JSON.
     emit_event(
         event=DATASET_READY,
         resource={
             "prefect.resource.id": f"wikitune.source.{source_slug(source)}",
             "prefect.resource.name": source,
+            "wikitune.changed-pairs": str(changed),
+            "wikitune.threshold": str(built.threshold),
         },
+        related=[
+            {
+                "prefect.resource.id": f"wikitune.changed-pairs.{source_slug(source)}",
+                "prefect.resource.role": "changed-pairs",
+                "prefect.resource.name": (
+                    f"{changed} QA pairs changed since the champion (threshold {built.threshold})"
+                ),
+            }
+        ],
         payload={
             "changed_since_champion": built.changed_since_champion,
             "changed_since_last_retrain": built.changed_since_last_retrain,
@@ -172,19 +197,25 @@ def _cycle_markdown(
     summary: CycleSummary,
     synced: SyncSummary,
     built: BuildSummary,
-    since_champion: tuple[int, dict[str, int]],
+    since_champion: tuple[int, list[PageChange]],
     frozen: SnapshotSummary | None,
     ui_url: str | None,
 ) -> str:
     """The cycle artifact: what changed since the champion, what was trained, what was decided."""
     syncs, pages = since_champion
+    kinds: dict[str, int] = {}
+    for page in pages:
+        kinds[page.kind] = kinds.get(page.kind, 0) + 1
     lines = [
         f"## Cycle of `{summary.source}`: {summary.message}",
         "",
-        f"This cycle's sync ({synced.mode}) changed {synced.pages_changed} pages; the"
-        f" {syncs} syncs since the champion's snapshot changed:",
+        f"This cycle's sync ({synced.mode}) changed {synced.pages_changed} pages. The"
+        f" {syncs} syncs since the champion's snapshot changed **{len(pages)} distinct pages**"
+        " (each counted once, however often it changed):",
         "",
-        *counts_table("pages", "count", {k: v for k, v in pages.items() if v} or {"none": 0}),
+        *counts_table("change", "pages", kinds or {"none": 0}),
+        "",
+        *(pages_table(synced.api_url, pages) if pages else []),
         "",
         f"QA pairs: {built.active_pairs} active; {summary.changed_since_champion} added or changed"
         f" since the champion's snapshot (threshold {summary.threshold}); this build:"
@@ -202,7 +233,11 @@ def _cycle_markdown(
     result = summary.retrain
     promotion = result.promotion if result else None
     if result is not None:
-        url = promotion.evaluation.run_link if promotion else f"runs:/{result.run_id}"
+        url = (
+            promotion.evaluation.run_link
+            if promotion and promotion.evaluation
+            else f"runs:/{result.run_id}"
+        )
         lines += ["", f"MLflow run [{result.run_id}]({url})."]
     if promotion is not None:
         link = registry.version_link(ui_url, summary.source, promotion.version)
@@ -211,15 +246,38 @@ def _cycle_markdown(
             f"### Version [{promotion.version}]({link}): **{promotion.outcome}**; the champion is"
             f" version {promotion.champion_version or '(none)'}",
             "",
-            promotion.evaluation.decision.markdown(),
+            promotion.evaluation.decision.markdown()
+            if promotion.evaluation
+            else "The run was already this version: nothing was evaluated or registered again.",
         ]
     return "\n".join(lines)
+
+
+def _outcome_state(summary: CycleSummary, poll: bool) -> tuple[str, list[str]]:
+    """The run's state name and tags: what the runs list and dashboard show of its outcome."""
+    promotion = summary.retrain.promotion if summary.retrain else None
+    if promotion is not None and promotion.already_registered:
+        return "Unchanged", [f"v{promotion.version}"]
+    if promotion is not None:
+        name = "Promoted" if promotion.outcome == "promoted" else "Rejected"
+        return name, [name.lower(), f"v{promotion.version}"]
+    if summary.retrained:
+        return "Trained", ["trained"]
+    if poll:
+        return ("Data ready", ["data-ready"]) if summary.dataset_ready_emitted else ("Polled", [])
+    return "No retrain", ["no-retrain"]
 
 
 def _retrain_message(result: RetrainResult) -> str:
     promotion = result.promotion
     if promotion is None:
         return f"trained run {result.run_id} (not evaluated)"
+    if promotion.already_registered:
+        return (
+            f"no new version: run {result.run_id} is already version {promotion.version}"
+            f" ({promotion.outcome}); nothing changed since it was trained"
+        )
+    assert promotion.evaluation is not None
     decision = promotion.evaluation.decision
     if promotion.outcome == "promoted":
         return f"promoted v{promotion.version}: {decision.verdict()}"
@@ -261,6 +319,7 @@ def pipeline(
     settings = load_settings(home)
     home = str(settings.home)
     synced = step(sync, source=source, home=home)
+    name_run_after(synced.source)
     if retrain_when != "never":
         # The champion may have moved since the last cycle (a rollback, the MLflow UI); before
         # the first retrain there is none to follow.
@@ -268,6 +327,14 @@ def pipeline(
             if store.latest_snapshot(synced.source, trained=True) is not None:
                 follow_champion(store, settings.tracking_uri, synced.source)
     built = step(build, source=synced.source, home=home)
+    # What this cycle learns from: the syncs since the champion's snapshot, through this one.
+    with Store(settings.store_path) as store:
+        anchor = store.champion_snapshot(synced.source)
+        since_time = anchor.created_at if anchor else None
+        syncs, _ = store.sync_totals_since(synced.source, since_time)
+        pages = store.pages_changed_since(
+            synced.source, since_time, through_run=store.last_sync_run(synced.source)
+        )
     summary = CycleSummary(
         source=synced.source,
         sync_counts=synced.counts,
@@ -311,15 +378,16 @@ def pipeline(
         summary.retrained, summary.snapshot_id, summary.retrain = True, frozen.id, result
         summary.message = _retrain_message(result)
     if retrain_when != "never" or summary.dataset_ready_emitted:
-        with Store(settings.store_path) as store:
-            anchor = store.champion_snapshot(synced.source)
-            since = store.sync_totals_since(synced.source, anchor.created_at if anchor else None)
-        markdown = _cycle_markdown(summary, synced, built, since, frozen, settings.mlflow_ui_url)
+        markdown = _cycle_markdown(
+            summary, synced, built, (syncs, pages), frozen, settings.mlflow_ui_url
+        )
+        # A poll's report has its own key: the cycle card keeps the last decision in view.
         markdown_artifact(
-            key=artifact_key("cycle", synced.source),
+            key=artifact_key("poll" if retrain_when == "never" else "cycle", synced.source),
             markdown=markdown,
             description=f"{summary.source}: {summary.message}",
         )
     logger.info("%s: %s", summary.source, summary.message)
     # In a Prefect run, the message becomes the run's final state message.
-    return finished(summary, summary.message)  # type: ignore[no-any-return]
+    state_name, tags = _outcome_state(summary, poll=retrain_when == "never")
+    return finished(summary, summary.message, state_name=state_name, tags=tags)  # type: ignore[no-any-return]

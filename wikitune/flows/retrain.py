@@ -116,11 +116,33 @@ def evaluate_candidate(run_id: str, home: str | None = None) -> evaluation.Evalu
     return step(evaluate_task, run_id, str(load_settings(home).home))
 
 
+def _evaluate_and_promote(run_id: str, home: str) -> promotions.Promotion:
+    """Evaluate and promote a trained adapter, unless its run is already a decided version:
+    then that decision, with nothing evaluated or registered again."""
+    settings = load_settings(home)
+    try:
+        run = tracking.get_run(settings.tracking_uri, run_id)
+    except LookupError:
+        run = None  # the evaluation says so
+    source = run.data.tags.get(tracking.SOURCE_TAG) if run is not None else None
+    known = promotions.already_decided(settings.tracking_uri, source, run_id) if source else None
+    if known is not None:
+        run_logger().info(
+            "run %s is already version %s of %s (%s): nothing evaluated or registered",
+            run_id,
+            known.version,
+            source,
+            known.outcome,
+        )
+        return known
+    return step(promote_task, step(evaluate_task, run_id, home), home)  # type: ignore[no-any-return]
+
+
 @flow(name="promote", flow_run_name="promote-{run_id}")
 def promote_candidate(run_id: str, home: str | None = None) -> promotions.Promotion:
-    """Evaluate a trained adapter, register it, and make it champion if it wins."""
-    home = str(load_settings(home).home)
-    return step(promote_task, step(evaluate_task, run_id, home), home)
+    """Evaluate a trained adapter, register it, and make it champion if it wins (a run that
+    is already a version keeps its decision)."""
+    return _evaluate_and_promote(run_id, str(load_settings(home).home))
 
 
 def _starting_point(
@@ -131,15 +153,17 @@ def _starting_point(
     snapshot_id: str,
 ) -> tuple[str | None, str, Mapping[str, str] | None]:
     """The adapter to warm-start from (the champion's, when it was trained on this very base),
-    a sentence saying why training starts where it does, and that champion's version tags."""
+    a sentence saying why training starts where it does, and that champion's facts (its run's
+    params and its version's tags)."""
     if recipe.warm_start == "base":
         return None, "the bare base model (the recipe says warm_start: base)", None
     current = registry.champion(settings.tracking_uri, source)
     if current is None:
         return None, "the bare base model (no champion yet)", None
-    if not evaluation.same_base(current.tags, base.params()):
-        theirs = current.tags.get("base_model_spec") or current.tags.get("base_model", "?")
-        digest = current.tags.get("base_model_digest", "no recorded digest")[:23]
+    facts = registry.version_facts(settings.tracking_uri, current)
+    if not evaluation.same_base(facts, base.params()):
+        theirs = facts.get("base_model_spec") or facts.get("base_model", "?")
+        digest = facts.get("base_model_digest", "no recorded digest")[:23]
         reason = (
             f"the bare base model: champion version {current.version} was trained on"
             f" {theirs} ({digest}), not on {base.spec} ({base.digest[:23]})"
@@ -153,7 +177,7 @@ def _starting_point(
         settings.runs_dir / "champions" / snapshot_id,
     )
     reason = f"champion version {current.version} (same base, {base.digest[:23]})"
-    return adapter, reason, current.tags
+    return adapter, reason, facts
 
 
 def _prefect_run_tags() -> dict[str, str]:
@@ -311,6 +335,5 @@ def retrain(
     )
     promotion = None
     if promote:
-        home = str(settings.home)
-        promotion = step(promote_task, step(evaluate_task, result.run_id, home), home)
+        promotion = _evaluate_and_promote(result.run_id, str(settings.home))
     return RetrainResult(**result.model_dump(), promotion=promotion)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -90,14 +90,27 @@ def clocked_units() -> Iterator[dict[str, float]]:
         _unit_seconds.reset(token)
 
 
-def finished(value: Any, message: str) -> Any:
+def finished(
+    value: Any, message: str, *, state_name: str | None = None, tags: Sequence[str] = ()
+) -> Any:
     """A flow's return: in a Prefect run, a Completed state with ``message`` (the run's final
-    message in the UI) whose data is ``value``; outside one, ``value``."""
+    message in the UI) whose data is ``value``, named ``state_name`` (e.g. ``Promoted``: the
+    runs list and the dashboard show the name), with ``tags`` added to the run to filter by;
+    outside one, ``value``."""
     if not in_prefect_run():
         return value
+    from prefect.runtime import flow_run
     from prefect.states import Completed
 
-    return Completed(message=message, data=value)
+    if tags and flow_run.id:
+        from prefect import get_client
+
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(flow_run.id).tags
+            added = [tag for tag in tags if tag not in current]
+            if added:
+                client.update_flow_run(flow_run.id, tags=[*current, *added])
+    return Completed(message=message, data=value, name=state_name or "Completed")
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

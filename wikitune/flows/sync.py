@@ -11,9 +11,16 @@ from pydantic import BaseModel
 
 from wikitune.blocks.source import WikiSource
 from wikitune.config import Settings, load_settings
-from wikitune.flows.naming import artifact_key, counts_table, run_name
+from wikitune.flows.naming import (
+    PAGE_ROWS,
+    artifact_key,
+    counts_table,
+    name_run_after,
+    pages_table,
+    run_name,
+)
 from wikitune.flows.runtime import markdown_artifact, run_logger, step
-from wikitune.storage import Store
+from wikitune.storage import PageChange, Store
 from wikitune.tasks import sync as sync_tasks
 from wikitune.tasks.mediawiki import MediaWikiClient
 
@@ -32,6 +39,9 @@ class SyncSummary(BaseModel):
     cursor_timestamp: str | None
     cursor_rcid: int | None
     gap: str | None = None
+    api_url: str = ""
+    changes: list[PageChange] = []
+    """The pages changed, how, in the order applied (the first PAGE_ROWS of each kind)."""
 
     @property
     def pages_changed(self) -> int:
@@ -69,12 +79,26 @@ apply_recent_changes = task(
 )
 
 
+def _first_of_each_kind(changes: list[PageChange]) -> list[PageChange]:
+    seen: dict[str, int] = {}
+    kept = []
+    for change in changes:
+        seen[change.kind] = seen.get(change.kind, 0) + 1
+        if seen[change.kind] <= PAGE_ROWS:
+            kept.append(change)
+    return kept
+
+
 def _summary_markdown(summary: SyncSummary) -> str:
     lines = [
         f"## Sync of `{summary.source}` ({summary.mode})",
         "",
         *counts_table("change", "pages", summary.counts),
         "",
+    ]
+    if summary.changes:
+        lines += [*pages_table(summary.api_url, summary.changes, summary.pages_changed), ""]
+    lines += [
         f"Requests: {summary.requests}. Cursor: {summary.cursor_timestamp}"
         f" (rcid {summary.cursor_rcid}).",
     ]
@@ -99,6 +123,7 @@ def sync(
     settings = load_settings(home)
     with Store(settings.store_path) as store:
         wiki = resolve_source(store, source)
+        name_run_after(wiki.name)
         client = open_client(wiki, settings)
         state = store.sync_state(wiki.name)
         listing = not state.has_cursor or reconcile or state.listing_timestamp is not None
@@ -133,8 +158,10 @@ def sync(
             cursor_timestamp=state.cursor_timestamp,
             cursor_rcid=state.cursor_rcid,
             gap=gap,
+            api_url=wiki.api_url,
+            changes=_first_of_each_kind(counts.changes),
         )
-        store.record_run(wiki.name, mode, summary.counts, summary.requests)
+        store.record_run(wiki.name, mode, summary.counts, summary.requests, counts.changes)
     logger.info(
         "synced %s (%s): %s; %d requests",
         wiki.name,

@@ -33,6 +33,8 @@ __all__ = [
     "rollback",
     "set_version_tags",
     "version_adapter",
+    "version_facts",
+    "version_of_run",
 ]
 
 CHAMPION = "champion"
@@ -65,12 +67,30 @@ class LoggedModel:
 
 @dataclass(frozen=True)
 class VersionView:
+    """A version as people and code read it: its few tags, and its training run's params and
+    metrics (the numbers live on the run, where MLflow shows and compares numbers)."""
+
     version: str
     aliases: list[str]
     tags: dict[str, str]
     run_id: str | None
     created_ms: int
     description: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+def version_facts(tracking_uri: str, version: ModelVersion) -> dict[str, str]:
+    """What the code needs to know about a version: its training run's params (base model,
+    digest, method, mapping digest, delta streak...) overlaid with the version's own tags
+    (snapshot, decision, verdict, parent version)."""
+    params: dict[str, str] = {}
+    if version.run_id:
+        try:
+            params = dict(_client(tracking_uri).get_run(version.run_id).data.params)
+        except MlflowException:
+            params = {}
+    return {**params, **dict(version.tags)}
 
 
 def _client(tracking_uri: str) -> MlflowClient:
@@ -103,6 +123,12 @@ def version_adapter(tracking_uri: str, source: str, version: str, dst: Path) -> 
     """Download the adapter of version ``version`` of ``source`` into ``dst``; its directory."""
     name = registered_model_name(source)
     return download_logged_model(tracking_uri, f"models:/{name}/{version}", dst).adapter_dir
+
+
+def version_of_run(tracking_uri: str, source: str, run_id: str) -> VersionView | None:
+    """The version that already holds training run ``run_id``, if any (the oldest)."""
+    matching = [v for v in list_versions(tracking_uri, source) if v.run_id == run_id]
+    return matching[-1] if matching else None
 
 
 def register_candidate(
@@ -154,10 +180,21 @@ def describe_model(
             client.set_registered_model_tag(name, key, str(value))
 
 
-def set_version_tags(tracking_uri: str, source: str, version: str, tags: Mapping[str, Any]) -> None:
+def set_version_tags(
+    tracking_uri: str,
+    source: str,
+    version: str,
+    tags: Mapping[str, Any],
+    *,
+    description: str | None = None,
+) -> None:
+    """Set tags of a version, and its description when given."""
     client = _client(tracking_uri)
+    name = registered_model_name(source)
     for key, value in tags.items():
-        client.set_model_version_tag(registered_model_name(source), version, key, str(value))
+        client.set_model_version_tag(name, version, key, str(value))
+    if description is not None:
+        client.update_model_version(name, version, description=description)
 
 
 @contextmanager
@@ -203,8 +240,15 @@ def list_versions(tracking_uri: str, source: str) -> list[VersionView]:
     for alias, version in aliases.items():
         by_version.setdefault(str(version), []).append(alias)
     versions = client.search_model_versions(f"name = '{name}'")
-    return sorted(
-        (
+    views = []
+    for v in versions:
+        run = None
+        if v.run_id:
+            try:
+                run = client.get_run(v.run_id)
+            except MlflowException:
+                run = None
+        views.append(
             VersionView(
                 version=str(v.version),
                 aliases=sorted(by_version.get(str(v.version), [])),
@@ -212,12 +256,11 @@ def list_versions(tracking_uri: str, source: str) -> list[VersionView]:
                 run_id=v.run_id,
                 created_ms=v.creation_timestamp,
                 description=v.description or "",
+                params=dict(run.data.params) if run else {},
+                metrics=dict(run.data.metrics) if run else {},
             )
-            for v in versions
-        ),
-        key=lambda v: int(v.version),
-        reverse=True,
-    )
+        )
+    return sorted(views, key=lambda v: int(v.version), reverse=True)
 
 
 def rollback(tracking_uri: str, source: str, *, to: str | None, lock_path: Path) -> tuple[str, str]:

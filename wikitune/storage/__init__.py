@@ -3,6 +3,7 @@
 from wikitune.storage.store import (
     BuildResult,
     BuildTodo,
+    PageChange,
     PageFailure,
     QaPair,
     SnapshotRecord,
@@ -16,6 +17,7 @@ from wikitune.storage.store import (
 __all__ = [
     "BuildResult",
     "BuildTodo",
+    "PageChange",
     "PageFailure",
     "QaPair",
     "SnapshotRecord",

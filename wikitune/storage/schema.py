@@ -143,4 +143,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (snapshot_id, pair_id)
     );
     """,
+    # 6: which pages each sync changed and how, so that reports name pages and count each
+    # page once however many syncs touched it.
+    """
+    CREATE TABLE sync_run_pages (
+        run_id  BIGINT NOT NULL,            -- sync_runs.id
+        pageid  BIGINT NOT NULL,
+        title   VARCHAR NOT NULL,           -- the title the change left
+        kind    VARCHAR NOT NULL,           -- new, edited, moved, deleted, restored, ...
+        revid   BIGINT
+    );
+    """,
 ]

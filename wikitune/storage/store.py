@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
@@ -49,6 +49,17 @@ class SyncState:
     @property
     def has_cursor(self) -> bool:
         return self.cursor_timestamp is not None
+
+
+@dataclass(frozen=True)
+class PageChange:
+    """One change a sync applied to a page: its kind (new, edited, moved, deleted, restored,
+    entered_scope, left_scope), the page and the revision it now has (None when unknown)."""
+
+    kind: str
+    pageid: int
+    title: str
+    revid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -785,12 +796,50 @@ class Store:
 
     # -- runs and status -------------------------------------------------------------------
 
-    def record_run(self, source: str, mode: str, counts: dict[str, int], requests: int) -> None:
+    def record_run(
+        self,
+        source: str,
+        mode: str,
+        counts: dict[str, int],
+        requests: int,
+        changes: Sequence[PageChange] = (),
+    ) -> None:
+        """Record a finished sync: its counts, and which pages it changed and how."""
         with self.transaction():
-            self.db.execute(
-                "INSERT INTO sync_runs (source, mode, counts, requests) VALUES (?, ?, ?, ?)",
+            (run_id,) = self.db.execute(
+                """INSERT INTO sync_runs (source, mode, counts, requests) VALUES (?, ?, ?, ?)
+                   RETURNING id""",
                 [source, mode, json.dumps(counts), requests],
-            )
+            ).fetchone() or (None,)
+            if changes:
+                self.db.executemany(
+                    """INSERT INTO sync_run_pages (run_id, pageid, title, kind, revid)
+                       VALUES (?, ?, ?, ?, ?)""",
+                    [[run_id, c.pageid, c.title, c.kind, c.revid] for c in changes],
+                )
+
+    def last_sync_run(self, source: str) -> int | None:
+        """The id of the source's latest recorded sync, if any."""
+        row = self.db.execute("SELECT max(id) FROM sync_runs WHERE source = ?", [source]).fetchone()
+        return row[0] if row else None
+
+    def pages_changed_since(
+        self, source: str, since: str | None, *, through_run: int | None = None
+    ) -> list[PageChange]:
+        """The distinct pages the syncs after ``since`` (all, when None), up to sync run
+        ``through_run`` (all, when None), changed: one per page, with its latest title and
+        revision and its kinds of change joined by ``+`` (``edited+moved``), most recently
+        changed first."""
+        rows = self.db.execute(
+            """SELECT c.pageid, arg_max(c.title, r.id), max(c.revid),
+                      string_agg(DISTINCT c.kind, '+' ORDER BY c.kind), max(r.id)
+               FROM sync_run_pages c JOIN sync_runs r ON r.id = c.run_id
+               WHERE r.source = ? AND (? IS NULL OR r.finished_at > CAST(? AS TIMESTAMP))
+                 AND (? IS NULL OR r.id <= ?)
+               GROUP BY c.pageid ORDER BY max(r.id) DESC, arg_max(c.title, r.id)""",
+            [source, since, since, through_run, through_run],
+        ).fetchall()
+        return [PageChange(kind, pageid, title, revid) for pageid, title, revid, kind, _ in rows]
 
     def sync_totals_since(self, source: str, since: str | None) -> tuple[int, dict[str, int]]:
         """How many syncs ran after ``since`` (all, when None) and what they changed, summed;

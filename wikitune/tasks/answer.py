@@ -68,9 +68,10 @@ def answer_with_champion(
         tracking_uri, f"models:/{name}@{registry.CHAMPION}", workdir / str(current.version)
     )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    quantize = current.tags.get("method") == "qlora-nf4" and models.fourbit_available(device)
+    facts = registry.version_facts(tracking_uri, current)
+    quantize = facts.get("method") == "qlora-nf4" and models.fourbit_available(device)
     model, tokenizer = load_adapter(
-        current.tags["base_model"],
+        facts["base_model"],
         logged.adapter_dir,
         logged.tokenizer_dir,
         device=device,

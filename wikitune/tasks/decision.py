@@ -58,6 +58,22 @@ class Decision(BaseModel):
             return f"{self.gain_label()} {self.f1_gain:+.4f} over {self.champion_name}"
         return "; ".join(self.failed) or "no gain"
 
+    def one_line(self, outcome: str) -> str:
+        """The outcome and the numbers it turned on, in one line of markdown (a version's
+        description: one line in the registry's table, markdown on the version page)."""
+        pairs = [
+            ("fresh-fact F1", "fresh_f1"),
+            ("stable-fact exact match", "stable_exact_match"),
+            ("exact match", "exact_match"),
+            ("general loss", "general_loss"),
+        ]
+        shown = [
+            f"{label} {self.candidate[key]:.2f} vs {self.champion[key]:.2f}"
+            for label, key in pairs
+            if key in self.candidate and key in self.champion
+        ]
+        return f"**{outcome}** against {self.champion_name}: {self.verdict()}. " + ", ".join(shown)
+
     def gain_label(self) -> str:
         """What ``f1_gain`` is: ``fresh-fact F1`` or ``domain F1``."""
         return _GAIN_LABELS[self.gain_on]
@@ -126,17 +142,38 @@ def decide(
     if not wins:
         failed.append(reasons[-1])
     if candidate.stable_f1 is not None and champion.stable_f1 is not None:
+        # F1 forgives an answer that kept most of its words; a wrong value is still wrong, so
+        # exact match is guarded too. The reason names the measure that failed.
         tolerance = margins.stable_tolerance
-        kept = candidate.stable_f1 >= champion.stable_f1 - tolerance
-        reason = f"stable-fact F1 {candidate.stable_f1:.4f} vs {champion.stable_f1:.4f}"
+        measures = [("F1", candidate.stable_f1, champion.stable_f1)]
         ours_em, theirs_em = candidate.stable_exact_match, champion.stable_exact_match
         if ours_em is not None and theirs_em is not None:
-            # F1 forgives an answer that kept most of its words; a wrong value is still wrong.
-            kept = kept and ours_em >= theirs_em - tolerance
-            reason += f", exact match {ours_em:.4f} vs {theirs_em:.4f}"
-        reasons.append(f"{reason} ({'within' if kept else 'beyond'} tolerance {tolerance})")
-        failed += [] if kept else reasons[-1:]
-        wins = wins and kept
+            measures.append(("exact match", ours_em, theirs_em))
+        lost = [m for m in measures if m[1] < m[2] - tolerance]
+        held = [m for m in measures if m not in lost]
+        if lost:
+            reason = "; ".join(
+                f"stable-fact {what} fell {theirs - ours:.4f} ({ours:.4f} vs {theirs:.4f}),"
+                f" beyond tolerance {tolerance}"
+                for what, ours, theirs in lost
+            )
+            if held:
+                reason += (
+                    " ("
+                    + ", ".join(
+                        f"{what} {ours:.4f} vs {theirs:.4f} within it"
+                        for what, ours, theirs in held
+                    )
+                    + ")"
+                )
+        else:
+            reason = "stable-fact " + " and ".join(
+                f"{what} {ours:.4f} vs {theirs:.4f}" for what, ours, theirs in held
+            )
+            reason += f": within tolerance {tolerance}"
+        reasons.append(reason)
+        failed += reasons[-1:] if lost else []
+        wins = wins and not lost
     reference, against = base_general_loss, "the bare base's"
     if reference is None:
         reference, against = champion.general_loss, f"{champion.name}'s"

@@ -23,10 +23,10 @@ from wikitune.tasks.scoring import (
 __all__ = ["Evaluation", "evaluate_run", "same_base"]
 
 
-def same_base(champion_tags: Mapping[str, str], run_params: Mapping[str, str]) -> bool:
-    """Whether a champion version and a training run share their base model: the same weights'
-    digest (a version registered before digests were recorded never matches)."""
-    digest = champion_tags.get("base_model_digest")
+def same_base(champion_facts: Mapping[str, str], run_params: Mapping[str, str]) -> bool:
+    """Whether a champion version (its :func:`registry.version_facts`) and a training run share
+    their base model: the same weights' digest (none recorded never matches)."""
+    digest = champion_facts.get("base_model_digest")
     return bool(digest) and digest == run_params.get("base_model_digest")
 
 
@@ -49,6 +49,8 @@ class Evaluation(BaseModel):
     champion_version: str | None
     decision: Decision
     run_link: str
+    prefect_run_url: str = ""
+    """The Prefect flow run that trained the candidate, when one did."""
 
 
 def evaluate_run(
@@ -139,11 +141,10 @@ def evaluate_run(
             tracking_uri, f"models:/{name}/{current.version}", workdir / "champion"
         )
         champion_tokenizer = tokenizer
-        if not same_base(current.tags, params):
+        facts = registry.version_facts(tracking_uri, current)
+        if not same_base(facts, params):
             # A champion on another base answers with its own base, tokenizer and template.
-            other = models.load_base_model(
-                current.tags["base_model"], device=device, quantize=quantize
-            )
+            other = models.load_base_model(facts["base_model"], device=device, quantize=quantize)
             champion_model = PeftModel.from_pretrained(other, held.adapter_dir)
             champion_tokenizer = models.load_tokenizer(held.tokenizer_dir)
         else:
@@ -170,6 +171,7 @@ def evaluate_run(
         champion_version=str(current.version) if current else None,
         decision=decision,
         run_link=tracking.run_link(ui_url, run),
+        prefect_run_url=tags.get("prefect.flow_run_url", ""),
     )
     tracking.log_evaluation(
         tracking_uri,

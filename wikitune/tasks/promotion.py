@@ -10,16 +10,42 @@ from pydantic import BaseModel
 
 from wikitune.tasks.evaluate import Evaluation
 
-__all__ = ["Promotion", "model_description", "promote"]
+__all__ = ["Promotion", "already_decided", "model_description", "promote"]
 
 
 class Promotion(BaseModel):
-    """What the registry now says about a candidate."""
+    """What the registry now says about a candidate (the run ``run_id`` of ``source``)."""
 
-    evaluation: Evaluation
+    source: str
+    run_id: str
+    evaluation: Evaluation | None
+    """None when the run was already a decided version: nothing was evaluated again."""
     version: str
     outcome: str  # promoted, rejected or lost-race
     champion_version: str | None
+    already_registered: bool = False
+    """The run was a version before this promotion, which changed nothing."""
+
+
+def already_decided(tracking_uri: str, source: str, run_id: str) -> Promotion | None:
+    """The registry's decision on training run ``run_id`` when it is already a decided
+    version (a cycle queued behind the one that trained it, on the same snapshot and recipe,
+    got the same run back): one run, one version, one evaluation. None when it is not."""
+    from wikitune.mlflow import registry
+
+    known = registry.version_of_run(tracking_uri, source, run_id)
+    if known is None or known.tags.get("decision", "pending") == "pending":
+        return None
+    current = registry.champion(tracking_uri, source)
+    return Promotion(
+        source=source,
+        run_id=run_id,
+        evaluation=None,
+        version=known.version,
+        outcome=known.tags["decision"],
+        champion_version=str(current.version) if current else None,
+        already_registered=True,
+    )
 
 
 def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Promotion:
@@ -33,27 +59,17 @@ def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Pr
         evaluation.source,
         run_id=evaluation.run_id,
         model_uri=evaluation.model_uri,
+        # A handful of tags a person reads in the versions table; the numbers are the
+        # training run's metrics, the table its evaluation.md, what code needs its params.
         tags={
-            "snapshot_id": evaluation.snapshot_id,
-            "snapshot_digest": evaluation.snapshot_digest,
-            "base_model": evaluation.base_model,
-            "base_model_spec": evaluation.base_model_spec,
-            "base_model_digest": evaluation.base_model_digest,
-            "method": evaluation.method,
-            "training_scope": evaluation.training_scope,
-            "delta_streak": evaluation.delta_streak,
-            "mapping_digest": evaluation.mapping_digest,
-            "parent_version": evaluation.champion_version or "base",
-            "compared_against": decision.champion_name,
-            "f1_gain": f"{decision.f1_gain:.4f}",
-            "f1_gain_on": f"{decision.gain_on} ({decision.gain_questions} questions)",
-            "f1_gain_ci": f"[{decision.ci_low:.4f}, {decision.ci_high:.4f}]",
-            # Both models on the same questions, so versions compare across snapshots.
-            **{f"candidate_{k}": f"{v:.4f}" for k, v in decision.candidate.items()},
-            **{f"champion_{k}": f"{v:.4f}" for k, v in decision.champion.items()},
             "decision": "pending",
+            "snapshot_id": evaluation.snapshot_id,
+            "base": evaluation.base_model_spec or evaluation.base_model,
+            "training_scope": evaluation.training_scope,
+            "parent_version": evaluation.champion_version or "base",
+            "prefect_run": evaluation.prefect_run_url or None,
         },
-        description=decision.markdown(),
+        description=f"being decided against {decision.champion_name}",
     )
     outcome = "rejected"
     if decision.promote:
@@ -65,17 +81,23 @@ def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Pr
             lock_path=lock_path,
         )
         outcome = "promoted" if moved else "lost-race"
+    trained_by = (
+        f" [Prefect run]({evaluation.prefect_run_url})." if evaluation.prefect_run_url else ""
+    )
     registry.set_version_tags(
         tracking_uri,
         evaluation.source,
         version,
         {"decision": outcome, "verdict": decision.verdict()},
+        description=decision.one_line(outcome) + "." + trained_by,
     )
     tracking.name_run(
         tracking_uri, evaluation.run_id, f"v{version}-{outcome}-{evaluation.snapshot_id}"
     )
     current = registry.champion(tracking_uri, evaluation.source)
     promotion = Promotion(
+        source=evaluation.source,
+        run_id=evaluation.run_id,
         evaluation=evaluation,
         version=version,
         outcome=outcome,
@@ -99,6 +121,7 @@ def model_description(promotion: Promotion, champion_tags: Mapping[str, str]) ->
     """The registered model's description: who is champion and why, and the latest decision
     (the models list shows the latest version first, which may be a rejected one)."""
     evaluation = promotion.evaluation
+    assert evaluation is not None, "only a promotion that evaluated describes the model"
     decision = evaluation.decision
     lines = [
         f"LoRA adapters of {evaluation.base_model_spec or evaluation.base_model} trained by"

@@ -12,11 +12,11 @@ import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 
 from wikitune.blocks.source import WikiSource
-from wikitune.storage import PageFailure, Store, StoredPage, SyncBatch, SyncState
+from wikitune.storage import PageChange, PageFailure, Store, StoredPage, SyncBatch, SyncState
 from wikitune.tasks.mediawiki import (
     BATCH_SIZE,
     MediaWikiClient,
@@ -52,7 +52,8 @@ SEEN_MARGIN = timedelta(days=1)
 
 @dataclass
 class SyncCounts:
-    """What a sync changed in the store, page by page."""
+    """What a sync changed in the store, page by page: counts by kind of change, and which
+    pages (``changes``: one per page and kind, in the order they were applied)."""
 
     new: int = 0
     edited: int = 0
@@ -62,18 +63,25 @@ class SyncCounts:
     entered_scope: int = 0
     left_scope: int = 0
     failed: int = 0
+    changes: list[PageChange] = field(default_factory=list)
 
     def __iadd__(self, other: SyncCounts) -> SyncCounts:
-        for name, value in asdict(other).items():
+        for name, value in other.as_dict().items():
             setattr(self, name, getattr(self, name) + value)
+        self.changes += other.changes
         return self
 
+    def note(self, kind: str, page: StoredPage) -> None:
+        """Count a change of ``kind`` (a counter's name) to ``page``."""
+        setattr(self, kind, getattr(self, kind) + 1)
+        self.changes.append(PageChange(kind, page.pageid, page.title, page.revid))
+
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "changes"}
 
     @property
     def changed(self) -> int:
-        return sum(v for k, v in asdict(self).items() if k != "failed")
+        return sum(v for k, v in self.as_dict().items() if k != "failed")
 
 
 def _shift(timestamp: str, delta: timedelta) -> str:
@@ -166,25 +174,20 @@ def _classify(
 ) -> None:
     if after.in_scope:
         if before is None:
-            if created is None or after.pageid in created:
-                counts.new += 1
-            else:
-                counts.entered_scope += 1
+            new = created is None or after.pageid in created
+            counts.note("new" if new else "entered_scope", after)
         elif before.deleted:
-            counts.restored += 1
+            counts.note("restored", after)
         elif not before.in_scope:
-            counts.entered_scope += 1
+            counts.note("entered_scope", after)
         else:
             if before.title != after.title:
-                counts.moved += 1
+                counts.note("moved", after)
             # A move writes a null revision: same content hash, so it is not an edit.
             if after.sha1 is not None and before.sha1 != after.sha1:
-                counts.edited += 1
+                counts.note("edited", after)
     elif before is not None and before.in_scope:
-        if after.deleted:
-            counts.deleted += 1
-        else:
-            counts.left_scope += 1
+        counts.note("deleted" if after.deleted else "left_scope", after)
 
 
 def refresh_pages(
