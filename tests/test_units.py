@@ -113,3 +113,20 @@ def test_a_source_has_one_slug_in_prefect_and_mlflow() -> None:
     assert experiment_name(name) == registered_model_name(name) == "wikitune-" + source_slug(name)
     # Names without a Latin letter or digit still get a stable, distinct slug.
     assert source_slug("维基") != source_slug("百科") and source_slug("维基").startswith("source-")
+
+
+def test_workers_leave_out_the_queued_run_notices_only() -> None:
+    """`python -m wikitune.worker` drops the line a worker logs on every poll about a run queued
+    behind a concurrency limit, and nothing else."""
+    import logging
+
+    from wikitune.worker import NotNews
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("prefect.flow_runs.worker", logging.INFO, "", 0, message, (), None)
+
+    queued = "Aborted submission of flow run 'x': Server returned a non-pending state 'SCHEDULED'"
+    aborted = "Aborted submission of flow run 'x'. Server sent an abort signal: cancelled"
+    assert not NotNews().filter(record(queued))
+    assert NotNews().filter(record(aborted))
+    assert NotNews().filter(record("Worker 'wikitune-gpu' submitting flow run 'x'"))

@@ -167,7 +167,8 @@ def start(
         (
             f"worker-{pool}",
             [
-                *(_script("prefect"), "worker", "start", "--pool", pool, "--type", "process"),
+                *(sys.executable, "-m", "wikitune.worker", "start", "--pool", pool),
+                *("--type", "process"),
                 *("--name", f"wikitune-{pool}-{os.uname().nodename}"),
             ],
             None,
@@ -182,7 +183,9 @@ def start(
                 # and a terminal's Ctrl-C does not reach it.
                 process = subprocess.Popen(
                     command,
-                    env={**os.environ, **env},
+                    # The flow runs the workers start: libraries' notices about their next
+                    # releases are not news to the person reading a run's logs.
+                    env={**os.environ, **env, "PYTHONWARNINGS": "ignore::FutureWarning"},
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
