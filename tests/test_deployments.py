@@ -260,7 +260,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
         "prefect_run",
     }
     assert tags["prefect_run"].endswith(f"/runs/flow-run/{gpu_run['id']}")
-    assert version["description"].startswith("**promoted** against base: fresh-fact F1 +")
+    assert version["description"].startswith("Promoted: fresh-fact F1 +")
     assert "\n" not in version["description"]
     champion = _mlflow_get(
         services["mlflow"], "registered-models/alias", name=model, alias="champion"
@@ -275,7 +275,10 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert "**promote**" in evaluation["description"]
     assert f"{services['mlflow']}/#/experiments/" in evaluation["description"]
     promotion = latest_artifact(f"promotion-{SOURCE}")
-    version_page = f"{services['mlflow']}/#/models/{model}/versions/{version['version']}"
+    version_page = (
+        f"{services['mlflow']}/#/models/{model}/versions/{version['version']}"
+        "?workflowType=machine_learning"
+    )
     assert f"[{version['version']}]({version_page})" in promotion["data"]
     assert "**promoted**" in promotion["data"]
     snapshot_artifact = latest_artifact(f"snapshot-{SOURCE}")
@@ -328,15 +331,44 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start, f"gpu runs overlap: {spans}"
 
+    # A candidate that lost: one training step leaves it near the bare base, and it is rejected
+    # (the burst during the first cycle is still new to the champion). The runs list says so.
+    lost_id = api.run_deployment(
+        "pipeline/retrain",
+        retrain_when="always",
+        recipe={**TEST_RECIPE, "max_steps": 1, "eval_steps": 1},
+    )
+    lost = _wait_for("the losing cycle", lambda: api.finished(lost_id), timeout=900)
+    assert lost["state_type"] == "COMPLETED", lost["state"]
+    assert lost["state"]["name"] == "Rejected", lost["state"]
+    assert lost["state"]["message"].startswith("rejected v2: ")
+    assert {"rejected", "v2"} <= set(lost["tags"])
+    assert (
+        _mlflow_get(services["mlflow"], "registered-models/alias", name=model, alias="champion")[
+            "model_version"
+        ]["version"]
+        == version["version"]
+    )
+
     # The UIs, in a real browser; what they show exists in each server's API.
     screens = tmp_path / "screens"
     screens.mkdir()
+    # The runs list shows which cycles promoted and which were rejected, unopened.
+    runs_list = _chromium(f"{services['prefect_ui']}/runs", screens / "prefect-runs.png")
+    assert "Promoted" in runs_list and "Rejected" in runs_list
+    assert f"cycle-{SOURCE}" in runs_list and "stored-source" not in runs_list
     deployments_dom = _chromium(f"{services['prefect_ui']}/deployments", screens / "prefect.png")
     for name in ("sync-every-15-minutes", "retrain", "gpu"):
         assert name in deployments_dom
-    model_dom = _chromium(f"{services['mlflow']}/#/models/{model}", screens / "mlflow.png")
+    model_dom = _chromium(
+        f"{services['mlflow']}/#/models/{model}?workflowType=machine_learning",
+        screens / "mlflow.png",
+    )
     assert model in model_dom
     assert "Champion: version 1" in model_dom  # the model's description
+    # The versions table: each version's outcome in one line, no raw markdown table.
+    assert "Promoted: fresh-fact F1 +" in model_dom and "Rejected: fresh-fact F1" in model_dom
+    assert "| metric |" not in model_dom and "champion_f1" not in model_dom
     # The cycle run's page shows its outcome; its artifact, the decision.
     cycle_dom = _chromium(
         f"{services['prefect_ui']}/runs/flow-run/{cycle['id']}", screens / "cycle.png"

@@ -87,7 +87,7 @@ def test_promote_reject_rollback_and_ask(
     assert after["champion_snapshot"] == world["snapshot"].id
     assert after["changed_since_champion"] == 0
     # One line in the versions table, markdown on the version page: outcome, verdict, numbers.
-    assert version.description.startswith("**promoted** against base: fresh-fact F1 +")
+    assert version.description.startswith("Promoted: fresh-fact F1 +")
     assert "\n" not in version.description and "exact match" in version.description
     run = client.get_run(first)
     assert run.data.metrics["candidate_f1"] > run.data.metrics["champion_f1"] + 0.1

@@ -377,7 +377,9 @@ def pipeline(
             follow_champion(store, settings.tracking_uri, synced.source)
         summary.retrained, summary.snapshot_id, summary.retrain = True, frozen.id, result
         summary.message = _retrain_message(result)
-    if retrain_when != "never" or summary.dataset_ready_emitted:
+    # A poll reports when it found changes (and what became of them: not due, a cycle in
+    # flight, the event); one that found nothing leaves the last report in view.
+    if retrain_when != "never" or summary.dataset_ready_emitted or synced.pages_changed:
         markdown = _cycle_markdown(
             summary, synced, built, (syncs, pages), frozen, settings.mlflow_ui_url
         )

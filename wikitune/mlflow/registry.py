@@ -54,7 +54,7 @@ def version_link(ui_url: str | None, source: str, version: str) -> str:
     name = registered_model_name(source)
     if not ui_url:
         return f"models:/{name}/{version}"
-    return f"{ui_url.rstrip('/')}/#/models/{name}/versions/{version}"
+    return f"{ui_url.rstrip('/')}/#/models/{name}/versions/{version}{tracking.MODEL_TRAINING_VIEW}"
 
 
 @dataclass(frozen=True)

@@ -72,9 +72,13 @@ def metric_key(name: str) -> str:
     return name if name in OWN_METRICS else f"trainer/{name}"
 
 
+MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
+"""Appended to an MLflow UI link: open it in the model-training view, not the GenAI one."""
+
+
 def experiment_url(ui_url: str, experiment_id: str) -> str:
     """The experiment's runs table in the MLflow UI's model-training view."""
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs{MODEL_TRAINING_VIEW}"
 
 
 def ensure_experiment(tracking_uri: str, source: str, artifact_root: Path | None = None) -> str:
@@ -254,4 +258,5 @@ def run_link(ui_url: str | None, run: Run) -> str:
     """The run's page in the MLflow UI when its URL is known, else ``runs:/<id>``."""
     if not ui_url:
         return f"runs:/{run.info.run_id}"
-    return f"{ui_url.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    experiment, run_id = run.info.experiment_id, run.info.run_id
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}{MODEL_TRAINING_VIEW}"

@@ -59,8 +59,9 @@ class Decision(BaseModel):
         return "; ".join(self.failed) or "no gain"
 
     def one_line(self, outcome: str) -> str:
-        """The outcome and the numbers it turned on, in one line of markdown (a version's
-        description: one line in the registry's table, markdown on the version page)."""
+        """The outcome and the numbers it turned on, in one line (a version's description: the
+        registry's versions table shows its first thirty characters, so they say the outcome
+        and the verdict; the version page shows it all)."""
         pairs = [
             ("fresh-fact F1", "fresh_f1"),
             ("stable-fact exact match", "stable_exact_match"),
@@ -72,7 +73,11 @@ class Decision(BaseModel):
             for label, key in pairs
             if key in self.candidate and key in self.champion
         ]
-        return f"**{outcome}** against {self.champion_name}: {self.verdict()}. " + ", ".join(shown)
+        against = "" if self.promote else f" (against {self.champion_name})"
+        return (
+            f"{outcome.capitalize()}: {self.verdict()}{against}. Candidate vs"
+            f" {self.champion_name}: " + ", ".join(shown)
+        )
 
     def gain_label(self) -> str:
         """What ``f1_gain`` is: ``fresh-fact F1`` or ``domain F1``."""
