@@ -1151,28 +1151,33 @@ def up(
         recipe,
         block_later=source_block is not None,
     )
+    deployed: list[Any] = []
+
+    def deploy_before_workers(record: services.Services) -> None:
+        nonlocal source
+        with temporary_settings({PREFECT_API_URL: record.prefect_api_url}):
+            if source_block:
+                from wikitune.blocks.source import WikiSource
+
+                source = WikiSource.load(source_block)
+            deployed.append(apply(source, plan))
+
     try:
         record = services.start(
             settings,
             prefect_port=prefect_port,
             mlflow_port=mlflow_port,
             pools=("cpu", "gpu") if gpu_worker else ("cpu",),
+            before_workers=deploy_before_workers,
         )
     except services.ServicesError as error:
         raise _fail(str(error)) from None
+    except Exception as error:  # start() stopped what it started
+        raise _fail(f"deploy failed, services stopped: {error}") from None
+    (applied,) = deployed
     console.print(
         f"started: {', '.join(s.name for s in record.services)} (logs in {settings.home / 'logs'})"
     )
-    try:
-        with temporary_settings({PREFECT_API_URL: record.prefect_api_url}):
-            if source_block:
-                from wikitune.blocks.source import WikiSource
-
-                source = WikiSource.load(source_block)
-            applied = apply(source, plan)
-    except Exception as error:
-        services.stop(settings)
-        raise _fail(f"deploy failed, services stopped: {error}") from None
     _print_applied(applied, record.prefect_ui_url)
     console.print(f"retrains train {plan.base_model} with {plan.recipe_origin}")
     console.print(f"Prefect UI: {record.prefect_ui_url}")

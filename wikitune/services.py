@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -113,8 +114,12 @@ def start(
     mlflow_port: int = 5000,
     pools: tuple[str, ...] = ("cpu", "gpu"),
     timeout: float = 180,
+    before_workers: Callable[[Services], None] | None = None,
 ) -> Services:
-    """Start the servers and the workers; stop what was started if any of them fails."""
+    """Start the servers, call ``before_workers`` (``up`` deploys there: the work pools must
+    exist before a worker starts, or the worker creates its pool while the deployment does
+    and the server's SQLite database reports "database is locked"), then start the workers;
+    stop what was started if any of it fails."""
     if running(settings) is not None:
         raise ServicesError(f"services are already up for {settings.home}: run `wikitune down`")
     logs = settings.home / "logs"
@@ -177,6 +182,9 @@ def start(
     ]
     try:
         for name, command, health in commands:
+            if name.startswith("worker-") and before_workers is not None:
+                before_workers(record)
+                before_workers = None
             service = Service(name=name, pid=0, log=str(logs / f"{name}.log"), url=health)
             with open(service.log, "ab") as log:
                 # A session of its own: `down` stops the service and its children as a group,
