@@ -1,7 +1,7 @@
 """Training the packaged SmolLM2-135M-Instruct on this machine: real (non-padding) tokens per
-second and peak resident memory of plain LoRA in fp32 against QLoRA with a 4-bit NF4 base, each
-in a process of its own, in one run; with ``--demo``, also the seconds each phase of the demo's
-two cycles takes.
+second and peak resident memory of plain LoRA in fp32, plain LoRA under bf16 autocast, and
+QLoRA with a 4-bit NF4 base, each in a process of its own, in one run, with the CPU's bf16
+flags; with ``--demo``, also the seconds each phase of the demo's two cycles takes.
 
     .venv/bin/python benchmarks/smollm2_bench.py [--pages 40] [--steps 12] [--demo]
 
@@ -29,11 +29,12 @@ from wikitune.tasks import basemodel, chat
 from wikitune.tasks import model as models
 from wikitune.tasks import train as training
 
-METHODS = ("lora", "qlora-nf4")
+ARMS = {"lora": ("lora", "fp32"), "lora-bf16": ("lora", "bf16"), "qlora-nf4": ("qlora-nf4", "fp32")}
 
 
-def child(method: str, base: str, snapshot: str, steps: int, out: Path) -> None:
-    """Train ``steps`` steps with ``method``; write real tokens per second to ``out``."""
+def child(arm: str, base: str, snapshot: str, steps: int, out: Path) -> None:
+    """Train ``steps`` steps of ``arm``; write real tokens per second to ``out``."""
+    method, precision = ARMS[arm]
     recipe = TrainingRecipe.from_file("smollm2-135m-cpu").model_copy(
         update={"max_steps": steps, "logging_steps": steps}
     )
@@ -51,6 +52,7 @@ def child(method: str, base: str, snapshot: str, steps: int, out: Path) -> None:
         train_dataset=rows,
         eval_datasets={},
         callbacks=[],
+        precision=precision,  # type: ignore[arg-type]
     )
     real = 0
     for step, batch in enumerate(trainer.get_train_dataloader()):
@@ -58,26 +60,27 @@ def child(method: str, base: str, snapshot: str, steps: int, out: Path) -> None:
             break
         real += batch["input_ids"].numel()  # padding-free: every token is real
     started = time.perf_counter()
-    trainer.train()
+    output_loss = trainer.train().training_loss
     seconds = time.perf_counter() - started
-    out.write_text(json.dumps({"real_tokens": real, "seconds": seconds}))
+    out.write_text(json.dumps({"real_tokens": real, "seconds": seconds, "loss": output_loss}))
 
 
-def measure(method: str, base: str, snapshot: str, steps: int, tmp: Path) -> dict[str, Any]:
+def measure(arm: str, base: str, snapshot: str, steps: int, tmp: Path) -> dict[str, Any]:
     """Run ``child`` in a process of its own; its result and peak resident memory."""
-    out = tmp / f"{method}.json"
+    out = tmp / f"{arm}.json"
     process = subprocess.Popen(
-        [sys.executable, __file__, "--child", method, base, snapshot, str(steps), str(out)],
+        [sys.executable, __file__, "--child", arm, base, snapshot, str(steps), str(out)],
         env={**os.environ, "TQDM_DISABLE": "1"},
     )
     _, status, usage = os.wait4(process.pid, 0)
     if status:
-        raise SystemExit(f"{method} failed with status {status}")
+        raise SystemExit(f"{arm} failed with status {status}")
     result = json.loads(out.read_text())
     return {
         "tokens_per_s": result["real_tokens"] / result["seconds"],
         "peak_rss_gb": usage.ru_maxrss / 1024**2,  # KiB on Linux
         "seconds": result["seconds"],
+        "loss": result["loss"],
     }
 
 
@@ -105,19 +108,22 @@ def main() -> None:
         tmp = Path(tmp_dir)
         snapshot = make_data(tmp, args.pages)
         print(f"SmolLM2-135M-Instruct ({base.digest[:23]}), {args.steps} steps of the CPU recipe")
-        results = {
-            method: measure(method, base.path, snapshot, args.steps, tmp) for method in METHODS
-        }
-        print(f"{'method':<12}{'real tokens/s':>15}{'peak RSS GB':>13}{'train s':>10}")
-        for method, r in results.items():
+        print(f"CPU: {models.resolve_precision('auto', 'cpu')[1]}")
+        results = {arm: measure(arm, base.path, snapshot, args.steps, tmp) for arm in ARMS}
+        header = f"{'arm':<12}{'real tokens/s':>15}{'peak RSS GB':>13}{'train s':>10}{'loss':>8}"
+        print(header)
+        for arm, r in results.items():
             print(
-                f"{method:<12}{r['tokens_per_s']:>15.1f}{r['peak_rss_gb']:>13.2f}{r['seconds']:>10.1f}"
+                f"{arm:<12}{r['tokens_per_s']:>15.1f}{r['peak_rss_gb']:>13.2f}"
+                f"{r['seconds']:>10.1f}{r['loss']:>8.4f}"
             )
-        lora, qlora = results["lora"], results["qlora-nf4"]
-        print(
-            f"ratio qlora-nf4/lora: throughput {qlora['tokens_per_s'] / lora['tokens_per_s']:.2f}x,"
-            f" peak memory {qlora['peak_rss_gb'] / lora['peak_rss_gb']:.2f}x"
-        )
+        lora = results["lora"]
+        for arm in ("lora-bf16", "qlora-nf4"):
+            other = results[arm]
+            print(
+                f"ratio {arm}/lora: throughput {other['tokens_per_s'] / lora['tokens_per_s']:.2f}x,"
+                f" peak memory {other['peak_rss_gb'] / lora['peak_rss_gb']:.2f}x"
+            )
         if args.demo:
             phases = demo_phases(tmp)
             names = ("sync", "build", "snapshot", "train", "evaluate", "promote", "total")

@@ -185,6 +185,41 @@ def test_plain_lora_when_4bit_is_unavailable(
         )
 
 
+def test_bf16_where_the_cpu_has_it_and_fp32_elsewhere(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`precision: auto` picks bf16 only on CPUs with AVX512-BF16 or AMX and says why; a forced
+    bf16 run trains under autocast, records it, and keeps the adapter's weights in fp32."""
+    monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx512f", "avx512bw"})
+    precision, why = models.resolve_precision("auto", "cpu")
+    assert precision == "fp32" and "neither AVX512-BF16 nor AMX" in why
+    monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert models.resolve_precision("auto", "cpu")[0] == (
+        "bf16" if torch_has_bf16_kernels() else "fp32"
+    )
+    assert models.resolve_precision("fp32", "cpu")[0] == "fp32"
+    monkeypatch.undo()
+
+    recipe = TrainingRecipe(
+        **{**TEST_RECIPE, "quantization": "none", "precision": "bf16", "max_steps": 4}
+    )
+    result = _train_on_world(world, tmp_path, recipe)
+    run = mlflow_client(tmp_path).get_run(result.run_id)
+    assert run.data.params["compute_precision"] == "bf16"
+    assert run.data.params["precision"] == "bf16"  # the recipe's setting, beside what ran
+    assert run.data.tags["wikitune.precision_reason"].startswith("bf16: the recipe says")
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(result.adapter_dir) / "adapter_model.safetensors"))
+    assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
+
+
+def torch_has_bf16_kernels() -> bool:
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def test_self_distilled_general_rows_train_on_the_bases_own_answers(
     world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

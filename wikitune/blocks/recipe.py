@@ -44,6 +44,12 @@ class TrainingRecipe(Block):
         description="auto: 4-bit NF4 (QLoRA) where bitsandbytes runs on the device, else LoRA;"
         " nf4: require 4-bit; none: plain LoRA.",
     )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="Compute precision. auto: bf16 where the device runs it fast (CUDA with"
+        " bf16, or a CPU with AVX512-BF16 or AMX), fp32 elsewhere (on CUDA without bf16: fp16);"
+        " bf16 or fp32 force it. The adapter's master weights stay fp32 on CPU either way.",
+    )
     lora_r: int = Field(default=16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(default=32, ge=1, description="LoRA alpha (scale = alpha / r).")
     lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout.")

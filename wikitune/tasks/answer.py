@@ -77,7 +77,10 @@ def answer_with_champion(
         device=device,
         quantize=quantize,
     )
-    (answer,) = ask(
-        model, tokenizer, [question], system_prompt=system_prompt, max_new_tokens=max_new_tokens
-    )
+    # The precision the evaluation answered in, so that `ask` answers as it did.
+    precision, _ = models.resolve_precision(facts.get("precision", "fp32"), device)
+    with models.computing_in(precision, device):
+        (answer,) = ask(
+            model, tokenizer, [question], system_prompt=system_prompt, max_new_tokens=max_new_tokens
+        )
     return answer

@@ -3,6 +3,7 @@ one process, decide (``tasks/decision``), and add the numbers to the candidate's
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -21,6 +22,8 @@ from wikitune.tasks.scoring import (
 )
 
 __all__ = ["Evaluation", "evaluate_run", "same_base"]
+
+log = logging.getLogger(__name__)
 
 
 def same_base(champion_facts: Mapping[str, str], run_params: Mapping[str, str]) -> bool:
@@ -89,69 +92,79 @@ def evaluate_run(
     model = PeftModel.from_pretrained(base, candidate.adapter_dir, adapter_name="candidate")
     general = list(data.splits.get("general_eval") or [])
     probes = list(data.splits.get("general_probe") or [])  # none in older snapshots
+    # Both models answer in the precision the candidate trained in, where this device runs it;
+    # the bare base's cached answers and loss are kept apart per precision.
+    precision, why = models.resolve_precision(params.get("precision", "fp32"), device)
+    log.info("evaluating %s, computing in %s", run_id, why)
     base_digest = params.get("base_model_digest", "")
-    base_answers = None
-    if probes:
-        with model.disable_adapter():
-            base_answers = basecache.base_answers(
-                workdir.parent / "base-probe-answers",
-                base_digest,
-                tokenizer,
-                [row["messages"] for row in probes],
-                max_new_tokens=PROBE_TOKENS,
-                generate=lambda prompts: probe_answers(
-                    "base", model, tokenizer, prompts, batch_size=batch_size
-                ),
-            )
-    # Both models answer the same questions with the same settings.
-    eval_rows = list(data.splits["eval"])
-    score = partial(
-        score_model,
-        eval_rows=eval_rows,
-        general_rows=general,
-        probe_rows=probes,
-        base_probe_answers=base_answers,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-    )
-    candidate_scores = score("candidate", model, tokenizer)
-    if current is None:
-        with model.disable_adapter():
-            champion_scores = score("base", model, tokenizer)
-        base_general_loss = champion_scores.general_loss
-    else:
-        base_general_loss = None
-        if general:
+    cache_key = base_digest if precision == "fp32" else f"{base_digest}+{precision}"
+    with models.computing_in(precision, device):
+        base_answers = None
+        if probes:
             with model.disable_adapter():
-                base_general_loss = basecache.once_per_base(
-                    workdir.parent / "base-general-loss",
-                    base_digest,
+                base_answers = basecache.base_answers(
+                    workdir.parent / "base-probe-answers",
+                    cache_key,
                     tokenizer,
-                    general,
-                    lambda: assistant_loss(
-                        model,
-                        tokenizer,
-                        [row["messages"] for row in general],
-                        batch_size=batch_size,
-                        description="base: general loss",
+                    [row["messages"] for row in probes],
+                    max_new_tokens=PROBE_TOKENS,
+                    generate=lambda prompts: probe_answers(
+                        "base", model, tokenizer, prompts, batch_size=batch_size
                     ),
                 )
-        name = registry.registered_model_name(source)
-        held = registry.download_logged_model(
-            tracking_uri, f"models:/{name}/{current.version}", workdir / "champion"
+        # Both models answer the same questions with the same settings.
+        eval_rows = list(data.splits["eval"])
+        score = partial(
+            score_model,
+            eval_rows=eval_rows,
+            general_rows=general,
+            probe_rows=probes,
+            base_probe_answers=base_answers,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
         )
-        champion_tokenizer = tokenizer
-        facts = registry.version_facts(tracking_uri, current)
-        if not same_base(facts, params):
-            # A champion on another base answers with its own base, tokenizer and template.
-            other = models.load_base_model(facts["base_model"], device=device, quantize=quantize)
-            champion_model = PeftModel.from_pretrained(other, held.adapter_dir)
-            champion_tokenizer = models.load_tokenizer(held.tokenizer_dir)
+        candidate_scores = score("candidate", model, tokenizer)
+        if current is None:
+            with model.disable_adapter():
+                champion_scores = score("base", model, tokenizer)
+            base_general_loss = champion_scores.general_loss
         else:
-            model.load_adapter(held.adapter_dir, adapter_name="champion")
-            model.set_adapter("champion")
-            champion_model = model
-        champion_scores = score(f"version {current.version}", champion_model, champion_tokenizer)
+            base_general_loss = None
+            if general:
+                with model.disable_adapter():
+                    base_general_loss = basecache.once_per_base(
+                        workdir.parent / "base-general-loss",
+                        cache_key,
+                        tokenizer,
+                        general,
+                        lambda: assistant_loss(
+                            model,
+                            tokenizer,
+                            [row["messages"] for row in general],
+                            batch_size=batch_size,
+                            description="base: general loss",
+                        ),
+                    )
+            name = registry.registered_model_name(source)
+            held = registry.download_logged_model(
+                tracking_uri, f"models:/{name}/{current.version}", workdir / "champion"
+            )
+            champion_tokenizer = tokenizer
+            facts = registry.version_facts(tracking_uri, current)
+            if not same_base(facts, params):
+                # A champion on another base answers with its own base, tokenizer and template.
+                other = models.load_base_model(
+                    facts["base_model"], device=device, quantize=quantize
+                )
+                champion_model = PeftModel.from_pretrained(other, held.adapter_dir)
+                champion_tokenizer = models.load_tokenizer(held.tokenizer_dir)
+            else:
+                model.load_adapter(held.adapter_dir, adapter_name="champion")
+                model.set_adapter("champion")
+                champion_model = model
+            champion_scores = score(
+                f"version {current.version}", champion_model, champion_tokenizer
+            )
     decision = decide(
         candidate_scores, champion_scores, margins, base_general_loss=base_general_loss
     )

@@ -324,6 +324,7 @@ def make_trainer(
     eval_datasets: dict[str, Dataset],
     callbacks: list[TrainerCallback],
     batching: Literal["packed", "padded"] = "packed",
+    precision: models.Precision = "fp32",
 ) -> Any:
     """TRL's SFTTrainer for ``recipe`` on ``device`` on rows tokenized by ``chat.tokenize_rows``
     (their labels say which tokens carry loss), packed without padding ("padded" pads every row
@@ -334,7 +335,7 @@ def make_trainer(
     trainer_class = SFTTrainer if device == "cuda" else _answer_positions_trainer()
     trainer = trainer_class(
         model=model,
-        args=_sft_config(recipe, device, output_dir, eval_datasets, batching),
+        args=_sft_config(recipe, device, output_dir, eval_datasets, batching, precision),
         train_dataset=train_dataset,
         eval_dataset=eval_datasets or None,
         processing_class=tokenizer,
@@ -342,7 +343,7 @@ def make_trainer(
     )
     trainer.remove_callback(PrinterCallback)  # our callback logs instead of printing dicts
     if device == "cpu":
-        # TRL casts trainable weights of quantized models to bf16, which this CPU runs slowly.
+        # TRL casts trainable weights of quantized models to bf16: keep fp32 master weights.
         for parameter in trainer.model.parameters():
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
@@ -369,7 +370,10 @@ def _answer_positions_trainer() -> type:
         ) -> Any:
             inputs = dict(inputs)
             labels = inputs.pop("labels")
-            total, positions = models.answer_loss_sum(model, inputs, labels)
+            # The backbone is called directly, past the forward that accelerate wraps in its
+            # bf16 autocast: enter it here (the loss itself is computed in fp32).
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(self.args.bf16)):
+                total, positions = models.answer_loss_sum(model, inputs, labels)
             count = positions if num_items_in_batch is None else num_items_in_batch
             loss = total / torch.as_tensor(count).clamp(min=1)
             if model.training and "position_ids" in inputs:  # TRL's token count, for tokens/s
@@ -386,11 +390,13 @@ def _sft_config(
     output_dir: Path,
     eval_datasets: dict[str, Any],
     batching: Literal["packed", "padded"],
+    precision: models.Precision = "fp32",
 ) -> Any:
     from trl import SFTConfig
 
     cuda = device == "cuda"
-    bf16 = cuda and _cuda_bf16()
+    # bf16 is autocast: the adapter's master weights stay fp32 (cast back below on CPU).
+    bf16 = precision == "bf16"
     eval_strategy = "steps" if "wiki" in eval_datasets else "no"
     packed = batching == "packed"
     return SFTConfig(
@@ -399,9 +405,10 @@ def _sft_config(
         padding_free=packed,
         pad_to_multiple_of=None if packed else recipe.max_length,
         use_cpu=not cuda,
-        # TRL turns bf16 on by default; this CPU has no fast bf16, so CPU runs use fp32.
+        # TRL turns bf16 on by default, which CPUs without bf16 instructions emulate 30-50x
+        # slower: the resolved precision decides (models.resolve_precision).
         bf16=bf16,
-        fp16=cuda and not bf16,
+        fp16=cuda and not bf16 and recipe.precision != "fp32",
         gradient_checkpointing=_checkpointing(recipe, device),
         # Rows arrive tokenized with their labels (chat.tokenize_rows): answers only.
         assistant_only_loss=False,
@@ -456,12 +463,6 @@ def _checkpointing(recipe: TrainingRecipe, device: str) -> bool:
     if recipe.gradient_checkpointing is not None:
         return recipe.gradient_checkpointing
     return device == "cuda"
-
-
-def _cuda_bf16() -> bool:
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def prepare_model(
@@ -547,12 +548,14 @@ def train_adapter(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     method = choose_method(recipe, device)
+    precision, precision_reason = models.resolve_precision(recipe.precision, device)
     log.info(
-        "training %s on snapshot %s with %s on %s",
+        "training %s on snapshot %s with %s on %s, computing in %s",
         basemodel.describe(base),
         data.id,
         "QLoRA (4-bit NF4 base)" if method == "qlora-nf4" else "plain LoRA (16/32-bit base)",
         device,
+        precision_reason,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id_file = run_dir / MLFLOW_RUN_FILE
@@ -579,6 +582,7 @@ def train_adapter(
                 **({"wikitune.warm_start": warm_start} if warm_start else {}),
                 "wikitune.training_scope": plan.scope,
                 "wikitune.training_scope_reason": plan.reason,
+                "wikitune.precision_reason": precision_reason,
             }
         )
         if on_run_started:
@@ -589,6 +593,7 @@ def train_adapter(
                 base=base,
                 recipe=recipe,
                 method=method,
+                precision=precision,
                 device=device,
                 run_dir=run_dir,
                 run_id=run_id,
@@ -609,18 +614,24 @@ SELF_DISTILLED_TOKENS = 96
 
 
 def _answered_by_base(
-    rows: Dataset, model: Any, tokenizer: Any, *, cache_dir: Path, base: basemodel.ResolvedBase
+    rows: Dataset,
+    model: Any,
+    tokenizer: Any,
+    *,
+    cache_dir: Path,
+    base: basemodel.ResolvedBase,
+    precision: models.Precision,
 ) -> Dataset:
     """``rows`` with each general row's answer replaced by the bare base's own greedy answer to
-    its prompt (self-distilled replay), generated once per base and kept under ``cache_dir``;
-    a row the base answers with nothing keeps its bundled answer."""
+    its prompt (self-distilled replay), generated once per base and precision and kept under
+    ``cache_dir``; a row the base answers with nothing keeps its bundled answer."""
     general = [i for i, kind in enumerate(rows["kind"]) if kind != "wiki"]
     if not general:
         return rows
     with model.disable_adapter():
         answers = basecache.base_answers(
             cache_dir,
-            base.digest,
+            base.digest if precision == "fp32" else f"{base.digest}+{precision}",
             tokenizer,
             [rows[i]["messages"] for i in general],
             max_new_tokens=SELF_DISTILLED_TOKENS,
@@ -665,6 +676,7 @@ def _train_in_run(
     base: basemodel.ResolvedBase,
     recipe: TrainingRecipe,
     method: Method,
+    precision: models.Precision,
     device: str,
     run_dir: Path,
     run_id: str,
@@ -693,9 +705,15 @@ def _train_in_run(
         data.splits["train"], plan, recipe, float(data.manifest.get("general_share", 0.1))
     )
     if recipe.general_answers == "base":
-        chosen = _answered_by_base(
-            chosen, model, tokenizer, cache_dir=run_dir.parent / "base-answers", base=base
-        )
+        with models.computing_in(precision, device):
+            chosen = _answered_by_base(
+                chosen,
+                model,
+                tokenizer,
+                cache_dir=run_dir.parent / "base-answers",
+                base=base,
+                precision=precision,
+            )
     log.info(
         "%s retrain (%s): %s",
         plan.scope,
@@ -707,6 +725,7 @@ def _train_in_run(
             **recipe.params(),
             "method": method,
             "device": device,
+            "compute_precision": precision,
             **base.params(),
             **fmt.params(),
             "init_adapter": init_adapter or "base",
@@ -759,6 +778,7 @@ def _train_in_run(
         train_dataset=train_split,
         eval_datasets=eval_splits,
         callbacks=trainer_callbacks,
+        precision=precision,
     )
 
     if resume is not None:
@@ -776,12 +796,13 @@ def _train_in_run(
 
     samples = _sample_rows(data.splits["eval"], recipe.sample_generations) if has_eval else []
     if samples:
-        answers = models.generate_answers(
-            trainer.model,
-            tokenizer,
-            [row["messages"] for row in samples],
-            max_new_tokens=recipe.max_new_tokens,
-        )
+        with models.computing_in(precision, device):
+            answers = models.generate_answers(
+                trainer.model,
+                tokenizer,
+                [row["messages"] for row in samples],
+                max_new_tokens=recipe.max_new_tokens,
+            )
         tracking.log_sample_generations(
             [
                 {
