@@ -1001,22 +1001,18 @@ def _deploy_plan(
     if source is None and not block_later:
         # The deployments carry the source the store recorded (saved as a block), so their
         # runs are named after it and the UI shows what they sync.
-        from wikitune.blocks.source import WikiSource
+        from wikitune.flows.sync import resolve_source
 
         with Store(settings.store_path) as store:
-            names = store.source_names()
-            if not names:
+            if not store.source_names():
                 raise _fail(
                     f"no wiki source in {settings.store_path}: give --api-url and --category"
                     " or --source-block NAME (up and deploy save the source as that block)"
                 )
-            if len(names) > 1:
-                raise _fail(
-                    f"the store holds several sources ({', '.join(names)}): give --source-block"
-                    " NAME or the source's options"
-                )
-            spec = store.source_spec(names[0])
-        source = WikiSource(**(spec or {}))
+            try:
+                source = resolve_source(store, None)
+            except ValueError as error:  # several sources: say which to deploy
+                raise _fail(f"{error}, or --source-block NAME") from None
     base = base_model or settings.base_model
     try:
         path = recipe or settings.recipe_path

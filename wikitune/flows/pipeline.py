@@ -4,6 +4,7 @@ Prefect server), or hands the retrain to a deployment on the ``gpu`` work pool."
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Literal
 
 from prefect import flow
@@ -203,9 +204,7 @@ def _cycle_markdown(
 ) -> str:
     """The cycle artifact: what changed since the champion, what was trained, what was decided."""
     syncs, pages = since_champion
-    kinds: dict[str, int] = {}
-    for page in pages:
-        kinds[page.kind] = kinds.get(page.kind, 0) + 1
+    kinds = Counter(page.kind for page in pages)
     lines = [
         f"## Cycle of `{summary.source}`: {summary.message}",
         "",
@@ -327,14 +326,10 @@ def pipeline(
             if store.latest_snapshot(synced.source, trained=True) is not None:
                 follow_champion(store, settings.tracking_uri, synced.source)
     built = step(build, source=synced.source, home=home)
-    # What this cycle learns from: the syncs since the champion's snapshot, through this one.
+    # The report counts changes since the champion's snapshot as of now, before a promotion.
     with Store(settings.store_path) as store:
         anchor = store.champion_snapshot(synced.source)
-        since_time = anchor.created_at if anchor else None
-        syncs, _ = store.sync_totals_since(synced.source, since_time)
-        pages = store.pages_changed_since(
-            synced.source, since_time, through_run=store.last_sync_run(synced.source)
-        )
+    since_time = anchor.created_at if anchor else None
     summary = CycleSummary(
         source=synced.source,
         sync_counts=synced.counts,
@@ -380,9 +375,10 @@ def pipeline(
     # A poll reports when it found changes (and what became of them: not due, a cycle in
     # flight, the event); one that found nothing leaves the last report in view.
     if retrain_when != "never" or summary.dataset_ready_emitted or synced.pages_changed:
-        markdown = _cycle_markdown(
-            summary, synced, built, (syncs, pages), frozen, settings.mlflow_ui_url
-        )
+        # What this cycle learned from: the syncs since that snapshot, through this one.
+        with Store(settings.store_path) as store:
+            since = store.changes_since(synced.source, since_time, through_run=synced.sync_run)
+        markdown = _cycle_markdown(summary, synced, built, since, frozen, settings.mlflow_ui_url)
         # A poll's report has its own key: the cycle card keeps the last decision in view.
         markdown_artifact(
             key=artifact_key("poll" if retrain_when == "never" else "cycle", synced.source),

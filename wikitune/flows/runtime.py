@@ -102,14 +102,12 @@ def finished(
     from prefect.runtime import flow_run
     from prefect.states import Completed
 
-    if tags and flow_run.id:
+    added = [tag for tag in tags if tag not in flow_run.tags]
+    if added and flow_run.id:
         from prefect import get_client
 
         with get_client(sync_client=True) as client:
-            current = client.read_flow_run(flow_run.id).tags
-            added = [tag for tag in tags if tag not in current]
-            if added:
-                client.update_flow_run(flow_run.id, tags=[*current, *added])
+            client.update_flow_run(flow_run.id, tags=[*flow_run.tags, *added])
     return Completed(message=message, data=value, name=state_name or "Completed")
 
 

@@ -40,6 +40,8 @@ class SyncSummary(BaseModel):
     cursor_rcid: int | None
     gap: str | None = None
     api_url: str = ""
+    sync_run: int | None = None
+    """The store's id of this sync's record."""
     changes: list[PageChange] = []
     """The pages changed, how, in the order applied (the first PAGE_ROWS of each kind)."""
 
@@ -161,7 +163,9 @@ def sync(
             api_url=wiki.api_url,
             changes=_first_of_each_kind(counts.changes),
         )
-        store.record_run(wiki.name, mode, summary.counts, summary.requests, counts.changes)
+        summary.sync_run = store.record_run(
+            wiki.name, mode, summary.counts, summary.requests, counts.changes
+        )
     logger.info(
         "synced %s (%s): %s; %d requests",
         wiki.name,

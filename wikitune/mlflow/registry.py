@@ -84,13 +84,18 @@ def version_facts(tracking_uri: str, version: ModelVersion) -> dict[str, str]:
     """What the code needs to know about a version: its training run's params (base model,
     digest, method, mapping digest, delta streak...) overlaid with the version's own tags
     (snapshot, decision, verdict, parent version)."""
-    params: dict[str, str] = {}
-    if version.run_id:
-        try:
-            params = dict(_client(tracking_uri).get_run(version.run_id).data.params)
-        except MlflowException:
-            params = {}
-    return {**params, **dict(version.tags)}
+    run = _run_or_none(_client(tracking_uri), version.run_id)
+    return {**(run.data.params if run else {}), **dict(version.tags)}
+
+
+def _run_or_none(client: MlflowClient, run_id: str | None) -> Any:
+    """The training run behind a version, or None when it has none or it is gone."""
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        return None
 
 
 def _client(tracking_uri: str) -> MlflowClient:
@@ -125,10 +130,11 @@ def version_adapter(tracking_uri: str, source: str, version: str, dst: Path) -> 
     return download_logged_model(tracking_uri, f"models:/{name}/{version}", dst).adapter_dir
 
 
-def version_of_run(tracking_uri: str, source: str, run_id: str) -> VersionView | None:
+def version_of_run(tracking_uri: str, source: str, run_id: str) -> ModelVersion | None:
     """The version that already holds training run ``run_id``, if any (the oldest)."""
-    matching = [v for v in list_versions(tracking_uri, source) if v.run_id == run_id]
-    return matching[-1] if matching else None
+    name = registered_model_name(source)
+    found = _client(tracking_uri).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
 
 
 def register_candidate(
@@ -242,12 +248,7 @@ def list_versions(tracking_uri: str, source: str) -> list[VersionView]:
     versions = client.search_model_versions(f"name = '{name}'")
     views = []
     for v in versions:
-        run = None
-        if v.run_id:
-            try:
-                run = client.get_run(v.run_id)
-            except MlflowException:
-                run = None
+        run = _run_or_none(client, v.run_id)
         views.append(
             VersionView(
                 version=str(v.version),

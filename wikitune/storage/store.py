@@ -803,58 +803,43 @@ class Store:
         counts: dict[str, int],
         requests: int,
         changes: Sequence[PageChange] = (),
-    ) -> None:
-        """Record a finished sync: its counts, and which pages it changed and how."""
+    ) -> int:
+        """Record a finished sync: its counts, and which pages it changed and how; its id."""
         with self.transaction():
             (run_id,) = self.db.execute(
                 """INSERT INTO sync_runs (source, mode, counts, requests) VALUES (?, ?, ?, ?)
                    RETURNING id""",
                 [source, mode, json.dumps(counts), requests],
-            ).fetchone() or (None,)
+            ).fetchone() or (0,)
             if changes:
                 self.db.executemany(
                     """INSERT INTO sync_run_pages (run_id, pageid, title, kind, revid)
                        VALUES (?, ?, ?, ?, ?)""",
                     [[run_id, c.pageid, c.title, c.kind, c.revid] for c in changes],
                 )
+        return int(run_id)
 
-    def last_sync_run(self, source: str) -> int | None:
-        """The id of the source's latest recorded sync, if any."""
-        row = self.db.execute("SELECT max(id) FROM sync_runs WHERE source = ?", [source]).fetchone()
-        return row[0] if row else None
-
-    def pages_changed_since(
+    def changes_since(
         self, source: str, since: str | None, *, through_run: int | None = None
-    ) -> list[PageChange]:
-        """The distinct pages the syncs after ``since`` (all, when None), up to sync run
-        ``through_run`` (all, when None), changed: one per page, with its latest title and
-        revision and its kinds of change joined by ``+`` (``edited+moved``), most recently
-        changed first."""
+    ) -> tuple[int, list[PageChange]]:
+        """How many syncs ran after ``since`` (all, when None), up to sync run ``through_run``
+        (all, when None), and the distinct pages they changed: one per page, with its latest
+        title and revision and its kinds of change joined by ``+`` (``edited+moved``), most
+        recently changed first."""
+        window = """r.source = ? AND (? IS NULL OR r.finished_at > CAST(? AS TIMESTAMP))
+                    AND (? IS NULL OR r.id <= ?)"""
+        bounds = [source, since, since, through_run, through_run]
+        row = self.db.execute(f"SELECT count(*) FROM sync_runs r WHERE {window}", bounds)
+        syncs = (row.fetchone() or (0,))[0]
         rows = self.db.execute(
-            """SELECT c.pageid, arg_max(c.title, r.id), max(c.revid),
-                      string_agg(DISTINCT c.kind, '+' ORDER BY c.kind), max(r.id)
-               FROM sync_run_pages c JOIN sync_runs r ON r.id = c.run_id
-               WHERE r.source = ? AND (? IS NULL OR r.finished_at > CAST(? AS TIMESTAMP))
-                 AND (? IS NULL OR r.id <= ?)
-               GROUP BY c.pageid ORDER BY max(r.id) DESC, arg_max(c.title, r.id)""",
-            [source, since, since, through_run, through_run],
+            f"""SELECT c.pageid, arg_max(c.title, r.id), max(c.revid),
+                       string_agg(DISTINCT c.kind, '+' ORDER BY c.kind), max(r.id)
+                FROM sync_run_pages c JOIN sync_runs r ON r.id = c.run_id
+                WHERE {window}
+                GROUP BY c.pageid ORDER BY max(r.id) DESC, arg_max(c.title, r.id)""",
+            bounds,
         ).fetchall()
-        return [PageChange(kind, pageid, title, revid) for pageid, title, revid, kind, _ in rows]
-
-    def sync_totals_since(self, source: str, since: str | None) -> tuple[int, dict[str, int]]:
-        """How many syncs ran after ``since`` (all, when None) and what they changed, summed;
-        ``failed`` is left out: it counts failing pages at one moment, not changes."""
-        rows = self.db.execute(
-            """SELECT counts FROM sync_runs
-               WHERE source = ? AND (? IS NULL OR finished_at > CAST(? AS TIMESTAMP))""",
-            [source, since, since],
-        ).fetchall()
-        totals: dict[str, int] = {}
-        for (counts,) in rows:
-            for name, value in json.loads(counts).items():
-                if name != "failed":
-                    totals[name] = totals.get(name, 0) + int(value)
-        return len(rows), totals
+        return syncs, [PageChange(k, pageid, title, revid) for pageid, title, revid, k, _ in rows]
 
     def page_counts(self, source: str) -> dict[str, int]:
         row = self.db.execute(

@@ -41,7 +41,7 @@ def already_decided(tracking_uri: str, source: str, run_id: str) -> Promotion | 
         source=source,
         run_id=run_id,
         evaluation=None,
-        version=known.version,
+        version=str(known.version),
         outcome=known.tags["decision"],
         champion_version=str(current.version) if current else None,
         already_registered=True,

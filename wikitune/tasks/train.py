@@ -372,7 +372,7 @@ def _answer_positions_trainer() -> type:
             labels = inputs.pop("labels")
             # The backbone is called directly, past the forward that accelerate wraps in its
             # bf16 autocast: enter it here (the loss itself is computed in fp32).
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(self.args.bf16)):
+            with models.computing_in("bf16" if self.args.bf16 else "fp32", "cpu"):
                 total, positions = models.answer_loss_sum(model, inputs, labels)
             count = positions if num_items_in_batch is None else num_items_in_batch
             loss = total / torch.as_tensor(count).clamp(min=1)
