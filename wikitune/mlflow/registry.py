@@ -145,9 +145,12 @@ def register_candidate(
     model_uri: str,
     tags: Mapping[str, Any],
     description: str,
+    lock_path: Path,
 ) -> str:
     """Register a candidate as a new version (creating the registered model on first use) and
-    point `challenger` at it. Returns the version number."""
+    point `challenger` at it, under the promotions' lock: MLflow's SQL store inserts an alias
+    it does not find, so two candidates setting it at once fail one of them. Returns the
+    version number."""
     client = _client(tracking_uri)
     name = registered_model_name(source)
     try:
@@ -169,7 +172,8 @@ def register_candidate(
         tags={k: str(v) for k, v in tags.items() if v is not None},
         description=description,
     )
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    with _registry_lock(lock_path):
+        client.set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version)
 
 

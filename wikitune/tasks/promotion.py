@@ -70,6 +70,7 @@ def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Pr
             "prefect_run": evaluation.prefect_run_url or None,
         },
         description=f"being decided against {decision.champion_name}",
+        lock_path=lock_path,
     )
     outcome = "rejected"
     if decision.promote:
