@@ -8,6 +8,8 @@ whether anyone is watching.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -22,6 +24,7 @@ class Display(Protocol):
 
 
 _display: Display | None = None
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -38,20 +41,22 @@ def displaying(display: Display) -> Iterator[None]:
 
 @contextmanager
 def track(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """A bar of ``total`` units while the block runs; yields ``advance(n)``."""
+    """A bar of ``total`` units while the block runs; yields ``advance(n)``. Logs the block's
+    seconds when it ends (what each part of an evaluation or a training costs)."""
+    started = time.perf_counter()
     display = _display
-    if display is None:
-        yield lambda n=1: None
-        return
-    task_id = display.add_task(description, total=total)
+    task_id = display.add_task(description, total=total) if display is not None else None
 
     def advance(n: int = 1) -> None:
-        display.update(task_id, advance=n)
+        if display is not None:
+            display.update(task_id, advance=n)
 
     try:
         yield advance
     finally:
-        display.remove_task(task_id)
+        if display is not None:
+            display.remove_task(task_id)
+        log.info("%s: %.1f s", description, time.perf_counter() - started)
 
 
 def trainer_callback(description: str) -> Any:
