@@ -186,6 +186,36 @@ def test_promote_reject_rollback_and_ask(
     assert asked.stdout.strip() == known[1]
 
 
+def test_adapters_of_one_base_answer_in_shared_batches_as_each_answers_alone(
+    world: dict[str, Any],
+) -> None:
+    """The evaluation's mixed-adapter batches: the candidate and the bare base (or the champion)
+    answer in the same batches exactly what each answers alone."""
+    from peft import PeftModel
+
+    result: training.TrainResult = world["result"]
+    tokenizer = models.load_tokenizer(result.adapter_dir)
+    tuned = PeftModel.from_pretrained(
+        models.load_base_model(result.base_model, device="cpu", quantize=False),
+        result.adapter_dir,
+        adapter_name="tuned",
+    )
+    rows = (Path(world["snapshot"].path) / "eval.jsonl").read_text().splitlines()
+    questions = [json.loads(line)["messages"] for line in rows][:12]
+    alone = models.generate_answers(tuned, tokenizer, questions, batch_size=4)
+    with tuned.disable_adapter():
+        bare = models.generate_answers(tuned, tokenizer, questions, batch_size=4)
+    assert alone != bare  # the adapter is seen, or the test proves nothing
+    shared = models.generate_answers(
+        tuned,
+        tokenizer,
+        questions + questions,
+        batch_size=8,
+        adapters=["tuned"] * len(questions) + [models.BARE_BASE] * len(questions),
+    )
+    assert shared == alone + bare
+
+
 def test_two_promotions_at_once_make_one_champion(world: dict[str, Any], tmp_path: Path) -> None:
     """Two winners compared against the same champion finish together: one moves the alias,
     the other records that it lost the race."""

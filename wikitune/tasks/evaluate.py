@@ -18,7 +18,7 @@ from wikitune.tasks.scoring import (
     answer_table,
     assistant_loss,
     probe_answers,
-    score_model,
+    score_models,
 )
 
 __all__ = ["Evaluation", "evaluate_run", "same_base"]
@@ -112,59 +112,62 @@ def evaluate_run(
                         "base", model, tokenizer, prompts, batch_size=batch_size
                     ),
                 )
-        # Both models answer the same questions with the same settings.
+        base_general_loss = None
+        if general:
+            with model.disable_adapter():
+                base_general_loss = basecache.once_per_base(
+                    workdir.parent / "base-general-loss",
+                    cache_key,
+                    tokenizer,
+                    general,
+                    lambda: assistant_loss(
+                        model,
+                        tokenizer,
+                        [row["messages"] for row in general],
+                        batch_size=batch_size,
+                        description="base: general loss",
+                    ),
+                )
+        # Both models answer the same questions with the same settings; where they share the
+        # base, in the same batches (the champion as a second adapter of the loaded base).
         eval_rows = list(data.splits["eval"])
         score = partial(
-            score_model,
+            score_models,
             eval_rows=eval_rows,
             general_rows=general,
             probe_rows=probes,
             base_probe_answers=base_answers,
+            base_general_loss=base_general_loss,
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
         )
-        candidate_scores = score("candidate", model, tokenizer)
         if current is None:
-            with model.disable_adapter():
-                champion_scores = score("base", model, tokenizer)
-            base_general_loss = champion_scores.general_loss
+            candidate_scores, champion_scores = score(
+                {"candidate": "candidate", "base": models.BARE_BASE}, model, tokenizer
+            )
         else:
-            base_general_loss = None
-            if general:
-                with model.disable_adapter():
-                    base_general_loss = basecache.once_per_base(
-                        workdir.parent / "base-general-loss",
-                        cache_key,
-                        tokenizer,
-                        general,
-                        lambda: assistant_loss(
-                            model,
-                            tokenizer,
-                            [row["messages"] for row in general],
-                            batch_size=batch_size,
-                            description="base: general loss",
-                        ),
-                    )
             name = registry.registered_model_name(source)
             held = registry.download_logged_model(
                 tracking_uri, f"models:/{name}/{current.version}", workdir / "champion"
             )
-            champion_tokenizer = tokenizer
+            champion_name = f"version {current.version}"
             facts = registry.version_facts(tracking_uri, current)
-            if not same_base(facts, params):
+            if same_base(facts, params):
+                model.load_adapter(held.adapter_dir, adapter_name="champion")
+                candidate_scores, champion_scores = score(
+                    {"candidate": "candidate", champion_name: "champion"}, model, tokenizer
+                )
+            else:
                 # A champion on another base answers with its own base, tokenizer and template.
+                (candidate_scores,) = score({"candidate": None}, model, tokenizer)
                 other = models.load_base_model(
                     facts["base_model"], device=device, quantize=quantize
                 )
-                champion_model = PeftModel.from_pretrained(other, held.adapter_dir)
-                champion_tokenizer = models.load_tokenizer(held.tokenizer_dir)
-            else:
-                model.load_adapter(held.adapter_dir, adapter_name="champion")
-                model.set_adapter("champion")
-                champion_model = model
-            champion_scores = score(
-                f"version {current.version}", champion_model, champion_tokenizer
-            )
+                (champion_scores,) = score(
+                    {champion_name: None},
+                    PeftModel.from_pretrained(other, held.adapter_dir),
+                    models.load_tokenizer(held.tokenizer_dir),
+                )
     decision = decide(
         candidate_scores, champion_scores, margins, base_general_loss=base_general_loss
     )

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "BARE_BASE",
     "CHAT_TEMPLATE",
     "MODEL_SIZES",
     "ModelSize",
@@ -378,6 +379,10 @@ def load_base_model(path: str, *, device: str, quantize: bool) -> PreTrainedMode
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
+BARE_BASE = "__base__"
+"""The adapter name PEFT's mixed-adapter batches give the base model without any adapter."""
+
+
 def generate_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -386,16 +391,23 @@ def generate_answers(
     batch_size: int = 16,
     max_new_tokens: int = 48,
     description: str = "answering",
+    adapters: Sequence[str] | None = None,
 ) -> list[str]:
     """Greedy answers to the last user turn of each conversation (trailing assistant turns
     dropped), rendered as training rendered them (``chat.render_prompt``) and stopped at the
-    template's end-of-turn token; ``batch_size`` at a time, left-padded."""
+    template's end-of-turn token; ``batch_size`` at a time, left-padded, prompts of like length
+    together (a batch pads to its longest prompt). ``adapters`` names, per conversation, the PEFT
+    adapter that answers it (``BARE_BASE`` for none): several adapters of one base answer in
+    the same batches, sharing the base's matmuls."""
     import torch
 
     from wikitune.tasks import chat
 
     fmt = chat.chat_format(tokenizer)
     prompts = [chat.render_prompt(tokenizer, fmt, conv) for conv in conversations]
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
+    prompts = [prompts[i] for i in order]
     stop = chat.stop_token_ids(tokenizer, fmt)
     tokenizer.padding_side = "left"
     answers: list[str] = []
@@ -412,6 +424,11 @@ def generate_answers(
                     padding=True,
                     add_special_tokens=False,
                 ).to(device)
+                mixed = (
+                    {"adapter_names": [adapters[i] for i in order[start : start + batch_size]]}
+                    if adapters is not None
+                    else {}
+                )
                 with torch.inference_mode():
                     output = model.generate(
                         **batch,
@@ -419,6 +436,7 @@ def generate_answers(
                         do_sample=False,
                         eos_token_id=stop,
                         pad_token_id=tokenizer.pad_token_id,
+                        **mixed,
                     )
                 new_tokens = output[:, batch["input_ids"].shape[1] :]
                 answers += [
@@ -428,4 +446,7 @@ def generate_answers(
                 advance(1)
     finally:
         model.train(was_training)
-    return answers
+    in_order = [""] * len(answers)
+    for position, answer in zip(order, answers, strict=True):
+        in_order[position] = answer
+    return in_order

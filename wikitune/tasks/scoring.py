@@ -8,7 +8,8 @@ import random
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -29,7 +30,7 @@ __all__ = [
     "f1_score",
     "paired_bootstrap",
     "probe_answers",
-    "score_model",
+    "score_models",
 ]
 
 
@@ -206,8 +207,8 @@ def probe_answers(
     )
 
 
-def score_model(
-    name: str,
+def score_models(
+    entrants: Mapping[str, str | None],
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     eval_rows: Sequence[dict[str, Any]],
@@ -215,27 +216,130 @@ def score_model(
     *,
     probe_rows: Sequence[dict[str, Any]] = (),
     base_probe_answers: Sequence[str] | None = None,
+    base_general_loss: float | None = None,
     batch_size: int = 32,
     max_new_tokens: int = 64,
-) -> ModelScores:
-    """Greedy answers (batched) to every eval question, scored against the references. Answers
-    stop 8 tokens past the longest reference (or at ``max_new_tokens``): a longer one cannot
-    match, and a rambling model would otherwise cost the whole budget on every question. With
-    the bare base model's answers to ``probe_rows``, the share this model answers alike is its
-    general agreement."""
+) -> list[ModelScores]:
+    """Scores of each entrant (a name, and the PEFT adapter of ``model`` it is: ``BARE_BASE``
+    for the base without one, ``None`` for ``model`` as it is) on the same questions: greedy
+    answers to every eval question, all entrants in the same batches, scored against the
+    references, and the losses. Answers stop 8 tokens past the longest reference (or at
+    ``max_new_tokens``): a longer one cannot match, and a rambling model would otherwise cost
+    the whole budget on every question. With the bare base's answers to ``probe_rows``, the
+    share an entrant answers alike is its general agreement; the bare base's own probe answers
+    and ``base_general_loss``, when given, are not computed again."""
+    if None in entrants.values() and len(entrants) > 1:
+        raise ValueError("entrants without an adapter name cannot share batches")
+    names = list(entrants)
+    adapters = [entrants[name] for name in names]
     conversations = [row["messages"] for row in eval_rows]
     references = [conv[-1]["content"] for conv in conversations]
     longest = max(
         (len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references), default=0
     )
-    answers = models.generate_answers(
+    answers = _answer_each(
         model,
         tokenizer,
         conversations,
+        adapters,
         batch_size=batch_size,
         max_new_tokens=min(max_new_tokens, longest + 8),
-        description=f"{name}: answering eval questions",
+        description=f"{' and '.join(names)}: answering eval questions",
     )
+    probe_sets: list[list[str] | None] = [None] * len(names)
+    if probe_rows and base_probe_answers is not None:
+        asked = [i for i, a in enumerate(adapters) if a != models.BARE_BASE]
+        answered = _answer_each(
+            model,
+            tokenizer,
+            [row["messages"] for row in probe_rows],
+            [adapters[i] for i in asked],
+            batch_size=batch_size,
+            max_new_tokens=PROBE_TOKENS,
+            description=f"{' and '.join(names[i] for i in asked)}: general probes",
+        )
+        for i, adapter in enumerate(adapters):
+            bare = adapter == models.BARE_BASE
+            probe_sets[i] = list(base_probe_answers) if bare else answered[asked.index(i)]
+    return [
+        _scores(
+            name,
+            adapter,
+            model,
+            tokenizer,
+            eval_rows,
+            answers[i],
+            general_rows,
+            probe_answers=probe_sets[i],
+            base_probe_answers=base_probe_answers,
+            base_general_loss=base_general_loss,
+            batch_size=batch_size,
+        )
+        for i, (name, adapter) in enumerate(zip(names, adapters, strict=True))
+    ]
+
+
+def _answer_each(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[list[dict[str, str]]],
+    adapters: Sequence[str | None],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    description: str,
+) -> list[list[str]]:
+    """Each adapter's greedy answers to ``conversations``: one pass with them all in the same
+    batches (or ``model`` as it is, for a single ``None``)."""
+    if not adapters:
+        return []
+    answers = models.generate_answers(
+        model,
+        tokenizer,
+        [conv for _ in adapters for conv in conversations],
+        batch_size=batch_size * len(adapters),
+        max_new_tokens=max_new_tokens,
+        description=description,
+        adapters=(
+            None
+            if list(adapters) == [None]
+            else [str(adapter) for adapter in adapters for _ in conversations]
+        ),
+    )
+    n = len(conversations)
+    return [answers[i * n : (i + 1) * n] for i in range(len(adapters))]
+
+
+@contextmanager
+def _as_adapter(model: Any, adapter: str | None) -> Iterator[None]:
+    """``model`` computing as ``adapter`` (``BARE_BASE``: with its adapters disabled)."""
+    if adapter is None:
+        yield
+    elif adapter == models.BARE_BASE:
+        with model.disable_adapter():
+            yield
+    else:
+        model.set_adapter(adapter)
+        yield
+
+
+def _scores(
+    name: str,
+    adapter: str | None,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_rows: Sequence[dict[str, Any]],
+    answers: list[str],
+    general_rows: Sequence[dict[str, Any]],
+    *,
+    probe_answers: list[str] | None,
+    base_probe_answers: Sequence[str] | None,
+    base_general_loss: float | None,
+    batch_size: int,
+) -> ModelScores:
+    """One entrant's numbers from its answers, with its losses computed here."""
+    conversations = [row["messages"] for row in eval_rows]
+    references = [conv[-1]["content"] for conv in conversations]
     em = [exact_match(a, r) for a, r in zip(answers, references, strict=True)]
     f1 = [f1_score(a, r) for a, r in zip(answers, references, strict=True)]
     fresh = [bool(row.get("fresh")) for row in eval_rows]
@@ -249,14 +353,26 @@ def score_model(
         if row.get("previous")
     ]
     agreement = similarity = None
-    if probe_rows and base_probe_answers is not None:
-        answered = probe_answers(
-            name, model, tokenizer, [row["messages"] for row in probe_rows], batch_size=batch_size
-        )
-        pairs = list(zip(answered, base_probe_answers, strict=True))
+    if probe_answers is not None and base_probe_answers is not None:
+        pairs = list(zip(probe_answers, base_probe_answers, strict=True))
         agreement = _mean([exact_match(a, b) for a, b in pairs])
         similarity = _mean([f1_score(a, b) for a, b in pairs])
     general = [row["messages"] for row in general_rows]
+    with _as_adapter(model, adapter):
+        wiki_loss = assistant_loss(
+            model, tokenizer, conversations, batch_size=batch_size, description=f"{name}: wiki loss"
+        )
+        general_loss = None
+        if general and adapter == models.BARE_BASE and base_general_loss is not None:
+            general_loss = base_general_loss
+        elif general:
+            general_loss = assistant_loss(
+                model,
+                tokenizer,
+                general,
+                batch_size=batch_size,
+                description=f"{name}: general loss",
+            )
     return ModelScores(
         name=name,
         exact_match=_mean(em) or 0.0,
@@ -268,20 +384,8 @@ def score_model(
         stale_rate=_mean([float(s) for s in stale]),
         general_agreement=agreement,
         general_similarity=similarity,
-        wiki_loss=assistant_loss(
-            model, tokenizer, conversations, batch_size=batch_size, description=f"{name}: wiki loss"
-        ),
-        general_loss=(
-            assistant_loss(
-                model,
-                tokenizer,
-                general,
-                batch_size=batch_size,
-                description=f"{name}: general loss",
-            )
-            if general
-            else None
-        ),
+        wiki_loss=wiki_loss,
+        general_loss=general_loss,
         per_question_f1=f1,
         answers=answers,
         fresh_questions=fresh,
