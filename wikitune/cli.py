@@ -890,7 +890,7 @@ def demo(
     """Start a local MediaWiki (Debian's package) with sample VTubers, run the whole cycle on a
     real pretrained chat model, edit the wiki, run it again, and ask the champion about the
     edit; print what was promoted and why, and where the time went."""
-    from wikitune.demo import run_demo
+    from wikitune.demo import run_demo, training_precision
     from wikitune.flows.phases import PHASES
     from wikitune.localwiki import mediawiki_installed
     from wikitune.tasks.promotion import Promotion
@@ -899,6 +899,7 @@ def demo(
     if not mediawiki_installed():
         raise _fail("the demo needs Debian's mediawiki and php-cli packages: run scripts/setup.sh")
     settings = load_settings(home)
+    console.print(f"[bold]computing in[/] {training_precision(base_model, settings)}")
 
     def report(title: str, counts: dict[str, int]) -> None:
         changed = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v)
@@ -986,7 +987,7 @@ def _deploy_plan(
     (the one the store recorded when none is given) and the deployments' options."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from wikitune.blocks.recipe import TrainingRecipe, default_recipe, recipe_origin
+    from wikitune.blocks.recipe import chosen_recipe, recipe_origin
     from wikitune.deployments import DeployOptions
     from wikitune.storage import Store
 
@@ -1016,7 +1017,7 @@ def _deploy_plan(
     base = base_model or settings.base_model
     try:
         path = recipe or settings.recipe_path
-        chosen = TrainingRecipe.from_file(path) if path else default_recipe(base)
+        chosen = chosen_recipe(base, path)
     except ValueError as error:
         raise _fail(str(error)) from None
     return source, DeployOptions(

@@ -19,10 +19,19 @@ from wikitune.flows.phases import phase_seconds, unit_phases
 from wikitune.localwiki import LocalWiki
 
 if TYPE_CHECKING:
+    from wikitune.config import Settings
     from wikitune.flows.pipeline import CycleSummary
     from wikitune.tasks.promotion import Promotion
 
-__all__ = ["SAMPLE_VTUBERS", "TOY", "TOY_RECIPE", "DemoOutcome", "run_demo", "sample_page"]
+__all__ = [
+    "SAMPLE_VTUBERS",
+    "TOY",
+    "TOY_RECIPE",
+    "DemoOutcome",
+    "run_demo",
+    "sample_page",
+    "training_precision",
+]
 
 CATEGORY = "Category:VTuber"
 
@@ -117,6 +126,18 @@ class DemoOutcome:
     question: str = ""
     expected: str = ""
     answer: str = ""
+
+
+def training_precision(base_model: str, settings: Settings) -> str:
+    """In words, the precision the demo's retrains compute in on this machine, and why."""
+    from wikitune.blocks.recipe import TrainingRecipe, chosen_recipe
+    from wikitune.tasks import model
+
+    if base_model == TOY:
+        recipe = TrainingRecipe(**TOY_RECIPE)
+    else:
+        recipe = chosen_recipe(base_model, settings.recipe_path)
+    return model.resolve_precision(recipe.precision, settings.device or "cpu")[1]
 
 
 def _held_out_question(snapshot_path: str) -> tuple[str, str]:

@@ -14,7 +14,7 @@ import yaml
 from prefect.blocks.core import Block
 from pydantic import Field, ValidationError
 
-__all__ = ["TrainingRecipe", "default_recipe", "packaged_recipes"]
+__all__ = ["TrainingRecipe", "chosen_recipe", "default_recipe", "packaged_recipes", "recipe_origin"]
 
 # The recipe a base model trains with when none is given.
 _DEFAULT_RECIPES = {"smollm2-135m-instruct": "smollm2-135m-cpu"}
@@ -181,6 +181,12 @@ def recipe_origin(base_model: str, path: Path | str | None) -> str:
         f"the default recipe (QLoRA for a 7B model on one GPU): {base_model} has no packaged"
         f" recipe; pick one with --recipe FILE or a packaged name ({', '.join(packaged_recipes())})"
     )
+
+
+def chosen_recipe(base_model: str, path: Path | str | None) -> TrainingRecipe:
+    """The recipe a retrain of ``base_model`` uses: the file at ``path`` when given (a packaged
+    name or a YAML file), else :func:`default_recipe`."""
+    return TrainingRecipe.from_file(path) if path else default_recipe(base_model)
 
 
 def default_recipe(base_model: str) -> TrainingRecipe:

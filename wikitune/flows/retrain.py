@@ -15,7 +15,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from wikitune.blocks.recipe import TrainingRecipe, default_recipe
+from wikitune.blocks.recipe import TrainingRecipe, chosen_recipe
 from wikitune.config import Settings, load_settings
 from wikitune.flows.naming import artifact_key
 from wikitune.flows.runtime import (
@@ -272,8 +272,7 @@ def retrain(
     logger = run_logger()
     base_spec = base_model or settings.base_model
     if recipe is None:
-        path = recipe_file or settings.recipe_path
-        recipe = TrainingRecipe.from_file(path) if path else default_recipe(base_spec)
+        recipe = chosen_recipe(base_spec, recipe_file or settings.recipe_path)
     location = training.resolve_snapshot(snapshot, settings.snapshots_dir)
     manifest = training.read_manifest(location)
     base = basemodel.resolve_base_model(base_spec, settings.models_dir)
