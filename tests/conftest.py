@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,3 +134,21 @@ def world(
     (run_dir,) = (home / "runs").glob(f"{snap.id}-*")
     result = training.TrainResult.model_validate_json((run_dir / "result.json").read_text())
     yield {"home": home, "root": root, "snapshot": snap, "recipe": recipe, "result": result}
+
+
+@pytest.fixture(scope="session")
+def demo(
+    tmp_path_factory: pytest.TempPathFactory, prefect_server: str, _mediawiki_available: None
+) -> dict[str, Any]:
+    """The README's first command, run once: `wikitune demo` on the packaged SmolLM2 (two
+    versions, the second promoted over the first). Its home serves the SmolLM2 tests after it."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "COLUMNS": "200"}
+    home = str(tmp_path_factory.mktemp("demo") / "home")
+    result = subprocess.run(
+        [sys.executable, "-m", "wikitune.cli", "demo", "--home", home],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=2400,
+    )
+    return {"result": result, "home": home, "env": env}

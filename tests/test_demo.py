@@ -4,25 +4,15 @@ packaged SmolLM2, a real pretrained chat model, and asks it about the edit."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
-def test_demo_promotes_smollm2_twice_and_learns_the_edit(
-    tmp_path: Path, prefect_server: str, _mediawiki_available: None
-) -> None:
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "COLUMNS": "200"}
-    home = str(tmp_path / "demo")
-    result = subprocess.run(
-        [sys.executable, "-m", "wikitune.cli", "demo", "--home", home],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=2400,
-    )
+def test_demo_promotes_smollm2_twice_and_learns_the_edit(demo: dict[str, Any]) -> None:
+    result, home, env = demo["result"], demo["home"], demo["env"]
     assert result.returncode == 0, result.stderr[-5000:]
     out = result.stdout
     assert "first sync (backfill): new 6" in out

@@ -675,6 +675,54 @@ def ask(
 
 
 @app.command()
+def serve(
+    source: SourceOption = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; other machines reach it only if told so.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    poll_seconds: Annotated[
+        float, typer.Option(help="How often to look at the registry's champion alias.")
+    ] = 5.0,
+    max_batch: Annotated[int, typer.Option(help="Requests that share a forward pass.")] = 8,
+    home: HomeOption = None,
+) -> None:
+    """Serve the champion behind an OpenAI-compatible API (/v1/chat/completions, /v1/models,
+    /health), following the `champion` alias as it moves; WIKITUNE_SERVE_API_KEY asks for a
+    key."""
+    import uvicorn
+
+    from wikitune.serving.api import create_app
+    from wikitune.serving.follow import Follower
+
+    settings = load_settings(home)
+    name = _source_for_registry(settings, source)
+    follower = Follower(
+        settings.tracking_uri,
+        name,
+        workdir=settings.runs_dir / "serve",
+        device=settings.device,
+        max_batch=max_batch,
+        poll_seconds=poll_seconds,
+    )
+    follower.start()
+    if follower.served is None:
+        why = follower.last_failure.error if follower.last_failure else "no champion yet"
+        console.print(f"[yellow]nothing to serve yet ({why}); waiting for a champion[/]")
+    key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
+    app_ = create_app(follower, api_key=key, system_prompt=settings.system_prompt)
+    console.print(
+        f"serving {name} at http://{host}:{port}/v1"
+        + (f" (version {follower.served.version})" if follower.served else "")
+        + ("; API key required" if key else "")
+    )
+    try:
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
+    finally:
+        follower.stop()
+
+
+@app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     home: HomeOption = None,

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     device: str | None = Field(
         default=None, description='Training device ("cuda" or "cpu"); default: cuda when present.'
     )
+    serve_api_key: SecretStr | None = Field(
+        default=None,
+        description="The key `wikitune serve` wants as `Authorization: Bearer <key>`; none: no"
+        " key asked (it binds 127.0.0.1 unless told otherwise).",
+    )
 
     @field_validator("home")
     @classmethod
