@@ -123,14 +123,15 @@ def test_the_alias_moves_under_streaming_clients_and_no_request_fails(
     and version 2 answers the edited fact with its new value."""
     client, url, env = server["client"], server["url"], server["env"]
 
-    def cli(*args: str) -> None:
+    def cli(*args: str) -> str:
         done = subprocess.run(
             [sys.executable, "-m", "wikitune.cli", *args, "--home", str(server["home"])],
             capture_output=True,
             text=True,
-            env=env,
+            env={**env, "WIKITUNE_SERVE_API_KEY": KEY},
         )
         assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
 
     edited = next(
         r
@@ -180,8 +181,11 @@ def test_the_alias_moves_under_streaming_clients_and_no_request_fails(
     assert took < SWAP_BOUND_S
     health = _health(url)
     assert health["last_swap"]["from"] == "1" and health["last_swap"]["to"] == "2"
+    tags = mlflow_client(server["home"]).get_model_version(MODEL, "2").tags
+    assert tags["live_since"] == health["last_swap"]["at"] and tags["live_on"] == f"{url}/v1"
     answer = _ask(client, edited["question"]).choices[0].message.content
     assert answer.strip() == edited["candidate"] and "晨星社二期" in answer
+    assert cli("ask", edited["question"], "--url", url).strip() == edited["candidate"]
 
 
 def test_a_version_that_fails_to_load_never_serves(server: dict[str, Any], tmp_path: Path) -> None:

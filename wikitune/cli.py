@@ -653,12 +653,24 @@ def rollback(
 def ask(
     question: str,
     source: SourceOption = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="Ask a running `wikitune serve` at this URL instead of loading."),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
-    """Answer a question with the champion (models:/NAME@champion) and the training template."""
+    """Answer a question with the champion (models:/NAME@champion) and the training template,
+    or ask the server at --url."""
     from wikitune.tasks.answer import answer_with_champion
 
     settings = load_settings(home)
+    if url:
+        key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
+        try:
+            sys.stdout.write(_ask_server(url, question, key) + "\n")
+        except (OSError, ValueError) as error:
+            raise _fail(f"could not ask {url}: {error}") from None
+        return
     name = _source_for_registry(settings, source)
     try:
         answer = answer_with_champion(
@@ -672,6 +684,30 @@ def ask(
     except LookupError as error:
         raise _fail(str(error)) from None
     sys.stdout.write(answer + "\n")
+
+
+def _ask_server(url: str, question: str, key: str | None) -> str:
+    """The answer of the server at ``url`` (OpenAI's chat API) to ``question``, greedy."""
+    import requests
+
+    base = url.rstrip("/").removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    listed = requests.get(f"{base}/v1/models", headers=headers, timeout=30)
+    if not listed.ok:
+        raise ValueError(listed.json().get("error", {}).get("message", listed.text))
+    reply = requests.post(
+        f"{base}/v1/chat/completions",
+        headers=headers,
+        json={
+            "model": listed.json()["data"][0]["id"],
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+        },
+        timeout=300,
+    )
+    if not reply.ok:
+        raise ValueError(reply.json().get("error", {}).get("message", reply.text))
+    return str(reply.json()["choices"][0]["message"]["content"]).strip()
 
 
 @app.command()
@@ -704,6 +740,7 @@ def serve(
         device=settings.device,
         max_batch=max_batch,
         poll_seconds=poll_seconds,
+        url=f"http://{host}:{port}/v1",
     )
     follower.start()
     if follower.served is None:

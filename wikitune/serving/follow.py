@@ -50,6 +50,7 @@ class Follower:
         max_batch: int = 8,
         poll_seconds: float = 5.0,
         merge: bool = True,
+        url: str = "",
     ) -> None:
         self.tracking_uri = tracking_uri
         self.source = source
@@ -58,6 +59,7 @@ class Follower:
         self.max_batch = max_batch
         self.poll_seconds = poll_seconds
         self.merge = merge
+        self.url = url
         self.batcher: Batcher | None = None
         self.last_swap: Swap | None = None
         self.last_failure: LoadFailure | None = None
@@ -114,6 +116,19 @@ class Follower:
         )
         if previous is not None:
             previous.close(wait=False)  # drains what it took, then its thread ends
+        self._mark_live(wanted)
+
+    def _mark_live(self, version: str) -> None:
+        """Tag the version with when (and where) it went live, for the registry's page."""
+        from wikitune.mlflow import registry
+
+        tags = {"live_since": self.last_swap.at.isoformat() if self.last_swap else ""}
+        if self.url:
+            tags["live_on"] = self.url
+        try:
+            registry.set_version_tags(self.tracking_uri, self.source, version, tags)
+        except Exception as error:  # the registry read-only or away: serving matters more
+            log.warning("could not tag version %s as live: %s", version, error)
 
     def start(self) -> None:
         """Load the champion now, then keep polling on a thread."""
