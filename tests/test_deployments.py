@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import requests
 from helpers import TEST_RECIPE, cli
@@ -105,10 +106,11 @@ def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator
         **env,
     )
     assert first_sync.returncode == 0, first_sync.stderr[-3000:]
-    prefect_port, mlflow_port = free_port(), free_port()
+    prefect_port, mlflow_port, serve_port = free_port(), free_port(), free_port()
     started = cli(
         "up",
         *("--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)),
+        *("--serve-port", str(serve_port)),
         *("--timezone", "Asia/Shanghai"),
         home=home,
         local=True,
@@ -125,6 +127,7 @@ def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator
             "prefect": PrefectApi(f"http://127.0.0.1:{prefect_port}/api"),
             "prefect_ui": f"http://127.0.0.1:{prefect_port}",
             "mlflow": f"http://127.0.0.1:{mlflow_port}",
+            "serve": f"http://127.0.0.1:{serve_port}",
         }
     finally:
         cli("down", home=home, local=True)
@@ -266,6 +269,20 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
         services["mlflow"], "registered-models/alias", name=model, alias="champion"
     )
     assert champion["model_version"]["version"] == version["version"]
+    # up's server follows the alias: the new champion answers its OpenAI-compatible API.
+    assert (
+        f"OpenAI-compatible API (the champion of {SOURCE}): {services['serve']}/v1"
+        in (services["stdout"])
+    )
+    deadline = time.monotonic() + 120
+    while requests.get(f"{services['serve']}/health", timeout=10).json()["version"] is None:
+        assert time.monotonic() < deadline, "the server never loaded the champion"
+        time.sleep(1)
+    reply = openai.OpenAI(base_url=f"{services['serve']}/v1", api_key="none").chat.completions
+    answered = reply.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], temperature=0, max_tokens=8
+    )
+    assert answered.system_fingerprint == f"{model}/v{version['version']}"
 
     def latest_artifact(key: str) -> dict[str, Any]:
         (found,) = api.post("/artifacts/latest/filter", {"artifacts": {"key": {"any_": [key]}}})

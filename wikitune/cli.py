@@ -1189,6 +1189,12 @@ def up(
         bool,
         typer.Option(help="Start a local gpu-pool worker (--no-gpu-worker: GPU machines do)."),
     ] = True,
+    serve_port: Annotated[
+        int, typer.Option(help="Port of `wikitune serve`, the champion's OpenAI-compatible API.")
+    ] = 8000,
+    serve: Annotated[
+        bool, typer.Option(help="Serve the champion (--no-serve: do not start the server).")
+    ] = True,
     timezone: TimezoneOption = "UTC",
     sync_minutes: SyncMinutesOption = 15,
     nightly_cron: NightlyCronOption = "0 2 * * *",
@@ -1211,8 +1217,9 @@ def up(
     source_block: SourceBlockOption = None,
     home: HomeOption = None,
 ) -> None:
-    """Start a Prefect server, an MLflow server and a worker per pool on 127.0.0.1, then
-    deploy. Their PIDs and logs are kept under the home; `wikitune down` stops them."""
+    """Start a Prefect server, an MLflow server and a worker per pool on 127.0.0.1, deploy, and
+    serve the champion behind an OpenAI-compatible API. Their PIDs and logs are kept under the
+    home; `wikitune down` stops them."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from wikitune import services
@@ -1251,6 +1258,8 @@ def up(
             mlflow_port=mlflow_port,
             pools=("cpu", "gpu") if gpu_worker else ("cpu",),
             before_workers=deploy_before_workers,
+            serve_port=serve_port if serve else None,
+            serve_source=lambda: source.name,
         )
     except services.ServicesError as error:
         raise _fail(str(error)) from None
@@ -1264,6 +1273,8 @@ def up(
     console.print(f"retrains train {plan.base_model} with {plan.recipe_origin}")
     console.print(f"Prefect UI: {record.prefect_ui_url}")
     console.print(f"MLflow UI:  {record.mlflow_url}")
+    if record.serve_url:
+        console.print(f"OpenAI-compatible API (the champion of {source.name}): {record.serve_url}")
     experiment = _experiment_url(settings, record.mlflow_url, applied.source_block)
     if experiment:
         console.print(f"MLflow experiment (training runs): {experiment}")

@@ -54,6 +54,8 @@ class Services(BaseModel):
     prefect_api_url: str
     prefect_ui_url: str
     mlflow_url: str
+    serve_url: str | None = None
+    """The OpenAI-compatible API of the champion (``wikitune serve``), when up started it."""
     env: dict[str, str]
     services: list[Service]
 
@@ -115,6 +117,8 @@ def start(
     pools: tuple[str, ...] = ("cpu", "gpu"),
     timeout: float = 180,
     before_workers: Callable[[Services], None] | None = None,
+    serve_port: int | None = None,
+    serve_source: Callable[[], str] | None = None,
 ) -> Services:
     """Start the servers, call ``before_workers`` (``up`` deploys there: the work pools must
     exist before a worker starts, or the worker creates its pool while the deployment does
@@ -145,7 +149,7 @@ def start(
         env={k: v for k, v in env.items() if k != SERVICES_ID},
         services=[],
     )
-    commands = [
+    commands: list[tuple[str, list[str] | Callable[[], list[str]], str | None]] = [
         (
             "prefect-server",
             [
@@ -180,8 +184,19 @@ def start(
         )
         for pool in pools
     ]
+    if serve_port is not None and serve_source is not None:
+        record.serve_url = f"http://127.0.0.1:{serve_port}/v1"
+        serve = [sys.executable, "-m", "wikitune.cli", "serve", "--port", f"{serve_port}"]
+        commands.append(
+            (
+                "wikitune-serve",
+                lambda: [*serve, "--source", serve_source()],
+                f"http://127.0.0.1:{serve_port}/health",
+            )
+        )
     try:
-        for name, command, health in commands:
+        for name, command_or_later, health in commands:
+            command = command_or_later() if callable(command_or_later) else command_or_later
             if name.startswith("worker-") and before_workers is not None:
                 before_workers(record)
                 before_workers = None
