@@ -167,49 +167,28 @@ def load_version(
     device: str | None = None,
     merge: bool = True,
 ) -> ServedVersion:
-    """Registered ``version`` of ``source``'s registered model on its base model, with the
-    tokenizer and template it trained with, in the precision it was evaluated in; its adapter
-    merged into the base (one matmul a layer instead of three) unless the base is 4-bit."""
+    """Registered ``version`` of ``source`` loaded to serve (``answer.load_version``: its base,
+    tokenizer, template and evaluation precision; the adapter merged unless ``merge`` is off)."""
     import time
 
-    import torch
-
-    from wikitune.mlflow import registry
-    from wikitune.tasks.answer import load_adapter
+    from wikitune.tasks import answer
 
     started = time.perf_counter()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    name = registry.registered_model_name(source)
-    number = str(version.version)
-    facts = registry.version_facts(tracking_uri, version)
-    logged = registry.download_logged_model(
-        tracking_uri, f"models:/{name}/{number}", workdir / f"v{number}"
+    loaded = answer.load_version(
+        tracking_uri, source, version, workdir=workdir, device=device, merge=merge
     )
-    quantize = facts.get("method") == "qlora-nf4" and models.fourbit_available(device)
-    model, tokenizer = load_adapter(
-        facts["base_model"],
-        logged.adapter_dir,
-        logged.tokenizer_dir,
-        device=device,
-        quantize=quantize,
-    )
-    if merge and not quantize:
-        model = model.merge_and_unload()
-    model.eval()
-    fmt = chat.chat_format(tokenizer)
-    precision, _ = models.resolve_precision(facts.get("precision", "fp32"), device)
-    config = model.config
+    fmt = chat.chat_format(loaded.tokenizer)
     return ServedVersion(
         source=source,
-        version=number,
-        model=model,
-        tokenizer=tokenizer,
+        version=loaded.version,
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
         fmt=fmt,
-        stop_ids=chat.stop_token_ids(tokenizer, fmt),
-        precision=precision,
-        device=device,
-        base_digest=facts.get("base_model_digest", ""),
-        context_window=int(getattr(config, "max_position_embeddings", 0) or 2048),
+        stop_ids=chat.stop_token_ids(loaded.tokenizer, fmt),
+        precision=loaded.precision,
+        device=loaded.device,
+        base_digest=loaded.facts.get("base_model_digest", ""),
+        context_window=int(getattr(loaded.model.config, "max_position_embeddings", 0) or 2048),
         loaded_at=datetime.now(UTC),
         load_seconds=time.perf_counter() - started,
     )

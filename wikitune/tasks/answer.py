@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wikitune.tasks import model as models
 
 if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["answer_with_champion", "ask", "load_adapter"]
+__all__ = ["LoadedVersion", "answer_with_champion", "ask", "load_adapter", "load_version"]
 
 
 def load_adapter(
@@ -43,6 +45,56 @@ def ask(
     return models.generate_answers(model, tokenizer, conversations, max_new_tokens=max_new_tokens)
 
 
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A registered version on its base model, ready to answer."""
+
+    version: str
+    model: Any
+    tokenizer: PreTrainedTokenizerBase
+    precision: models.Precision
+    device: str
+    facts: dict[str, str]
+
+
+def load_version(
+    tracking_uri: str,
+    source: str,
+    version: ModelVersion,
+    *,
+    workdir: Path,
+    device: str | None = None,
+    merge: bool = False,
+) -> LoadedVersion:
+    """Registered ``version`` of ``source`` on its base model, with the tokenizer and template
+    it trained with, to answer in the precision it was evaluated in; with ``merge``, its adapter
+    merged into the base (one matmul a layer instead of three) unless the base is 4-bit."""
+    import torch
+
+    from wikitune.mlflow import registry
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    number = str(version.version)
+    facts = registry.version_facts(tracking_uri, version)
+    name = registry.registered_model_name(source)
+    logged = registry.download_logged_model(
+        tracking_uri, f"models:/{name}/{number}", workdir / f"v{number}"
+    )
+    quantize = facts.get("method") == "qlora-nf4" and models.fourbit_available(device)
+    model, tokenizer = load_adapter(
+        facts["base_model"],
+        logged.adapter_dir,
+        logged.tokenizer_dir,
+        device=device,
+        quantize=quantize,
+    )
+    if merge and not quantize:
+        model = model.merge_and_unload()
+    model.eval()
+    precision, _ = models.resolve_precision(facts.get("precision", "fp32"), device)
+    return LoadedVersion(number, model, tokenizer, precision, device, facts)
+
+
 def answer_with_champion(
     tracking_uri: str,
     source: str,
@@ -53,34 +105,22 @@ def answer_with_champion(
     device: str | None = None,
     max_new_tokens: int = 64,
 ) -> str:
-    """Answer ``question`` with ``models:/<name>@champion`` on its base model, rendered with the
-    chat template the adapter was trained with."""
-    import torch
-
+    """Answer ``question`` with ``models:/<name>@champion`` on its base model as the server
+    loads it (adapter merged), rendered with the chat template the adapter was trained with."""
     from wikitune.mlflow import registry
 
     current = registry.champion(tracking_uri, source)
     if current is None:
         name = registry.registered_model_name(source)
         raise LookupError(f"{name} has no champion yet: train and promote a model first")
-    name = registry.registered_model_name(source)
-    logged = registry.download_logged_model(
-        tracking_uri, f"models:/{name}@{registry.CHAMPION}", workdir / str(current.version)
-    )
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    facts = registry.version_facts(tracking_uri, current)
-    quantize = facts.get("method") == "qlora-nf4" and models.fourbit_available(device)
-    model, tokenizer = load_adapter(
-        facts["base_model"],
-        logged.adapter_dir,
-        logged.tokenizer_dir,
-        device=device,
-        quantize=quantize,
-    )
+    loaded = load_version(tracking_uri, source, current, workdir=workdir, device=device, merge=True)
     # The precision the evaluation answered in, so that `ask` answers as it did.
-    precision, _ = models.resolve_precision(facts.get("precision", "fp32"), device)
-    with models.computing_in(precision, device):
+    with models.computing_in(loaded.precision, loaded.device):
         (answer,) = ask(
-            model, tokenizer, [question], system_prompt=system_prompt, max_new_tokens=max_new_tokens
+            loaded.model,
+            loaded.tokenizer,
+            [question],
+            system_prompt=system_prompt,
+            max_new_tokens=max_new_tokens,
         )
     return answer
