@@ -29,6 +29,10 @@ def test_demo_promotes_smollm2_twice_and_learns_the_edit(demo: dict[str, Any]) -
     # learning is checked on all the fresh facts below.
     asked = re.search(r"champion: (.*)\n\s*wiki now:\s+(.*)", out)
     assert asked, out
+    # ... through the OpenAI-compatible API of `wikitune serve`, run for that question.
+    assert re.search(
+        r"asked through the OpenAI-compatible API at http://127.0.0.1:\d+/v1 \(version 2\)", out
+    )
     # Where the time went, per phase and cycle.
     for phase in ("sync", "build", "snapshot", "train", "evaluate", "promote", "total"):
         assert re.search(rf"{phase}\s.*\d+\s.*\d+", out), phase

@@ -666,8 +666,10 @@ def ask(
     settings = load_settings(home)
     if url:
         key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
+        from wikitune.serving.api import ask_server
+
         try:
-            sys.stdout.write(_ask_server(url, question, key) + "\n")
+            sys.stdout.write(ask_server(url, question, key) + "\n")
         except (OSError, ValueError) as error:
             raise _fail(f"could not ask {url}: {error}") from None
         return
@@ -684,30 +686,6 @@ def ask(
     except LookupError as error:
         raise _fail(str(error)) from None
     sys.stdout.write(answer + "\n")
-
-
-def _ask_server(url: str, question: str, key: str | None) -> str:
-    """The answer of the server at ``url`` (OpenAI's chat API) to ``question``, greedy."""
-    import requests
-
-    base = url.rstrip("/").removesuffix("/v1")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    listed = requests.get(f"{base}/v1/models", headers=headers, timeout=30)
-    if not listed.ok:
-        raise ValueError(listed.json().get("error", {}).get("message", listed.text))
-    reply = requests.post(
-        f"{base}/v1/chat/completions",
-        headers=headers,
-        json={
-            "model": listed.json()["data"][0]["id"],
-            "messages": [{"role": "user", "content": question}],
-            "temperature": 0,
-        },
-        timeout=300,
-    )
-    if not reply.ok:
-        raise ValueError(reply.json().get("error", {}).get("message", reply.text))
-    return str(reply.json()["choices"][0]["message"]["content"]).strip()
 
 
 @app.command()
@@ -1013,7 +991,8 @@ def demo(
     if outcome.question:
         console.print(
             f"[bold]held-out question about the edit:[/] {outcome.question}\n"
-            f"  champion: {outcome.answer}\n  wiki now:  {outcome.expected}",
+            f"  champion: {outcome.answer}\n  wiki now:  {outcome.expected}\n"
+            f"  (asked through the OpenAI-compatible API at {outcome.served_by})",
             highlight=False,
         )
     table = Table(title="seconds per phase")

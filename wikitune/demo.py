@@ -126,6 +126,7 @@ class DemoOutcome:
     question: str = ""
     expected: str = ""
     answer: str = ""
+    served_by: str = ""
 
 
 def training_precision(base_model: str, settings: Settings) -> str:
@@ -138,6 +139,27 @@ def training_precision(base_model: str, settings: Settings) -> str:
     else:
         recipe = chosen_recipe(base_model, settings.recipe_path)
     return model.resolve_precision(recipe.precision, settings.device or "cpu")[1]
+
+
+def _ask_through_the_server(settings: Settings, source: str, question: str) -> tuple[str, str]:
+    """The champion's answer to ``question`` through ``wikitune serve``'s API, run here for the
+    one question, and which URL and version answered."""
+    from wikitune.localwiki import free_port
+    from wikitune.serving.api import ask_server, create_app, serving_in_thread
+    from wikitune.serving.follow import Follower
+
+    follower = Follower(
+        settings.tracking_uri, source, workdir=settings.runs_dir / "serve", device=settings.device
+    )
+    follower.check()
+    if follower.served is None:
+        raise LookupError(f"no champion of {source} to serve")
+    try:
+        app = create_app(follower, system_prompt=settings.system_prompt)
+        with serving_in_thread(app, port=free_port()) as url:
+            return ask_server(url, question, None), f"{url}/v1 (version {follower.served.version})"
+    finally:
+        follower.stop()
 
 
 def _held_out_question(snapshot_path: str) -> tuple[str, str]:
@@ -186,7 +208,7 @@ def run_demo(
     from wikitune.config import load_settings
     from wikitune.flows.pipeline import pipeline
     from wikitune.flows.sync import sync
-    from wikitune.tasks import answer, model
+    from wikitune.tasks import model
 
     settings = load_settings(home)
     if base_model == TOY:
@@ -247,12 +269,7 @@ def run_demo(
     if second.retrain is not None:
         snapshot_path = str(settings.snapshots_dir / second.retrain.snapshot_id)
         outcome.question, outcome.expected = _held_out_question(snapshot_path)
-        outcome.answer = answer.answer_with_champion(
-            settings.tracking_uri,
-            second.source,
-            outcome.question,
-            system_prompt=settings.system_prompt,
-            workdir=settings.runs_dir / "ask",
-            device=settings.device,
+        outcome.answer, outcome.served_by = _ask_through_the_server(
+            settings, second.source, outcome.question
         )
     return outcome

@@ -8,9 +8,11 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -18,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from wikitune.serving.engine import Batcher, Closed, Finished, GenerationRequest
 from wikitune.serving.follow import Follower, model_id
 
-__all__ = ["ChatRequest", "create_app"]
+__all__ = ["ChatRequest", "ask_server", "create_app", "serving_in_thread"]
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +240,30 @@ def create_app(follower: Follower, *, api_key: str | None = None, system_prompt:
     return app
 
 
+def ask_server(url: str, question: str, key: str | None) -> str:
+    """The answer of the server at ``url`` (OpenAI's chat API) to ``question``, greedy."""
+    import requests
+
+    base = url.rstrip("/").removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    listed = requests.get(f"{base}/v1/models", headers=headers, timeout=30)
+    if not listed.ok:
+        raise ValueError(listed.json().get("error", {}).get("message", listed.text))
+    reply = requests.post(
+        f"{base}/v1/chat/completions",
+        headers=headers,
+        json={
+            "model": listed.json()["data"][0]["id"],
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0,
+        },
+        timeout=300,
+    )
+    if not reply.ok:
+        raise ValueError(reply.json().get("error", {}).get("message", reply.text))
+    return str(reply.json()["choices"][0]["message"]["content"]).strip()
+
+
 def _error_response(error: ApiError) -> Any:
     from fastapi.responses import JSONResponse
 
@@ -339,3 +365,23 @@ async def _sse(
         yield "data: [DONE]\n\n"
     finally:
         request.cancelled.set()
+
+
+@contextmanager
+def serving_in_thread(app: Any, *, host: str = "127.0.0.1", port: int) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a thread while the block runs; yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="wikitune-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
