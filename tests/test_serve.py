@@ -194,7 +194,7 @@ def test_a_version_that_fails_to_load_never_serves(server: dict[str, Any], tmp_p
     client, url, home = server["client"], server["url"], server["home"]
     registry = mlflow_client(home)
     two = registry.get_model_version(MODEL, "2")
-    broken = Path(mlflow_download(registry, two.source, tmp_path / "v2"))
+    broken = Path(_copy_of_logged_model(two.source, tmp_path / "v2"))
     (weights,) = broken.rglob("adapter_model.safetensors")
     weights.write_bytes(weights.read_bytes()[:1000])
     three = registry.create_model_version(MODEL, source=str(broken), run_id=two.run_id)
@@ -213,11 +213,12 @@ def test_a_version_that_fails_to_load_never_serves(server: dict[str, Any], tmp_p
         registry.set_registered_model_alias(MODEL, "champion", "2")
 
 
-def mlflow_download(client: Any, source: str, dst: Path) -> str:
-    dst.mkdir(parents=True)
+def _copy_of_logged_model(model_uri: str, dst: Path) -> str:
+    """A writable copy of a logged model's files."""
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst))
+    dst.mkdir(parents=True)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst))
     copy = dst.parent / "broken"
     shutil.copytree(local, copy)
     return str(copy)
