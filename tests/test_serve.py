@@ -20,6 +20,7 @@ import requests
 from helpers import mlflow_client
 
 from wikitune.localwiki import free_port
+from wikitune.mlflow import registry
 from wikitune.tasks import model as models
 
 KEY = "serve-test-key-5b1f"
@@ -97,8 +98,10 @@ def test_the_endpoint_answers_as_the_evaluation_did(server: dict[str, Any]) -> N
     (listed,) = client.models.list().data
     assert listed.id == MODEL and listed.model_extra["version"] == "2"
     rows = _recorded_answers(home, "2")
-    (base_dir,) = (home / "models").glob("SmolLM2-*")
-    tokenizer = models.load_tokenizer(str(base_dir))
+    logged = registry.download_logged_model(
+        f"sqlite:///{home / 'mlflow.db'}", f"models:/{MODEL}/2", home / "tokenizer-v2"
+    )
+    tokenizer = models.load_tokenizer(logged.tokenizer_dir)
     budget = 8 + max(len(tokenizer(r["reference"])["input_ids"]) for r in rows)
     asked = rows[:24]
     with ThreadPoolExecutor(8) as pool:
@@ -192,13 +195,13 @@ def test_a_version_that_fails_to_load_never_serves(server: dict[str, Any], tmp_p
     """A version 3 whose adapter file is cut short, made champion by hand: version 2 goes on
     answering and /health says why 3 is not served."""
     client, url, home = server["client"], server["url"], server["home"]
-    registry = mlflow_client(home)
-    two = registry.get_model_version(MODEL, "2")
+    versions = mlflow_client(home)
+    two = versions.get_model_version(MODEL, "2")
     broken = Path(_copy_of_logged_model(two.source, tmp_path / "v2"))
     (weights,) = broken.rglob("adapter_model.safetensors")
     weights.write_bytes(weights.read_bytes()[:1000])
-    three = registry.create_model_version(MODEL, source=str(broken), run_id=two.run_id)
-    registry.set_registered_model_alias(MODEL, "champion", three.version)
+    three = versions.create_model_version(MODEL, source=str(broken), run_id=two.run_id)
+    versions.set_registered_model_alias(MODEL, "champion", three.version)
     try:
         _wait_for(
             lambda: (_health(url)["last_failed_load"] or {}).get("version") == str(three.version),
@@ -206,11 +209,11 @@ def test_a_version_that_fails_to_load_never_serves(server: dict[str, Any], tmp_p
         )
         health = _health(url)
         assert health["version"] == "2"
-        assert "safetensors" in health["last_failed_load"]["error"].lower()
+        assert "safetensor" in health["last_failed_load"]["error"].lower()
         assert _ask(client, "Hello?").system_fingerprint == f"{MODEL}/v2"
         assert f"version {three.version} of demo-wiki failed to load" in server["log"].read_text()
     finally:
-        registry.set_registered_model_alias(MODEL, "champion", "2")
+        versions.set_registered_model_alias(MODEL, "champion", "2")
 
 
 def _copy_of_logged_model(model_uri: str, dst: Path) -> str:
