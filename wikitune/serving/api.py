@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from wikitune.serving.engine import Batcher, Closed, Finished, GenerationRequest
-from wikitune.serving.follow import Follower, model_id
+from wikitune.serving.follow import Follower
 
 __all__ = ["ChatRequest", "ask_server", "create_app", "serving_in_thread"]
 
@@ -111,7 +111,9 @@ def create_app(follower: Follower, *, api_key: str | None = None, system_prompt:
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = FastAPI(title="wikitune serve", docs_url=None, redoc_url=None)
-    served_id = model_id(follower.source)
+    from wikitune.mlflow import registry
+
+    served_id = registry.registered_model_name(follower.source)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, error: ApiError) -> JSONResponse:
@@ -216,7 +218,7 @@ def create_app(follower: Follower, *, api_key: str | None = None, system_prompt:
             seed=body.seed,
             stop=body.stops(),
         )
-        request, batcher = _submit(follower, batcher, request)
+        batcher = _submit(follower, batcher, request)
         completion = _Completion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             model=served_id,
@@ -270,16 +272,15 @@ def _error_response(error: ApiError) -> Any:
     return JSONResponse(error.body(), status_code=error.status)
 
 
-def _submit(
-    follower: Follower, batcher: Batcher, request: GenerationRequest
-) -> tuple[GenerationRequest, Batcher]:
-    """Hand ``request`` to ``batcher``, or to the one that replaced it in the meantime."""
+def _submit(follower: Follower, batcher: Batcher, request: GenerationRequest) -> Batcher:
+    """Hand ``request`` to ``batcher``, or to the one that replaced it in the meantime; the
+    batcher that took it."""
     try:
         batcher.submit(request)
     except Closed:
         batcher = follower.batcher or batcher
         batcher.submit(request)
-    return request, batcher
+    return batcher
 
 
 async def _collect(queue: asyncio.Queue[str | Finished]) -> tuple[str, Finished]:
@@ -329,6 +330,11 @@ class _Completion:
             "usage": self.usage(finished),
         }
 
+    def usage_chunk(self, finished: Finished) -> str:
+        """The last chunk when the client asked for usage: no choices, only the counts."""
+        body = {**self._head("chat.completion.chunk"), "choices": [], "usage": self.usage(finished)}
+        return f"data: {json.dumps(body)}\n\n"
+
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> str:
         body = {
             **self._head("chat.completion.chunk"),
@@ -359,9 +365,7 @@ async def _sse(
             return
         yield completion.chunk({}, item.reason)
         if include_usage:
-            usage = {**completion._head("chat.completion.chunk"), "choices": []}
-            usage["usage"] = completion.usage(item)
-            yield f"data: {json.dumps(usage)}\n\n"
+            yield completion.usage_chunk(item)
         yield "data: [DONE]\n\n"
     finally:
         request.cancelled.set()

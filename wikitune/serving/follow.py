@@ -149,10 +149,12 @@ class Follower:
                 log.exception("could not read the champion of %s", self.source)
 
     def health(self) -> dict[str, Any]:
+        from wikitune.mlflow import registry
+
         served = self.served
         return {
             "status": "ok" if served else "no champion loaded",
-            "model": model_id(self.source),
+            "model": registry.registered_model_name(self.source),
             "version": served.version if served else None,
             "base_model_digest": served.base_digest if served else None,
             "precision": served.precision if served else None,
@@ -178,13 +180,6 @@ class Follower:
             ),
             "poll_seconds": self.poll_seconds,
         }
-
-
-def model_id(source: str) -> str:
-    """The model name clients ask for: the registered model's name."""
-    from wikitune.mlflow import registry
-
-    return registry.registered_model_name(source)
 
 
 def _now() -> datetime:
