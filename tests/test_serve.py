@@ -191,6 +191,33 @@ def test_the_alias_moves_under_streaming_clients_and_no_request_fails(
     assert cli("ask", edited["question"], "--url", url).strip() == edited["candidate"]
 
 
+def test_a_long_answer_holds_up_no_one_and_a_client_that_leaves_frees_its_slot(
+    server: dict[str, Any],
+) -> None:
+    """A short question asked while a long answer streams is answered before it (it joins the
+    running batch); closing the long stream drops its request from the batch."""
+    client, url = server["client"], server["url"]
+    cancelled_before = _health(url)["requests_cancelled"]
+    long = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count from 1 to 500, one number per line."}],
+        temperature=0,
+        max_tokens=3000,
+        stream=True,
+    )
+    pieces = 0
+    for chunk in long:
+        pieces += bool(chunk.choices and chunk.choices[0].delta.content)
+        if pieces == 5:
+            break
+    short = _ask(client, "What is the capital of France?", 24)
+    assert short.choices[0].message.content
+    assert _health(url)["requests_in_flight"] == 1  # the long answer is still generating
+    long.close()
+    _wait_for(lambda: _health(url)["requests_in_flight"] == 0, "the left request dropped", 30)
+    assert _health(url)["requests_cancelled"] == cancelled_before + 1
+
+
 def test_a_version_that_fails_to_load_never_serves(server: dict[str, Any], tmp_path: Path) -> None:
     """A version 3 whose adapter file is cut short, made champion by hand: version 2 goes on
     answering and /health says why 3 is not served."""

@@ -1,15 +1,15 @@
 """The model behind ``wikitune serve``: a registered version loaded on its base as the
-evaluation loads it, and a batcher that answers chat requests in shared batches on a thread of
-its own, handing each request its text as it is generated.
+evaluation loads it, and a batcher that answers chat requests with transformers' continuous
+batching, handing each request its text as it is generated.
 
-Requests that arrive while a batch generates wait for the next one; a batch holds up to
-``max_batch`` requests with the same sampling settings. Each request stops on its own (the
-template's end-of-turn token, its ``stop`` strings, its ``max_tokens``, or a cancel when its
-client went away); a batch ends when all of its requests have.
+A request joins the running batch (up to ``max_batch`` requests) at its next step and leaves it
+when it stops on its own: the template's end-of-turn token, its ``stop`` strings, its
+``max_tokens``, or a cancel when its client went away.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["Batcher", "Closed", "Finished", "GenerationRequest", "ServedVersion", "load_version"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_NEW_TOKENS = 256
+_PAGE_TOKENS = 256  # tokens per page of the paged KV cache
 
 
 @dataclass(frozen=True)
@@ -63,75 +66,61 @@ class Closed(RuntimeError):
     """The batcher is closing: its version no longer takes requests."""
 
 
-class _Rows:
-    """Per request of a batch: the tokens generated so far, the text already handed out, and
-    whether it stopped. Receives each step's tokens as a ``transformers`` streamer."""
+class _Stream:
+    """One request's text as it is generated: the tokens so far, the text already handed out,
+    and whether (and why) it stopped. Fed the request's tokens after every step."""
 
-    def __init__(self, requests: list[GenerationRequest], tokenizer: Any, stop_ids: list[int]):
-        self.requests = requests
+    def __init__(self, request: GenerationRequest, tokenizer: Any, stop_ids: list[int]):
+        self.request = request
         self.tokenizer = tokenizer
         self.stop_ids = set(stop_ids)
-        self.tokens: list[list[int]] = [[] for _ in requests]
-        self.sent = ["" for _ in requests]
-        self.done = [False for _ in requests]
-        self._prompt_seen = False
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.done = False
 
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:  # generate hands over the prompt first
-            self._prompt_seen = True
-            return
-        steps = value.reshape(len(self.requests), -1).tolist()
-        for row, new in enumerate(steps):
-            for token in new:
-                if not self.done[row]:
-                    self._step(row, int(token))
-
-    def end(self) -> None:
-        for row in range(len(self.requests)):
-            if not self.done[row]:
-                self._finish(row, "length", self._text(row))
-
-    def stopped(self) -> list[bool]:
-        return [d or r.cancelled.is_set() for d, r in zip(self.done, self.requests, strict=True)]
-
-    def _text(self, row: int) -> str:
-        return self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).lstrip()
-
-    def _step(self, row: int, token: int) -> None:
-        request = self.requests[row]
-        if request.cancelled.is_set():
-            self.done[row] = True
-            return
-        if token in self.stop_ids:
-            self._finish(row, "stop", self._text(row))
-            return
-        self.tokens[row].append(token)
-        text = self._text(row)
-        for stop in request.stop:
-            if stop in text:
-                self._finish(row, "stop", text[: text.index(stop)])
+    def feed(self, generated: Sequence[int], *, finished: bool) -> None:
+        """Take the tokens generated so far (all of them: the new ones are those not yet seen)."""
+        for token in generated[len(self.tokens) :]:
+            if self.done:
                 return
-        if len(self.tokens[row]) >= request.max_tokens:
-            self._finish(row, "length", text)
+            self._step(int(token))
+        if finished and not self.done:
+            self._finish("length", self._text())
+
+    def _text(self) -> str:
+        return self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
+
+    def _step(self, token: int) -> None:
+        if token in self.stop_ids:
+            self._finish("stop", self._text())
+            return
+        self.tokens.append(token)
+        text = self._text()
+        for stop in self.request.stop:
+            if stop in text:
+                self._finish("stop", text[: text.index(stop)])
+                return
+        if len(self.tokens) >= self.request.max_tokens:
+            self._finish("length", text)
             return
         # Hold back an unfinished character and what may be the start of a stop string.
         safe = text.rstrip("\ufffd")
-        for stop in request.stop:
+        for stop in self.request.stop:
             for size in range(min(len(stop) - 1, len(safe)), 0, -1):
                 if safe.endswith(stop[:size]):
                     safe = safe[:-size]
                     break
-        self._send(row, safe)
+        self._send(safe)
 
-    def _send(self, row: int, text: str) -> None:
-        if len(text) > len(self.sent[row]) and text.startswith(self.sent[row]):
-            self.requests[row].emit(text[len(self.sent[row]) :])
-            self.sent[row] = text
+    def _send(self, text: str) -> None:
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            self.request.emit(text[len(self.sent) :])
+            self.sent = text
 
-    def _finish(self, row: int, reason: str, text: str) -> None:
-        self._send(row, text.rstrip("\ufffd"))
-        self.done[row] = True
-        self.requests[row].emit(Finished(reason, len(self.tokens[row])))
+    def _finish(self, reason: str, text: str) -> None:
+        self._send(text.rstrip("\ufffd"))
+        self.done = True
+        self.request.emit(Finished(reason, len(self.tokens)))
 
 
 @dataclass
@@ -178,6 +167,12 @@ def load_version(
         tracking_uri, source, version, workdir=workdir, device=device, merge=merge
     )
     fmt = chat.chat_format(loaded.tokenizer)
+    if loaded.precision == "bf16":  # generation runs on threads of its own: autocast there too
+        import torch
+
+        device_type = "cuda" if loaded.device == "cuda" else "cpu"
+        autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+        loaded.model.forward = autocast(loaded.model.forward)
     return ServedVersion(
         source=source,
         version=loaded.version,
@@ -195,86 +190,127 @@ def load_version(
 
 
 class Batcher:
-    """Answers requests for one served version on a thread of its own, in shared batches."""
+    """Answers requests for one served version with transformers' continuous batching: a request
+    joins the running batch at the next step and leaves it when it stops, so a long answer never
+    holds up a short one. Greedy requests share one batch, sampled ones another (a batch decodes
+    one way); a cancelled request (its client went away) is dropped from its batch at once."""
 
     def __init__(self, served: ServedVersion, *, max_batch: int = 8) -> None:
         self.served = served
         self.max_batch = max_batch
-        self._waiting: list[GenerationRequest] = []
-        self._condition = threading.Condition()
+        self._managers: dict[bool, Any] = {}  # sampling or not -> ContinuousBatchingManager
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self.cancelled = 0
+        """Requests dropped before they finished because their client went away."""
         self._closing = False
+        self._manager(sampling=False)  # greedy is the default: ready before the first request
         self._thread = threading.Thread(
-            target=self._run, name=f"batcher-v{served.version}", daemon=True
+            target=self._deliver, name=f"batcher-v{served.version}", daemon=True
         )
         self._thread.start()
 
+    @property
+    def in_flight(self) -> int:
+        """Requests taken and not yet finished."""
+        return len(self._streams)
+
     def submit(self, request: GenerationRequest) -> None:
-        with self._condition:
+        sampling = request.temperature > 0
+        with self._lock:
             if self._closing:
                 raise Closed(f"version {self.served.version} is no longer served")
-            self._waiting.append(request)
-            self._condition.notify()
+            manager = self._manager(sampling)
+            request_id = f"r{next(self._ids)}"
+            self._streams[request_id] = _Stream(
+                request, self.served.tokenizer, self.served.stop_ids
+            )
+        knobs = {"temperature": request.temperature, "top_p": request.top_p} if sampling else {}
+        taken = manager.add_request(
+            request.prompt_ids,
+            request_id=request_id,
+            max_new_tokens=request.max_tokens,
+            streaming=True,
+            eos_token_id=self.served.stop_ids,
+            **knobs,
+        )
+        if taken is None:  # the manager stopped taking requests (it logged why)
+            self._streams.pop(request_id, None)
+            request.emit(Finished("error", 0, "the generation loop refused the request"))
 
     def close(self, *, wait: bool = True) -> None:
-        """Take no more requests; answer those already taken, then stop the thread."""
-        with self._condition:
+        """Take no more requests; answer those already taken, then stop generating."""
+        with self._lock:
             self._closing = True
-            self._condition.notify()
         if wait:
             self._thread.join()
 
-    def _next_batch(self) -> list[GenerationRequest] | None:
-        with self._condition:
-            while not self._waiting and not self._closing:
-                self._condition.wait()
-            if not self._waiting:
-                return None
-            kind = self._waiting[0].sampling()
-            batch = [r for r in self._waiting if r.sampling() == kind][: self.max_batch]
-            self._waiting = [r for r in self._waiting if r not in batch]
-        return [r for r in batch if not r.cancelled.is_set()]
+    def _manager(self, sampling: bool) -> Any:
+        """The continuous-batching manager for greedy or sampled requests, started on first use."""
+        if sampling not in self._managers:
+            from transformers import ContinuousBatchingConfig, GenerationConfig
 
-    def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            if not batch:
-                continue
-            try:
-                self._generate(batch)
-            except Exception as error:  # a failed batch fails its requests, not the server
-                log.exception("generation failed for %d requests", len(batch))
-                for request in batch:
-                    request.emit(Finished("error", 0, f"{type(error).__name__}: {error}"))
-
-    def _generate(self, batch: list[GenerationRequest]) -> None:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        served = self.served
-        tokenizer = served.tokenizer
-        tokenizer.padding_side = "left"
-        inputs = tokenizer.pad(
-            {"input_ids": [r.prompt_ids for r in batch]}, return_tensors="pt"
-        ).to(served.device)
-        rows = _Rows(batch, tokenizer, served.stop_ids)
-
-        class EachRowStops(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return torch.tensor(rows.stopped(), device=input_ids.device)
-
-        first = batch[0]
-        sampling: dict[str, Any] = {"do_sample": False}
-        if first.temperature > 0:
-            sampling = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
-            if first.seed is not None:
-                torch.manual_seed(first.seed)
-        with torch.inference_mode(), models.computing_in(served.precision, served.device):
-            served.model.generate(
-                **inputs,
-                max_new_tokens=max(r.max_tokens for r in batch),
-                eos_token_id=served.stop_ids,
-                pad_token_id=tokenizer.pad_token_id,
-                streamer=rows,
-                stopping_criteria=StoppingCriteriaList([EachRowStops()]),
-                **sampling,
+            served = self.served
+            decoding: dict[str, Any] = {"do_sample": False}
+            if sampling:  # per-request temperature and top-p need the processors to exist
+                decoding = {"do_sample": True, "temperature": 0.7, "top_p": 0.95}
+            pages = -(-served.context_window // _PAGE_TOKENS)
+            manager = served.model.init_continuous_batching(
+                generation_config=GenerationConfig(
+                    max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+                    eos_token_id=served.stop_ids,
+                    pad_token_id=served.tokenizer.pad_token_id,
+                    **decoding,
+                ),
+                continuous_batching_config=ContinuousBatchingConfig(
+                    page_size=_PAGE_TOKENS,
+                    # One request as long as the context window, and room for the others.
+                    num_blocks=pages + 2 * self.max_batch,
+                    max_batch_tokens=_PAGE_TOKENS * 4,
+                    max_requests_per_batch=self.max_batch,
+                    per_request_processors=sampling,
+                ),
             )
-        rows.end()
+            manager.start()
+            self._managers[sampling] = manager
+        return self._managers[sampling]
+
+    def _deliver(self) -> None:
+        """Hand each request the tokens of every step; drop cancelled requests; once closing
+        and drained, stop the managers."""
+        while True:
+            for request_id, stream in list(self._streams.items()):
+                if stream.request.cancelled.is_set():
+                    for manager in self._managers.values():
+                        manager.cancel_request(request_id)
+                    self._streams.pop(request_id, None)
+                    self.cancelled += 1
+            if self._closing and not self._streams:
+                break
+            for manager in list(self._managers.values()):
+                timeout = 0.05
+                while (output := manager.get_result(timeout=timeout)) is not None:
+                    self._route(output)
+                    timeout = 0  # take what is there, then look at the other manager
+        for manager in list(self._managers.values()):
+            manager.stop(block=True)
+
+    def _route(self, output: Any) -> None:
+        stream = self._streams.get(output.request_id)
+        if stream is None:  # cancelled meanwhile
+            return
+        try:
+            if output.error:
+                stream.done = True
+                stream.request.emit(Finished("error", len(stream.tokens), str(output.error)))
+            else:
+                stream.feed(output.generated_tokens, finished=output.is_finished())
+        except Exception as error:  # one request's failure must not stop the others
+            log.exception("could not deliver request %s", output.request_id)
+            stream.done = True
+            stream.request.emit(Finished("error", len(stream.tokens), f"{error}"))
+        if stream.done:
+            self._streams.pop(output.request_id, None)
+            if not output.is_finished():  # stopped by a stop string or max_tokens here
+                self._managers[stream.request.temperature > 0].cancel_request(output.request_id)

@@ -151,7 +151,8 @@ class Follower:
     def health(self) -> dict[str, Any]:
         from wikitune.mlflow import registry
 
-        served = self.served
+        batcher = self.batcher
+        served = batcher.served if batcher else None
         return {
             "status": "ok" if served else "no champion loaded",
             "model": registry.registered_model_name(self.source),
@@ -178,6 +179,8 @@ class Follower:
                 if self.last_failure
                 else None
             ),
+            "requests_in_flight": batcher.in_flight if batcher else 0,
+            "requests_cancelled": batcher.cancelled if batcher else 0,
             "poll_seconds": self.poll_seconds,
         }
 
