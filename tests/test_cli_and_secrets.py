@@ -67,6 +67,28 @@ def test_bad_options_are_clear_errors(home: Path, prefect_server: str) -> None:
     assert "no store" in wikitune("status", env=env, home=home).stderr
 
 
+def test_the_serve_key_comes_from_the_environment_or_a_prefect_secret(
+    home: Path, prefect_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.blocks.system import Secret
+
+    from wikitune.config import Settings
+
+    monkeypatch.delenv("WIKITUNE_SERVE_API_KEY", raising=False)
+    Secret(value="key-from-prefect-77").save("serve-key", overwrite=True)
+    from_prefect = Settings(home=home, serve_api_key_secret="serve-key")
+    assert from_prefect.serve_key() == "key-from-prefect-77"
+    both = Settings(home=home, serve_api_key="key-env", serve_api_key_secret="serve-key")
+    assert both.serve_key() == "key-env"
+    assert Settings(home=home).serve_key() is None
+
+    env = _env(prefect_server, WIKITUNE_SERVE_API_KEY_SECRET="no-such-key")
+    missing = wikitune("serve", env=env, home=home)
+    assert missing.returncode == 1
+    assert "'no-such-key'" in missing.stderr and "not a Prefect Secret" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
 def test_private_wiki_needs_the_bot_password(
     wiki_factory, home: Path, prefect_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

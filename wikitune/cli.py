@@ -665,11 +665,10 @@ def ask(
 
     settings = load_settings(home)
     if url:
-        key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
         from wikitune.serving.api import ask_server
 
         try:
-            sys.stdout.write(ask_server(url, question, key) + "\n")
+            sys.stdout.write(ask_server(url, question, settings.serve_key()) + "\n")
         except (OSError, ValueError) as error:
             raise _fail(f"could not ask {url}: {error}") from None
         return
@@ -710,6 +709,10 @@ def serve(
     from wikitune.serving.follow import Follower
 
     settings = load_settings(home)
+    try:
+        key = settings.serve_key()
+    except ValueError as error:
+        raise _fail(str(error)) from None
     name = _source_for_registry(settings, source)
     follower = Follower(
         settings.tracking_uri,
@@ -724,7 +727,6 @@ def serve(
     if follower.served is None:
         why = follower.last_failure.error if follower.last_failure else "no champion yet"
         console.print(f"[yellow]nothing to serve yet ({why}); waiting for a champion[/]")
-    key = settings.serve_api_key.get_secret_value() if settings.serve_api_key else None
     app_ = create_app(follower, api_key=key, system_prompt=settings.system_prompt)
     console.print(
         f"serving {name} at http://{host}:{port}/v1"

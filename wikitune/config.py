@@ -125,6 +125,27 @@ class Settings(BaseSettings):
         description="The key `wikitune serve` wants as `Authorization: Bearer <key>`; none: no"
         " key asked (it binds 127.0.0.1 unless told otherwise).",
     )
+    serve_api_key_secret: str | None = Field(
+        default=None,
+        description="Name of a Prefect Secret block holding the serve key, instead.",
+    )
+
+    def serve_key(self) -> str | None:
+        """The key `wikitune serve` wants: WIKITUNE_SERVE_API_KEY, or the Prefect Secret
+        named by WIKITUNE_SERVE_API_KEY_SECRET; none when neither is set."""
+        if self.serve_api_key is not None:
+            return self.serve_api_key.get_secret_value()
+        if not self.serve_api_key_secret:
+            return None
+        from prefect.blocks.system import Secret
+
+        try:
+            return str(Secret.load(self.serve_api_key_secret).get())
+        except ValueError as error:
+            raise ValueError(
+                f"WIKITUNE_SERVE_API_KEY_SECRET names {self.serve_api_key_secret!r}, which is"
+                f" not a Prefect Secret block on {_prefect_api()}"
+            ) from error
 
     @field_validator("home")
     @classmethod
@@ -174,3 +195,9 @@ def load_settings(home: Path | str | None = None) -> Settings:
     if home is None:
         return Settings()
     return Settings(home=Path(home))
+
+
+def _prefect_api() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or "the ephemeral Prefect API"
