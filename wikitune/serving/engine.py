@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -139,6 +140,7 @@ class ServedVersion:
     context_window: int
     loaded_at: datetime
     load_seconds: float
+    adapter_dir: Path
 
     def render(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """The prompt's token ids, rendered with the adapter's own template as the
@@ -158,8 +160,6 @@ def load_version(
 ) -> ServedVersion:
     """Registered ``version`` of ``source`` loaded to serve (``answer.load_version``: its base,
     tokenizer, template and evaluation precision; the adapter merged unless ``merge`` is off)."""
-    import time
-
     from wikitune.tasks import answer
 
     started = time.perf_counter()
@@ -167,12 +167,12 @@ def load_version(
         tracking_uri, source, version, workdir=workdir, device=device, merge=merge
     )
     fmt = chat.chat_format(loaded.tokenizer)
-    if loaded.precision == "bf16":  # generation runs on threads of its own: autocast there too
+    if loaded.precision == "bf16" and loaded.device != "cuda":
+        # Continuous batching keeps its KV cache in the model's dtype, which autocast would
+        # not match: a version evaluated under bf16 autocast serves with bf16 weights.
         import torch
 
-        device_type = "cuda" if loaded.device == "cuda" else "cpu"
-        autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-        loaded.model.forward = autocast(loaded.model.forward)
+        loaded.model.to(torch.bfloat16)
     return ServedVersion(
         source=source,
         version=loaded.version,
@@ -186,6 +186,7 @@ def load_version(
         context_window=int(getattr(loaded.model.config, "max_position_embeddings", 0) or 2048),
         loaded_at=datetime.now(UTC),
         load_seconds=time.perf_counter() - started,
+        adapter_dir=Path(loaded.adapter_dir),
     )
 
 
@@ -288,13 +289,23 @@ class Batcher:
                     self.cancelled += 1
             if self._closing and not self._streams:
                 break
-            for manager in list(self._managers.values()):
+            for sampling, manager in list(self._managers.items()):
+                if not manager.is_running():  # its loop died: fail what it held, not hang
+                    self._fail(sampling, "the generation loop stopped; see the server's log")
+                    time.sleep(0.05)
+                    continue
                 timeout = 0.05
                 while (output := manager.get_result(timeout=timeout)) is not None:
                     self._route(output)
                     timeout = 0  # take what is there, then look at the other manager
         for manager in list(self._managers.values()):
             manager.stop(block=True)
+
+    def _fail(self, sampling: bool, why: str) -> None:
+        for request_id, stream in list(self._streams.items()):
+            if (stream.request.temperature > 0) == sampling:
+                self._streams.pop(request_id, None)
+                stream.request.emit(Finished("error", len(stream.tokens), why))
 
     def _route(self, output: Any) -> None:
         stream = self._streams.get(output.request_id)
