@@ -319,6 +319,8 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert "&diff=" in sync_artifact["data"] and SAMPLE_VTUBERS[4][1] in sync_artifact["data"]
     assert cycle_artifact["description"] == f"{SOURCE}: {done['state']['message']}"
     assert f"[{version['version']}]({version_page})" in cycle_artifact["data"]
+    # The cycle waited for up's server to swap the new version in, and says when.
+    assert f"Live on `wikitune serve` at {services['serve']}/v1 since" in cycle_artifact["data"]
     training = latest_artifact(f"training-{SOURCE}")
     assert training["type"] == "progress" and training["data"] == 100.0
     assert "MLflow run [" in training["description"]

@@ -4,6 +4,7 @@ official openai client while the registry's `champion` alias moves under it."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,9 +19,11 @@ import openai
 import pytest
 import requests
 from helpers import mlflow_client
+from vllm_replay import VllmReplay
 
 from wikitune.localwiki import free_port
 from wikitune.mlflow import registry
+from wikitune.serving.vllm import VllmPushError, VllmTarget
 from wikitune.tasks import model as models
 
 KEY = "serve-test-key-5b1f"
@@ -46,11 +49,12 @@ def server(demo: dict[str, Any]) -> Iterator[dict[str, Any]]:
     home = Path(demo["home"])
     port = free_port()
     log_path = home / "serve.log"
+    vllm = VllmReplay("load_ok")  # vLLM cannot run here: its recorded replies stand in
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "wikitune.cli", "serve", "--home", str(home)),
-                *("--port", str(port), "--poll-seconds", "0.5"),
+                *("--port", str(port), "--poll-seconds", "0.5", "--vllm-url", vllm.url),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -67,9 +71,17 @@ def server(demo: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
     _wait_for(up, "server answering with version 2", timeout=180)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120)
-    yield {"url": url, "home": home, "client": client, "log": log_path, "env": demo["env"]}
+    yield {
+        "url": url,
+        "home": home,
+        "client": client,
+        "log": log_path,
+        "env": demo["env"],
+        "vllm": vllm,
+    }
     process.terminate()
     process.wait(timeout=60)
+    vllm.close()
     assert KEY not in log_path.read_text()  # the key is never logged
 
 
@@ -189,6 +201,19 @@ def test_the_alias_moves_under_streaming_clients_and_no_request_fails(
     answer = _ask(client, edited["question"]).choices[0].message.content
     assert answer.strip() == edited["candidate"] and "晨星社二期" in answer
     assert cli("ask", edited["question"], "--url", url).strip() == edited["candidate"]
+    # Each version that went live was pushed to vLLM too, under the one served name.
+    pushed = [_pushed_version(sent) for sent in server["vllm"].received]
+    assert pushed[-2:] == ["1", "2"], pushed
+    assert health["last_vllm_push"]["version"] == "2" and "answer" in health["last_vllm_push"]
+
+
+def _pushed_version(sent: dict[str, Any]) -> str:
+    """The version whose adapter a load request sent to vLLM names (its files, checked)."""
+    assert sent["path"] == "/v1/load_lora_adapter" and sent["body"]["lora_name"] == MODEL
+    adapter = Path(sent["body"]["lora_path"])
+    assert (adapter / "adapter_model.safetensors").is_file()
+    (version,) = re.findall(r"/v(\d+)/", str(adapter))
+    return version
 
 
 def test_a_long_answer_holds_up_no_one_and_a_client_that_leaves_frees_its_slot(
@@ -239,6 +264,7 @@ def test_a_version_that_fails_to_load_never_serves(server: dict[str, Any], tmp_p
         assert "safetensor" in health["last_failed_load"]["error"].lower()
         assert _ask(client, "Hello?").system_fingerprint == f"{MODEL}/v2"
         assert f"version {three.version} of demo-wiki failed to load" in server["log"].read_text()
+        assert health["last_vllm_push"]["version"] == "2"  # nor was it pushed to vLLM
     finally:
         versions.set_registered_model_alias(MODEL, "champion", "2")
 
@@ -285,3 +311,35 @@ def test_bad_requests_get_openai_shaped_errors_that_name_the_problem(
     assert "context window" in refused(long, 400)
     assert "bytes" in refused("x" * 1_100_000, 413, raw=True)
     assert _health(url)["status"] == "ok"  # and the server is still up
+
+
+def test_pushing_an_adapter_to_vllm_loads_it_in_place_under_one_name(tmp_path: Path) -> None:
+    """Against vLLM's recorded replies: a current vLLM loads in place; an older one, which
+    refuses a name it has, gets an unload first; each refusal is an error that says why."""
+    adapter = tmp_path / "adapter"
+    with VllmReplay("load_ok") as vllm:
+        target = VllmTarget(vllm.url, MODEL, api_key="vllm-key")
+        assert "added successfully" in target.push(adapter)
+        (sent,) = vllm.received
+        assert sent["path"] == "/v1/load_lora_adapter"
+        assert sent["body"] == {"lora_name": MODEL, "lora_path": str(adapter), "load_inplace": True}
+        assert sent["authorization"] == "Bearer vllm-key"
+    with VllmReplay("already_loaded", "unload_ok", "load_ok") as vllm:
+        assert "added successfully" in VllmTarget(vllm.url, MODEL).push(adapter)
+        assert [r["path"] for r in vllm.received] == [
+            "/v1/load_lora_adapter",
+            "/v1/unload_lora_adapter",
+            "/v1/load_lora_adapter",
+        ]
+        assert vllm.received[1]["body"] == {"lora_name": MODEL}
+        assert "load_inplace" not in vllm.received[2]["body"]
+    refusals = {
+        "no_runtime_updating": "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True",
+        "bad_path": "HTTP 404: Loading lora wikitune-demo-wiki failed: No adapter found",
+        "unauthorized": "HTTP 401: Unauthorized",
+    }
+    for reply, says in refusals.items():
+        with VllmReplay(reply) as vllm, pytest.raises(VllmPushError, match=re.escape(says)):
+            VllmTarget(vllm.url, MODEL).push(adapter)
+    with pytest.raises(VllmPushError, match="could not reach vLLM"):
+        VllmTarget(f"http://127.0.0.1:{free_port()}", MODEL).push(adapter)

@@ -698,6 +698,13 @@ def serve(
         float, typer.Option(help="How often to look at the registry's champion alias.")
     ] = 5.0,
     max_batch: Annotated[int, typer.Option(help="Requests that share a forward pass.")] = 8,
+    vllm_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Also have the vLLM server at this URL load each new champion's adapter"
+            " (POST /v1/load_lora_adapter) as wikitune-<source>."
+        ),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Serve the champion behind an OpenAI-compatible API (/v1/chat/completions, /v1/models,
@@ -705,8 +712,10 @@ def serve(
     key."""
     import uvicorn
 
+    from wikitune.mlflow import registry
     from wikitune.serving.api import create_app
     from wikitune.serving.follow import Follower
+    from wikitune.serving.vllm import VllmTarget
 
     settings = load_settings(home)
     try:
@@ -722,6 +731,13 @@ def serve(
         max_batch=max_batch,
         poll_seconds=poll_seconds,
         url=f"http://{host}:{port}/v1",
+        vllm=VllmTarget(
+            vllm_url,
+            registry.registered_model_name(name),
+            settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None,
+        )
+        if vllm_url
+        else None,
     )
     follower.start()
     if follower.served is None:

@@ -125,6 +125,17 @@ class Settings(BaseSettings):
         description="The key `wikitune serve` wants as `Authorization: Bearer <key>`; none: no"
         " key asked (it binds 127.0.0.1 unless told otherwise).",
     )
+    serve_url: str | None = Field(
+        default=None,
+        description="The `wikitune serve` that follows this home's champion (`up` sets it): a"
+        " cycle that promotes waits for it to answer with the new version and says when.",
+    )
+    serve_live_timeout_s: float = Field(
+        default=180.0, description="How long a promoting cycle waits for the server to swap."
+    )
+    vllm_api_key: SecretStr | None = Field(
+        default=None, description="The key of the vLLM server `serve --vllm-url` pushes to."
+    )
     serve_api_key_secret: str | None = Field(
         default=None,
         description="Name of a Prefect Secret block holding the serve key, instead.",

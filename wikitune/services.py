@@ -186,6 +186,7 @@ def start(
     ]
     if serve_port is not None and serve_source is not None:
         record.serve_url = f"http://127.0.0.1:{serve_port}/v1"
+        env["WIKITUNE_SERVE_URL"] = record.serve_url  # the workers' cycles wait for it
         serve = [sys.executable, "-m", "wikitune.cli", "serve", "--port", f"{serve_port}"]
         commands.append(
             (

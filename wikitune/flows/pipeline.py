@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Literal
 
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.events import emit_event
 from prefect.runtime import flow_run
@@ -60,6 +61,8 @@ class CycleSummary(BaseModel):
     dataset_ready_emitted: bool = False
     snapshot_id: str | None = None
     retrain: RetrainResult | None = None
+    went_live: str | None = None
+    """When the promoted version went live on `wikitune serve`, or why not (markdown)."""
 
 
 class RetrainDeploymentFailed(RuntimeError):
@@ -249,7 +252,19 @@ def _cycle_markdown(
             if promotion.evaluation
             else "The run was already this version: nothing was evaluated or registered again.",
         ]
+        if summary.went_live:
+            lines += ["", summary.went_live]
     return "\n".join(lines)
+
+
+@task(name="wait-until-served", cache_policy=NO_CACHE)
+def _wait_until_served(url: str, version: str, timeout: float) -> str:
+    """Wait for the server following the champion to answer with the promoted version."""
+    from wikitune.serving.api import wait_live
+
+    going = wait_live(url, version, timeout=timeout)
+    run_logger().info(going.markdown())
+    return going.markdown()
 
 
 def _outcome_state(summary: CycleSummary, poll: bool) -> tuple[str, list[str]]:
@@ -372,6 +387,14 @@ def pipeline(
             follow_champion(store, settings.tracking_uri, synced.source)
         summary.retrained, summary.snapshot_id, summary.retrain = True, frozen.id, result
         summary.message = _retrain_message(result)
+        promotion = result.promotion
+        if settings.serve_url and promotion and promotion.outcome == "promoted":
+            summary.went_live = step(
+                _wait_until_served,
+                url=settings.serve_url,
+                version=str(promotion.version),
+                timeout=settings.serve_live_timeout_s,
+            )
     # A poll reports when it found changes (and what became of them: not due, a cycle in
     # flight, the event); one that found nothing leaves the last report in view.
     if retrain_when != "never" or summary.dataset_ready_emitted or synced.pages_changed:

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from wikitune.serving.engine import Batcher, Closed, Finished, GenerationRequest
 from wikitune.serving.follow import Follower
 
-__all__ = ["ChatRequest", "ask_server", "create_app", "serving_in_thread"]
+__all__ = ["ChatRequest", "GoingLive", "ask_server", "create_app", "serving_in_thread", "wait_live"]
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,54 @@ def ask_server(url: str, question: str, key: str | None) -> str:
     if not reply.ok:
         raise ValueError(reply.json().get("error", {}).get("message", reply.text))
     return str(reply.json()["choices"][0]["message"]["content"]).strip()
+
+
+@dataclass(frozen=True)
+class GoingLive:
+    """Whether the server at ``url`` answered with ``version`` in time, and what it said."""
+
+    url: str
+    version: str
+    live: bool
+    waited_s: float
+    health: dict[str, Any]
+
+    def markdown(self) -> str:
+        if self.live:
+            return (
+                f"Live on `wikitune serve` at {self.url} since {self.health['serving_since']}"
+                f" ({self.waited_s:.0f} s after the promotion)."
+            )
+        if not self.health:
+            return f"Not live: the server at {self.url} did not answer its /health."
+        failed = self.health.get("last_failed_load") or {}
+        why = (
+            f"; version {failed['version']} failed to load: {failed['error']}"
+            if failed.get("version") == self.version
+            else ""
+        )
+        return (
+            f"Not live on {self.url} within {self.waited_s:.0f} s: it serves version"
+            f" {self.health.get('version')}{why}."
+        )
+
+
+def wait_live(url: str, version: str, *, timeout: float, interval: float = 1.0) -> GoingLive:
+    """Wait (up to ``timeout`` seconds) until the server at ``url`` serves ``version``."""
+    import requests
+
+    health_url = url.rstrip("/").removesuffix("/v1") + "/health"
+    started = time.monotonic()
+    health: dict[str, Any] = {}
+    while True:
+        try:
+            health = requests.get(health_url, timeout=10).json()
+        except (requests.RequestException, ValueError):
+            health = {}
+        waited = time.monotonic() - started
+        if health.get("version") == version or waited >= timeout:
+            return GoingLive(url, version, health.get("version") == version, waited, health)
+        time.sleep(interval)
 
 
 def _error_response(error: ApiError) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from wikitune.serving.engine import Batcher, ServedVersion, load_version
+from wikitune.serving.vllm import VllmPushError, VllmTarget
 
 __all__ = ["Follower", "LoadFailure", "Swap"]
 
@@ -51,6 +52,7 @@ class Follower:
         poll_seconds: float = 5.0,
         merge: bool = True,
         url: str = "",
+        vllm: VllmTarget | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.source = source
@@ -60,6 +62,8 @@ class Follower:
         self.poll_seconds = poll_seconds
         self.merge = merge
         self.url = url
+        self.vllm = vllm
+        self.last_vllm_push: dict[str, Any] | None = None
         self.batcher: Batcher | None = None
         self.last_swap: Swap | None = None
         self.last_failure: LoadFailure | None = None
@@ -117,6 +121,21 @@ class Follower:
         if previous is not None:
             previous.close(wait=False)  # drains what it took, then its thread ends
         self._mark_live(wanted)
+        if self.vllm is not None:
+            self._push_to_vllm(self.vllm, loaded)
+
+    def _push_to_vllm(self, target: VllmTarget, loaded: ServedVersion) -> None:
+        """Have vLLM load the version's adapter too; a refusal is reported, not raised."""
+        push: dict[str, Any] = {"url": target.url, "version": loaded.version}
+        try:
+            push["answer"] = target.push(loaded.adapter_dir)
+            log.info(
+                "vLLM at %s serves version %s as %s", target.url, loaded.version, target.lora_name
+            )
+        except VllmPushError as error:
+            push["error"] = str(error)
+            log.error("version %s was not pushed to vLLM: %s", loaded.version, error)
+        self.last_vllm_push = {**push, "at": _now().isoformat()}
 
     def _mark_live(self, version: str) -> None:
         """Tag the version with when (and where) it went live, for the registry's page."""
@@ -179,6 +198,7 @@ class Follower:
                 if self.last_failure
                 else None
             ),
+            "last_vllm_push": self.last_vllm_push,
             "requests_in_flight": batcher.in_flight if batcher else 0,
             "requests_cancelled": batcher.cancelled if batcher else 0,
             "poll_seconds": self.poll_seconds,

@@ -55,6 +55,8 @@ class LoadedVersion:
     precision: models.Precision
     device: str
     facts: dict[str, str]
+    adapter_dir: Path
+    """The adapter's files as registered (what another server, such as vLLM, loads)."""
 
 
 def load_version(
@@ -92,7 +94,7 @@ def load_version(
         model = model.merge_and_unload()
     model.eval()
     precision, _ = models.resolve_precision(facts.get("precision", "fp32"), device)
-    return LoadedVersion(number, model, tokenizer, precision, device, facts)
+    return LoadedVersion(number, model, tokenizer, precision, device, facts, logged.adapter_dir)
 
 
 def answer_with_champion(
