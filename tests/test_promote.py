@@ -101,6 +101,9 @@ def test_promote_reject_rollback_and_ask(
         first_metrics["candidate_general_agreement"]
         <= first_metrics["candidate_general_similarity"]
     )
+    # Wiki content in the base's own general answers is not leakage: only what tuning added.
+    assert first_metrics["champion_wiki_leakage"] == 0.0
+    assert 0 <= first_metrics["candidate_wiki_leakage"] <= 1
     (cached,) = (home / "runs" / "evaluations" / "base-probe-answers").glob("*.json")
     cached_at = cached.stat().st_mtime_ns
 

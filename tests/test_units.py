@@ -130,3 +130,45 @@ def test_workers_leave_out_the_queued_run_notices_only() -> None:
     assert not NotNews().filter(record(queued))
     assert NotNews().filter(record(aborted))
     assert NotNews().filter(record("Worker 'wikitune-gpu' submitting flow run 'x'"))
+
+
+def test_retention_counts_what_the_base_knew_and_leakage_what_the_wiki_lent() -> None:
+    from wikitune.tasks.scoring import general_retention, states, wiki_leakage, wiki_markers
+
+    assert states("The capital of France is Paris.", ["Paris"])
+    assert states("法国的首都是巴黎。", ["巴黎"]) and states("It has 8 legs", ["eight", "8"])
+    assert not states("La Famille-Rochelle.", ["Paris"]) and not states("112 days", ["12"])
+    accepts = [["Paris"], ["Berlin"], ["Mars"], []]
+    base = ["The capital of France is Paris.", "Berlin.", "Jupiter.", "The sea is wide."]
+    # The base knew Paris and Berlin (not Mars; the open prompt is not checked): 1 of 2 kept.
+    tuned = ["La Famille-Rochelle.", "Berlin is the capital.", "Mars.", "The sea is wide."]
+    assert general_retention(tuned, base, accepts) == 0.5
+    assert general_retention(base, base, accepts) == 1.0
+
+    bio = "{} is a virtual YouTuber with Harbor Live, streaming on YouTube."
+    rows = [
+        {"title": name, "messages": [{"role": "assistant", "content": bio.format(name)}]}
+        for name in ("Nova Quill", "星野灯", "Rin Aoba")
+    ]
+    markers = wiki_markers(rows, base)
+    leaking = [
+        "Mars is a virtual YouTuber with Harbor Live.",  # the mapping's phrasing
+        "星野灯.",  # a page title
+        "Jupiter.",
+        "The sea is wide.",
+    ]
+    assert wiki_leakage(leaking, base, markers) == 0.5
+    assert wiki_leakage(base, base, markers) == 0.0
+
+
+def test_the_bundled_probes_ask_each_fact_in_both_languages_with_checkable_answers() -> None:
+    from collections import Counter
+
+    from wikitune.tasks.dataset import load_general_probes
+
+    probes = load_general_probes()
+    assert len(probes) >= 200 and len({p["id"] for p in probes}) == len(probes)
+    assert Counter(p["lang"] for p in probes) == {"en": len(probes) // 2, "zh": len(probes) // 2}
+    checkable = [p for p in probes if p["accept"]]
+    assert len(checkable) >= 0.9 * len(probes)
+    assert {p["category"] for p in checkable} >= {"capitals", "science", "arithmetic", "language"}

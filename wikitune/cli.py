@@ -601,15 +601,19 @@ def models(
         title=registry.registered_model_name(name),
         caption="F1 on the questions the gain is measured on (the facts fresh to the model it"
         " was compared with; all questions when none is fresh), both models on the same"
-        " questions; the numbers are the training run's metrics",
+        " questions; retention: of the general probes the bare base answers right, the share it"
+        " still does; leakage: the share of general answers carrying wiki content where the"
+        " base's did not; the numbers are the training run's metrics",
     )
     columns = ("version", "aliases", "decision", "snapshot", "scope", "compared with")
-    for column in (*columns, "its F1", "their F1", "gain", "why"):
+    for column in (*columns, "its F1", "their F1", "gain", "retention", "leakage", "why"):
         table.add_column(column)
     for v in versions:
         on = "fresh_f1" if "candidate_fresh_f1" in v.metrics else "f1"
         ours, theirs = v.metrics.get(f"candidate_{on}"), v.metrics.get(f"champion_{on}")
         gain = v.metrics.get("f1_gain")
+        retention = v.metrics.get("candidate_general_retention")
+        leakage = v.metrics.get("candidate_wiki_leakage")
         parent = v.tags.get("parent_version", "")
         table.add_row(
             v.version,
@@ -621,6 +625,8 @@ def models(
             f"{ours:.4f}" + (" (fresh)" if on == "fresh_f1" else "") if ours is not None else "",
             f"{theirs:.4f}" if theirs is not None else "",
             f"{gain:+.4f}" if gain is not None else "",
+            f"{retention:.2f}" if retention is not None else "",
+            f"{leakage:.2f}" if leakage is not None else "",
             v.tags.get("verdict", ""),
         )
     console.print(table)

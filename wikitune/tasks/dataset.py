@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -20,10 +21,12 @@ from typing import Any
 from wikitune.storage import QaPair, SnapshotRecord, Store
 
 __all__ = [
+    "ACCEPT_SEPARATOR",
     "general_rows_needed",
     "load_general",
     "load_general_probes",
     "make_snapshot",
+    "probe_accepts",
     "sample_general",
     "split_general",
     "with_system",
@@ -61,9 +64,20 @@ def load_general(path: Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+ACCEPT_SEPARATOR = "\n"
+"""Between the accepted answers of a probe in a snapshot's ``accept`` column."""
+
+
+def probe_accepts(row: Mapping[str, Any]) -> list[str]:
+    """The answers that count as right for a snapshot's probe row (none: not checkable)."""
+    return [a for a in str(row.get("accept") or "").split(ACCEPT_SEPARATOR) if a]
+
+
 def load_general_probes() -> list[dict[str, Any]]:
-    """The bundled probe prompts: kinds the general set holds none of, in both languages, on
-    which evaluation compares each model's answers with the bare base model's."""
+    """The bundled general-knowledge probes, in English and Chinese: questions the general set
+    holds none of, most with short checkable answers (``accept``: the answers that count as
+    right). Evaluation compares each model's answers with the bare base model's: which of the
+    probes the base answers right it still answers right, and whether wiki content leaks in."""
     text = resources.files("wikitune.data").joinpath("general_probes.jsonl").read_text("utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -112,6 +126,7 @@ def _wiki_row(pair: QaPair, system_prompt: str) -> dict[str, Any]:
         "title": pair.title,
         "field": pair.field,
         "lang": pair.lang,
+        "accept": "",
         "messages": with_system(
             [
                 {"role": "user", "content": pair.question},
@@ -133,6 +148,7 @@ def _general_row(row: dict[str, Any], system_prompt: str, kind: str = "general")
         "lang": row.get("lang"),
         "fresh": None,
         "previous": "",
+        "accept": ACCEPT_SEPARATOR.join(row.get("accept") or []),
         "messages": with_system(row["messages"], system_prompt),
     }
 

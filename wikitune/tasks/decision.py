@@ -67,6 +67,7 @@ class Decision(BaseModel):
             ("stable-fact exact match", "stable_exact_match"),
             ("exact match", "exact_match"),
             ("general loss", "general_loss"),
+            ("general retention", "general_retention"),
         ]
         shown = [
             f"{label} {self.candidate[key]:.2f} vs {self.champion[key]:.2f}"

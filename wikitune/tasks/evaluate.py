@@ -92,6 +92,9 @@ def evaluate_run(
     model = PeftModel.from_pretrained(base, candidate.adapter_dir, adapter_name="candidate")
     general = list(data.splits.get("general_eval") or [])
     probes = list(data.splits.get("general_probe") or [])  # none in older snapshots
+    # The probes in the languages the wiki's questions are asked in (all, when none matches).
+    languages = {row["lang"] for row in data.splits["eval"]}
+    probes = [row for row in probes if row["lang"] in languages] or probes
     # Both models answer in the precision the candidate trained in, where this device runs it;
     # the bare base's cached answers and loss are kept apart per precision.
     precision, why = models.resolve_precision(params.get("precision", "fp32"), device)

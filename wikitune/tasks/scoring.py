@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from wikitune import progress
 from wikitune.tasks import chat
 from wikitune.tasks import model as models
+from wikitune.tasks.dataset import probe_accepts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -28,9 +29,13 @@ __all__ = [
     "assistant_loss",
     "exact_match",
     "f1_score",
+    "general_retention",
     "paired_bootstrap",
     "probe_answers",
     "score_models",
+    "states",
+    "wiki_leakage",
+    "wiki_markers",
 ]
 
 
@@ -88,6 +93,80 @@ def answers_with_old_value(prediction: str, previous: str, reference: str) -> bo
     answered = Counter(answer_tokens(prediction))
     only_old, only_new = old - new, new - old
     return bool(only_old) and not (only_old - answered) and bool(only_new - answered)
+
+
+def states(answer: str, accepted: Sequence[str]) -> bool:
+    """Whether ``answer`` states one of the ``accepted`` answers: its scoring tokens appear
+    among the answer's, together and in order ("Paris" in "The capital of France is Paris.")."""
+    tokens = answer_tokens(answer)
+    return any(_holds(tokens, wanted) for a in accepted if (wanted := answer_tokens(a)))
+
+
+def _holds(tokens: Sequence[str], wanted: Sequence[str]) -> bool:
+    size = len(wanted)
+    return any(list(tokens[i : i + size]) == list(wanted) for i in range(len(tokens) - size + 1))
+
+
+MARKER_TOKENS = 3
+"""Tokens in a wiki phrase: a run the wiki's answers share marks an answer as wiki content."""
+
+
+class WikiMarkers(BaseModel):
+    """What marks an answer as wiki content: a page title, or a run of ``MARKER_TOKENS``
+    tokens that at least three of the wiki's answers share (the mapping's phrasing, a frequent
+    value) and that none of the bare base's answers to the general probes holds."""
+
+    titles: list[list[str]]
+    phrases: set[tuple[str, ...]]
+
+    def carried_by(self, answer: str) -> bool:
+        tokens = answer_tokens(answer)
+        runs = zip(*(tokens[i:] for i in range(MARKER_TOKENS)), strict=False)
+        return any(_holds(tokens, t) for t in self.titles) or any(r in self.phrases for r in runs)
+
+
+def wiki_markers(
+    eval_rows: Sequence[Mapping[str, Any]], base_probe_answers: Sequence[str]
+) -> WikiMarkers:
+    """The marks of wiki content in answers, from the wiki's eval questions' titles and answers."""
+    titles = {tuple(answer_tokens(str(row["title"]))) for row in eval_rows if row.get("title")}
+    shared: Counter[tuple[str, ...]] = Counter()
+    for reference in {row["messages"][-1]["content"] for row in eval_rows}:
+        tokens = answer_tokens(reference)
+        shared.update(set(zip(*(tokens[i:] for i in range(MARKER_TOKENS)), strict=False)))
+    general: set[tuple[str, ...]] = set()
+    for answer in base_probe_answers:
+        tokens = answer_tokens(answer)
+        general.update(zip(*(tokens[i:] for i in range(MARKER_TOKENS)), strict=False))
+    return WikiMarkers(
+        titles=[list(t) for t in titles if t],
+        phrases={run for run, count in shared.items() if count >= 3 and run not in general},
+    )
+
+
+def general_retention(
+    answers: Sequence[str], base_answers: Sequence[str], accepts: Sequence[Sequence[str]]
+) -> float | None:
+    """Of the checkable probes the bare base answers right, the share ``answers`` still gets
+    right (None when the base answers none right)."""
+    kept = [
+        float(states(answer, accepted))
+        for answer, base, accepted in zip(answers, base_answers, accepts, strict=True)
+        if accepted and states(base, accepted)
+    ]
+    return _mean(kept)
+
+
+def wiki_leakage(
+    answers: Sequence[str], base_answers: Sequence[str], markers: WikiMarkers
+) -> float | None:
+    """The share of the general probes whose answer carries wiki content where the bare base's
+    answer does not."""
+    leaks = [
+        float(markers.carried_by(answer) and not markers.carried_by(base))
+        for answer, base in zip(answers, base_answers, strict=True)
+    ]
+    return _mean(leaks)
 
 
 def _loss_sum(
@@ -165,6 +244,10 @@ class ModelScores(BaseModel):
     general_similarity: float | None = None
     """Mean token F1 of the answers to the general probes against the bare base model's: how
     far they moved, where agreement only says whether they moved at all."""
+    general_retention: float | None = None
+    """Of the general probes the bare base answers right, the share this model still does."""
+    wiki_leakage: float | None = None
+    """The share of the general probes answered with wiki content where the base was not."""
     wiki_loss: float
     general_loss: float | None
     per_question_f1: list[float] = Field(repr=False)
@@ -175,6 +258,7 @@ class ModelScores(BaseModel):
     def metrics(self) -> dict[str, float]:
         keys = ("exact_match", "f1", "fresh_exact_match", "fresh_f1", "stable_exact_match")
         keys += ("stable_f1", "stale_rate", "general_agreement", "general_similarity")
+        keys += ("general_retention", "wiki_leakage")
         keys += ("wiki_loss", "general_loss")
         return {k: v for k in keys if (v := getattr(self, k)) is not None}
 
@@ -272,6 +356,7 @@ def score_models(
             general_rows,
             probe_answers=probe_sets[i],
             base_probe_answers=base_probe_answers,
+            accepts=[probe_accepts(row) for row in probe_rows],
             base_general_loss=base_general_loss,
             batch_size=batch_size,
         )
@@ -334,6 +419,7 @@ def _scores(
     *,
     probe_answers: list[str] | None,
     base_probe_answers: Sequence[str] | None,
+    accepts: Sequence[list[str]],
     base_general_loss: float | None,
     batch_size: int,
 ) -> ModelScores:
@@ -352,11 +438,16 @@ def _scores(
         for answer, reference, row in zip(answers, references, eval_rows, strict=True)
         if row.get("previous")
     ]
-    agreement = similarity = None
+    agreement = similarity = retention = leakage = None
     if probe_answers is not None and base_probe_answers is not None:
         pairs = list(zip(probe_answers, base_probe_answers, strict=True))
         agreement = _mean([exact_match(a, b) for a, b in pairs])
         similarity = _mean([f1_score(a, b) for a, b in pairs])
+        if any(accepts):
+            retention = general_retention(probe_answers, base_probe_answers, accepts)
+        leakage = wiki_leakage(
+            probe_answers, base_probe_answers, wiki_markers(eval_rows, base_probe_answers)
+        )
     general = [row["messages"] for row in general_rows]
     with _as_adapter(model, adapter):
         wiki_loss = assistant_loss(
@@ -384,6 +475,8 @@ def _scores(
         stale_rate=_mean([float(s) for s in stale]),
         general_agreement=agreement,
         general_similarity=similarity,
+        general_retention=retention,
+        wiki_leakage=leakage,
         wiki_loss=wiki_loss,
         general_loss=general_loss,
         per_question_f1=f1,
