@@ -138,12 +138,17 @@ def test_retention_counts_what_the_base_knew_and_leakage_what_the_wiki_lent() ->
     assert states("The capital of France is Paris.", ["Paris"])
     assert states("法国的首都是巴黎。", ["巴黎"]) and states("It has 8 legs", ["eight", "8"])
     assert not states("La Famille-Rochelle.", ["Paris"]) and not states("112 days", ["12"])
+    # An answer the question holds counts only when the answer says it once more.
+    asked = "三角形有几条边？"
+    assert states("三角形有三条边。", ["三"], asked=asked)
+    assert not states("三角形有几条边？The word three is repeated.", ["三"], asked=asked)
     accepts = [["Paris"], ["Berlin"], ["Mars"], []]
+    questions = ["Capital of France?", "Capital of Germany?", "Red planet?", "The sea?"]
     base = ["The capital of France is Paris.", "Berlin.", "Jupiter.", "The sea is wide."]
     # The base knew Paris and Berlin (not Mars; the open prompt is not checked): 1 of 2 kept.
     tuned = ["La Famille-Rochelle.", "Berlin is the capital.", "Mars.", "The sea is wide."]
-    assert general_retention(tuned, base, accepts) == 0.5
-    assert general_retention(base, base, accepts) == 1.0
+    assert general_retention(tuned, base, accepts, questions) == 0.5
+    assert general_retention(base, base, accepts, questions) == 1.0
 
     bio = "{} is a virtual YouTuber with Harbor Live, streaming on YouTube."
     rows = [

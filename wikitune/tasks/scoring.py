@@ -95,16 +95,26 @@ def answers_with_old_value(prediction: str, previous: str, reference: str) -> bo
     return bool(only_old) and not (only_old - answered) and bool(only_new - answered)
 
 
-def states(answer: str, accepted: Sequence[str]) -> bool:
+def states(answer: str, accepted: Sequence[str], *, asked: str = "") -> bool:
     """Whether ``answer`` states one of the ``accepted`` answers: its scoring tokens appear
-    among the answer's, together and in order ("Paris" in "The capital of France is Paris.")."""
-    tokens = answer_tokens(answer)
-    return any(_holds(tokens, wanted) for a in accepted if (wanted := answer_tokens(a)))
+    among the answer's, together and in order ("Paris" in "The capital of France is Paris."),
+    more often than in the question ``asked`` (三 in "三角形有几条边？" echoed back is not
+    an answer; "三角形有三条边" is)."""
+    tokens, question = answer_tokens(answer), answer_tokens(asked)
+    return any(
+        _count(tokens, wanted) > _count(question, wanted)
+        for a in accepted
+        if (wanted := answer_tokens(a))
+    )
+
+
+def _count(tokens: Sequence[str], wanted: Sequence[str]) -> int:
+    size = len(wanted)
+    return sum(list(tokens[i : i + size]) == list(wanted) for i in range(len(tokens) - size + 1))
 
 
 def _holds(tokens: Sequence[str], wanted: Sequence[str]) -> bool:
-    size = len(wanted)
-    return any(list(tokens[i : i + size]) == list(wanted) for i in range(len(tokens) - size + 1))
+    return _count(tokens, wanted) > 0
 
 
 MARKER_TOKENS = 3
@@ -145,14 +155,19 @@ def wiki_markers(
 
 
 def general_retention(
-    answers: Sequence[str], base_answers: Sequence[str], accepts: Sequence[Sequence[str]]
+    answers: Sequence[str],
+    base_answers: Sequence[str],
+    accepts: Sequence[Sequence[str]],
+    questions: Sequence[str],
 ) -> float | None:
     """Of the checkable probes the bare base answers right, the share ``answers`` still gets
     right (None when the base answers none right)."""
     kept = [
-        float(states(answer, accepted))
-        for answer, base, accepted in zip(answers, base_answers, accepts, strict=True)
-        if accepted and states(base, accepted)
+        float(states(answer, accepted, asked=asked))
+        for answer, base, accepted, asked in zip(
+            answers, base_answers, accepts, questions, strict=True
+        )
+        if accepted and states(base, accepted, asked=asked)
     ]
     return _mean(kept)
 
@@ -357,6 +372,7 @@ def score_models(
             probe_answers=probe_sets[i],
             base_probe_answers=base_probe_answers,
             accepts=[probe_accepts(row) for row in probe_rows],
+            asked=[chat.prompt_turns(row["messages"])[-1]["content"] for row in probe_rows],
             base_general_loss=base_general_loss,
             batch_size=batch_size,
         )
@@ -420,6 +436,7 @@ def _scores(
     probe_answers: list[str] | None,
     base_probe_answers: Sequence[str] | None,
     accepts: Sequence[list[str]],
+    asked: Sequence[str],
     base_general_loss: float | None,
     batch_size: int,
 ) -> ModelScores:
@@ -444,7 +461,7 @@ def _scores(
         agreement = _mean([exact_match(a, b) for a, b in pairs])
         similarity = _mean([f1_score(a, b) for a, b in pairs])
         if any(accepts):
-            retention = general_retention(probe_answers, base_probe_answers, accepts)
+            retention = general_retention(probe_answers, base_probe_answers, accepts, asked)
         leakage = wiki_leakage(
             probe_answers, base_probe_answers, wiki_markers(eval_rows, base_probe_answers)
         )
