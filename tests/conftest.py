@@ -151,4 +151,6 @@ def demo(
         env=env,
         timeout=2400,
     )
+    # What a newcomer would read on the console, kept beside the home.
+    Path(home).parent.joinpath("demo-output.txt").write_text(result.stdout + result.stderr)
     return {"result": result, "home": home, "env": env}
