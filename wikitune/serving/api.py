@@ -68,6 +68,8 @@ class ChatRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    ignore_eos: bool = False
+    """vLLM's extension: generate to ``max_tokens`` whatever the model says."""
 
     @field_validator("stop")
     @classmethod
@@ -218,6 +220,7 @@ def create_app(follower: Follower, *, api_key: str | None = None, system_prompt:
             top_p=body.top_p if body.top_p is not None else 1.0,
             seed=body.seed,
             stop=body.stops(),
+            ignore_eos=body.ignore_eos,
         )
         batcher = _submit(follower, batcher, request)
         completion = _Completion(

@@ -54,6 +54,8 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: Sequence[str] = ()
+    ignore_eos: bool = False
+    """Generate on past the end-of-turn token, to ``max_tokens`` (vLLM's extension)."""
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def sampling(self) -> tuple[Any, ...]:
@@ -74,7 +76,7 @@ class _Stream:
     def __init__(self, request: GenerationRequest, tokenizer: Any, stop_ids: list[int]):
         self.request = request
         self.tokenizer = tokenizer
-        self.stop_ids = set(stop_ids)
+        self.stop_ids = set() if request.ignore_eos else set(stop_ids)
         self.tokens: list[int] = []
         self.sent = ""
         self.done = False
@@ -233,7 +235,7 @@ class Batcher:
             request_id=request_id,
             max_new_tokens=request.max_tokens,
             streaming=True,
-            eos_token_id=self.served.stop_ids,
+            eos_token_id=-1 if request.ignore_eos else self.served.stop_ids,
             **knobs,
         )
         if taken is None:  # the manager stopped taking requests (it logged why)
