@@ -156,9 +156,11 @@ class Follower:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop polling; let the version serving answer what it took, then stop its threads
+        (the generation loop's thread must end before the interpreter does)."""
         self._stop.set()
         if self.batcher is not None:
-            self.batcher.close(wait=False)
+            self.batcher.close(wait=True)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_seconds):
