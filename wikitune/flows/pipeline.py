@@ -262,9 +262,9 @@ def _wait_until_served(url: str, version: str, timeout: float) -> str:
     """Wait for the server following the champion to answer with the promoted version."""
     from wikitune.serving.api import wait_live
 
-    going = wait_live(url, version, timeout=timeout)
-    run_logger().info(going.markdown())
-    return going.markdown()
+    said = wait_live(url, version, timeout=timeout).markdown()
+    run_logger().info(said)
+    return said
 
 
 def _outcome_state(summary: CycleSummary, poll: bool) -> tuple[str, list[str]]:

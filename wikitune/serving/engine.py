@@ -58,11 +58,10 @@ class GenerationRequest:
     """Generate on past the end-of-turn token, to ``max_tokens`` (vLLM's extension)."""
     cancelled: threading.Event = field(default_factory=threading.Event)
 
-    def sampling(self) -> tuple[Any, ...]:
-        """What a batch must share: greedy, or the same temperature, top-p and seed."""
-        if self.temperature <= 0:
-            return ("greedy",)
-        return ("sample", self.temperature, self.top_p, self.seed)
+    @property
+    def sampled(self) -> bool:
+        """Sampled rather than greedy: the two decode in batches of their own."""
+        return self.temperature > 0
 
 
 class Closed(RuntimeError):
@@ -220,16 +219,16 @@ class Batcher:
         return len(self._streams)
 
     def submit(self, request: GenerationRequest) -> None:
-        sampling = request.temperature > 0
         with self._lock:
             if self._closing:
                 raise Closed(f"version {self.served.version} is no longer served")
-            manager = self._manager(sampling)
+            manager = self._manager(request.sampled)
             request_id = f"r{next(self._ids)}"
             self._streams[request_id] = _Stream(
                 request, self.served.tokenizer, self.served.stop_ids
             )
-        knobs = {"temperature": request.temperature, "top_p": request.top_p} if sampling else {}
+        knobs = {"temperature": request.temperature, "top_p": request.top_p}
+        knobs = knobs if request.sampled else {}
         taken = manager.add_request(
             request.prompt_ids,
             request_id=request_id,
@@ -285,8 +284,7 @@ class Batcher:
         while True:
             for request_id, stream in list(self._streams.items()):
                 if stream.request.cancelled.is_set():
-                    for manager in self._managers.values():
-                        manager.cancel_request(request_id)
+                    self._managers[stream.request.sampled].cancel_request(request_id)
                     self._streams.pop(request_id, None)
                     self.cancelled += 1
             if self._closing and not self._streams:
@@ -305,7 +303,7 @@ class Batcher:
 
     def _fail(self, sampling: bool, why: str) -> None:
         for request_id, stream in list(self._streams.items()):
-            if (stream.request.temperature > 0) == sampling:
+            if stream.request.sampled == sampling:
                 self._streams.pop(request_id, None)
                 stream.request.emit(Finished("error", len(stream.tokens), why))
 
@@ -326,4 +324,4 @@ class Batcher:
         if stream.done:
             self._streams.pop(output.request_id, None)
             if not output.is_finished():  # stopped by a stop string or max_tokens here
-                self._managers[stream.request.temperature > 0].cancel_request(output.request_id)
+                self._managers[stream.request.sampled].cancel_request(output.request_id)

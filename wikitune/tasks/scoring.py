@@ -10,6 +10,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -121,6 +122,12 @@ MARKER_TOKENS = 3
 """Tokens in a wiki phrase: a run the wiki's answers share marks an answer as wiki content."""
 
 
+def _runs(text: str) -> set[tuple[str, ...]]:
+    """Every run of ``MARKER_TOKENS`` consecutive scoring tokens of ``text``."""
+    tokens = answer_tokens(text)
+    return set(zip(*(tokens[i:] for i in range(MARKER_TOKENS)), strict=False))
+
+
 class WikiMarkers(BaseModel):
     """What marks an answer as wiki content: a page title, or a run of ``MARKER_TOKENS``
     tokens that at least three of the wiki's answers share (the mapping's phrasing, a frequent
@@ -131,8 +138,7 @@ class WikiMarkers(BaseModel):
 
     def carried_by(self, answer: str) -> bool:
         tokens = answer_tokens(answer)
-        runs = zip(*(tokens[i:] for i in range(MARKER_TOKENS)), strict=False)
-        return any(_holds(tokens, t) for t in self.titles) or any(r in self.phrases for r in runs)
+        return any(_holds(tokens, t) for t in self.titles) or bool(_runs(answer) & self.phrases)
 
 
 def wiki_markers(
@@ -142,16 +148,23 @@ def wiki_markers(
     titles = {tuple(answer_tokens(str(row["title"]))) for row in eval_rows if row.get("title")}
     shared: Counter[tuple[str, ...]] = Counter()
     for reference in {row["messages"][-1]["content"] for row in eval_rows}:
-        tokens = answer_tokens(reference)
-        shared.update(set(zip(*(tokens[i:] for i in range(MARKER_TOKENS)), strict=False)))
-    general: set[tuple[str, ...]] = set()
-    for answer in base_probe_answers:
-        tokens = answer_tokens(answer)
-        general.update(zip(*(tokens[i:] for i in range(MARKER_TOKENS)), strict=False))
+        shared.update(_runs(reference))
+    general = set().union(*(_runs(answer) for answer in base_probe_answers))
     return WikiMarkers(
         titles=[list(t) for t in titles if t],
         phrases={run for run, count in shared.items() if count >= 3 and run not in general},
     )
+
+
+@dataclass(frozen=True)
+class _ProbeKey:
+    """What every entrant's probe answers are scored against, worked out once: the bare base's
+    answers, each probe's accepted answers and question, and the marks of wiki content."""
+
+    base_answers: list[str]
+    accepts: list[list[str]]
+    asked: list[str]
+    markers: WikiMarkers
 
 
 def general_retention(
@@ -360,6 +373,14 @@ def score_models(
         for i, adapter in enumerate(adapters):
             bare = adapter == models.BARE_BASE
             probe_sets[i] = list(base_probe_answers) if bare else answered[asked.index(i)]
+    key = None
+    if base_probe_answers is not None:
+        key = _ProbeKey(
+            base_answers=list(base_probe_answers),
+            accepts=[probe_accepts(row) for row in probe_rows],
+            asked=[chat.prompt_turns(row["messages"])[-1]["content"] for row in probe_rows],
+            markers=wiki_markers(eval_rows, base_probe_answers),
+        )
     return [
         _scores(
             name,
@@ -370,9 +391,7 @@ def score_models(
             answers[i],
             general_rows,
             probe_answers=probe_sets[i],
-            base_probe_answers=base_probe_answers,
-            accepts=[probe_accepts(row) for row in probe_rows],
-            asked=[chat.prompt_turns(row["messages"])[-1]["content"] for row in probe_rows],
+            probe_key=key,
             base_general_loss=base_general_loss,
             batch_size=batch_size,
         )
@@ -434,9 +453,7 @@ def _scores(
     general_rows: Sequence[dict[str, Any]],
     *,
     probe_answers: list[str] | None,
-    base_probe_answers: Sequence[str] | None,
-    accepts: Sequence[list[str]],
-    asked: Sequence[str],
+    probe_key: _ProbeKey | None,
     base_general_loss: float | None,
     batch_size: int,
 ) -> ModelScores:
@@ -456,15 +473,14 @@ def _scores(
         if row.get("previous")
     ]
     agreement = similarity = retention = leakage = None
-    if probe_answers is not None and base_probe_answers is not None:
-        pairs = list(zip(probe_answers, base_probe_answers, strict=True))
+    if probe_answers is not None and probe_key is not None:
+        base = probe_key.base_answers
+        pairs = list(zip(probe_answers, base, strict=True))
         agreement = _mean([exact_match(a, b) for a, b in pairs])
         similarity = _mean([f1_score(a, b) for a, b in pairs])
-        if any(accepts):
-            retention = general_retention(probe_answers, base_probe_answers, accepts, asked)
-        leakage = wiki_leakage(
-            probe_answers, base_probe_answers, wiki_markers(eval_rows, base_probe_answers)
-        )
+        if any(probe_key.accepts):
+            retention = general_retention(probe_answers, base, probe_key.accepts, probe_key.asked)
+        leakage = wiki_leakage(probe_answers, base, probe_key.markers)
     general = [row["messages"] for row in general_rows]
     with _as_adapter(model, adapter):
         wiki_loss = assistant_loss(
