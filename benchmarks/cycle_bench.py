@@ -25,14 +25,21 @@ from typing import Any
 
 import requests
 
-from wikitune.demo import CATEGORY, INFOBOX_TEMPLATE, SAMPLE_VTUBERS, TOY_RECIPE, sample_page
+from wikitune.demo import (
+    CATEGORY,
+    INFOBOX_TEMPLATE,
+    SAMPLE_VTUBERS,
+    TOY_MARGINS,
+    TOY_RECIPE,
+    sample_page,
+)
 from wikitune.flows.phases import PHASES, phase_seconds
 from wikitune.localwiki import LocalWiki, free_port
 
 SOURCE = "benchwiki"
 SETTINGS = {
     "WIKITUNE_RETRAIN_THRESHOLD": "100",  # two pages (96 pairs) stay below; the burst passes it
-    "WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE": "0.6",
+    **TOY_MARGINS,
     "PREFECT_WORKER_QUERY_SECONDS": "1",
     "PREFECT_WORKER_PREFETCH_SECONDS": "1",
     "DO_NOT_TRACK": "1",

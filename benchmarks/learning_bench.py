@@ -13,9 +13,10 @@ The ``full`` arm retrains on the whole snapshot each time (``--full``); the ``de
 trains on what is fresh to the champion with a replay of stable pairs (``full_retrain_every:
 0``). The default
 promotion margins apply: no tolerance is widened. For every cycle it prints the candidate's
-fresh exact match (held-out phrasings), stale rate, stable exact match (and the change from
-the champion it was compared with), general loss against the bare base's, general agreement,
-train seconds and the decision; then delta's train seconds as a share of full's.
+fresh exact match and fact accuracy (held-out phrasings), stale rate, stable exact match and
+fact accuracy (and their change from the champion it was compared with), general loss against
+the bare base's, general agreement, general retention and wiki leakage, train seconds and the
+decision; then delta's train seconds as a share of full's.
 
     .venv/bin/python benchmarks/learning_bench.py [--home DIR] [--arms delta,full]
         [--cycles 3] [--set FIELD=VALUE ...]
@@ -87,6 +88,8 @@ def cycle_row(arm: str, index: int, summary: Any, base_general_loss: float) -> d
     stable = ours.get("stable_exact_match")
     before = theirs.get("stable_exact_match")
     general = ours.get("general_loss")
+    stable_facts = ours.get("stable_fact_accuracy")
+    facts_before = theirs.get("stable_fact_accuracy")
     return {
         "arm": arm,
         "cycle": index,
@@ -95,12 +98,21 @@ def cycle_row(arm: str, index: int, summary: Any, base_general_loss: float) -> d
         **result.train_counts,
         "train_seconds": result.metrics.get("train_runtime", float("nan")),
         "fresh_exact_match": ours.get("fresh_exact_match"),
+        "fresh_fact_accuracy": ours.get("fresh_fact_accuracy"),
         "stale_rate": ours.get("stale_rate"),
         "stable_exact_match": stable,
         "stable_change": stable - before if stable is not None and before is not None else None,
+        "stable_fact_accuracy": stable_facts,
+        "stable_fact_change": (
+            stable_facts - facts_before
+            if stable_facts is not None and facts_before is not None
+            else None
+        ),
         "general_loss_vs_base": general / base_general_loss - 1 if general else None,
         "general_agreement": ours.get("general_agreement"),
         "general_similarity": ours.get("general_similarity"),
+        "general_retention": ours.get("general_retention"),
+        "wiki_leakage": ours.get("wiki_leakage"),
         "decision": result.promotion.outcome,
     }
 
@@ -165,12 +177,17 @@ COLUMNS = [
     ("train_general_rows", "general rows", "{}"),
     ("train_seconds", "train s", "{:.0f}"),
     ("fresh_exact_match", "fresh EM", "{:.3f}"),
+    ("fresh_fact_accuracy", "fresh facts", "{:.3f}"),
     ("stale_rate", "stale", "{:.3f}"),
     ("stable_exact_match", "stable EM", "{:.3f}"),
     ("stable_change", "stable Δ", "{:+.3f}"),
+    ("stable_fact_accuracy", "stable facts", "{:.3f}"),
+    ("stable_fact_change", "stable facts Δ", "{:+.3f}"),
     ("general_loss_vs_base", "general loss vs base", "{:+.1%}"),
     ("general_agreement", "agreement", "{:.3f}"),
     ("general_similarity", "similarity", "{:.3f}"),
+    ("general_retention", "retention", "{:.3f}"),
+    ("wiki_leakage", "leakage", "{:.3f}"),
     ("decision", "decision", "{}"),
 ]
 

@@ -65,7 +65,7 @@ def test_demo_promotes_smollm2_twice_and_learns_the_edit(demo: dict[str, Any]) -
     # Version 2 learned what changed: better on the fresh facts than version 1 on the same
     # questions, and no more often answering with an old value.
     metrics = versions["2"]["metrics"]
-    assert versions["2"]["tags"]["verdict"].startswith("fresh-fact F1 +"), versions["2"]
+    assert versions["2"]["tags"]["verdict"].startswith("fresh facts +"), versions["2"]
     assert metrics["candidate_fresh_f1"] > metrics["champion_fresh_f1"], metrics
     assert metrics["candidate_stale_rate"] <= metrics["champion_stale_rate"], metrics
     assert cli("ask", _question(out)).strip() == asked.group(1).strip()

@@ -20,7 +20,7 @@ from helpers import TEST_RECIPE, cli
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
+from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, TOY_MARGINS, sample_page
 from wikitune.localwiki import LocalWiki, free_port
 from wikitune.mlflow.registry import registered_model_name
 from wikitune.services import tagged_processes
@@ -93,7 +93,7 @@ def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator
         "WIKITUNE_BASE_MODEL": str(world["root"] / "base"),
         "WIKITUNE_RECIPE_PATH": str(world["recipe"]),
         "WIKITUNE_RETRAIN_THRESHOLD": "120",
-        "WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE": "0.6",
+        **TOY_MARGINS,
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
     }
@@ -240,7 +240,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     # against a hang, not a slow machine.
     done = _wait_for("the retrain cycle", lambda: api.finished(cycle["id"]), timeout=1500)
     assert done["state_type"] == "COMPLETED", done["state"]
-    assert done["state"]["message"].startswith("promoted v1: fresh-fact F1 +"), done["state"]
+    assert done["state"]["message"].startswith("promoted v1: fresh facts +"), done["state"]
     # The outcome is the state's name and the run's tags: the runs list shows it unopened.
     assert done["state"]["name"] == "Promoted" and {"promoted", "v1"} <= set(done["tags"])
     assert done["name"] == f"cycle-{SOURCE}"
@@ -264,7 +264,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
         "prefect_run",
     }
     assert tags["prefect_run"].endswith(f"/runs/flow-run/{gpu_run['id']}")
-    assert version["description"].startswith("Promoted: fresh-fact F1 +")
+    assert version["description"].startswith("Promoted: fresh facts +")
     assert "\n" not in version["description"]
     champion = _mlflow_get(
         services["mlflow"], "registered-models/alias", name=model, alias="champion"
@@ -392,7 +392,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert model in model_dom
     assert "Champion: version 1" in model_dom  # the model's description
     # The versions table: each version's outcome in one line, no raw markdown table.
-    assert "Promoted: fresh-fact F1 +" in model_dom and "Rejected: fresh-fact F1" in model_dom
+    assert "Promoted: fresh facts +" in model_dom and "Rejected: fresh facts" in model_dom
     assert "| metric |" not in model_dom and "champion_f1" not in model_dom
     # The cycle run's page shows its outcome; its artifact, the decision.
     cycle_dom = _chromium(

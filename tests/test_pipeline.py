@@ -14,12 +14,12 @@ from typing import Any
 from helpers import cli
 
 from wikitune.config import source_slug
-from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
+from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, TOY_MARGINS, sample_page
 from wikitune.localwiki import LocalWiki
 
 
 def _run_local(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    env = {"WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE": "0.6", **env}
+    env = {**TOY_MARGINS, **env}
     return cli(*args, home=home, local=True, **env)
 
 
@@ -71,7 +71,7 @@ def test_run_does_a_whole_cycle_and_retrains_when_due_or_forced(
     forced = _run_local("run", "--force", *model, home=home)  # the stored source
     assert forced.returncode == 0, forced.stderr[-3000:]
     assert "version 1: promoted; champion is version 1" in forced.stdout
-    assert "promoted v1: fresh-fact F1 +" in forced.stdout  # the run's final message
+    assert "promoted v1: fresh facts +" in forced.stdout  # the run's final message
     qa = _qa(home)
     assert qa["champion_snapshot"] == qa["last_trained_snapshot"] == qa["latest_snapshot"]
     assert qa["changed_since_champion"] == 0
@@ -84,7 +84,7 @@ def test_run_does_a_whole_cycle_and_retrains_when_due_or_forced(
     lost = _run_local("run", "--force", *model, home=home, WIKITUNE_PROMOTE_MIN_GAIN="1")
     assert lost.returncode == 0, lost.stderr[-3000:]
     assert "version 2: rejected; champion is version 1" in lost.stdout
-    assert re.search(r"rejected v2: fresh-fact F1 .* < margin 1", lost.stdout), lost.stdout
+    assert re.search(r"rejected v2: fresh facts .* < margin 1", lost.stdout), lost.stdout
     qa = _qa(home)
     assert qa["champion_snapshot"] == champion_snapshot != qa["last_trained_snapshot"]
     assert qa["changed_since_champion"] > 0 and qa["changed_since_last_retrain"] == 0

@@ -14,11 +14,18 @@ import pytest
 from helpers import TEST_RECIPE, cli, mlflow_client
 
 from wikitune.blocks.recipe import TrainingRecipe
+from wikitune.demo import TOY_MARGINS
 from wikitune.mlflow import registry
 from wikitune.tasks import basecache, evaluate, promotion, scoring
 from wikitune.tasks import model as models
 from wikitune.tasks import train as training
 from wikitune.tasks.decision import Margins, decide
+
+
+def _toy_margins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The toy model's plumbing runs are not gated on what a world-knowing base keeps."""
+    for name, value in TOY_MARGINS.items():
+        monkeypatch.setenv(name, value)
 
 
 def _aliases(home: Path) -> dict[str, str]:
@@ -53,9 +60,7 @@ def _shuffled_snapshot(snapshot: Path, out: Path) -> Path:
 def test_promote_reject_rollback_and_ask(
     world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A 0.2M-parameter model forgets general chat faster than a 7B one: 31% more general loss
-    # after this training, against the default 10% tolerance (test_decision_rule covers it).
-    monkeypatch.setenv("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
+    _toy_margins(monkeypatch)
     home: Path = world["home"]
     first = world["result"].run_id
     # Trained is not promoted: until a version wins, every pair is still new to the champion.
@@ -87,7 +92,7 @@ def test_promote_reject_rollback_and_ask(
     assert after["champion_snapshot"] == world["snapshot"].id
     assert after["changed_since_champion"] == 0
     # One line in the versions table, markdown on the version page: outcome, verdict, numbers.
-    assert version.description.startswith("Promoted: fresh-fact F1 +")
+    assert version.description.startswith("Promoted: fresh facts +")
     assert "\n" not in version.description and "exact match" in version.description
     run = client.get_run(first)
     assert run.data.metrics["candidate_f1"] > run.data.metrics["champion_f1"] + 0.1
@@ -305,82 +310,156 @@ def test_a_value_that_only_grew_is_stale_when_answered_as_before() -> None:
 
 
 def _scores(
-    name: str, f1: list[float], stable: float, general: float, fresh: list[bool] | None = None
+    name: str,
+    facts: list[float],
+    fresh: list[bool] | None = None,
+    *,
+    retention: float | None = None,
+    leakage: float | None = None,
 ) -> scoring.ModelScores:
     return scoring.ModelScores(
         name=name,
         exact_match=0.0,
-        f1=sum(f1) / len(f1),
-        fresh_exact_match=0.0,
-        fresh_f1=sum(f1) / len(f1),
-        stable_exact_match=0.0,
-        stable_f1=stable,
+        f1=0.0,
+        fresh_exact_match=None,
+        fresh_f1=None,
+        stable_exact_match=None,
+        stable_f1=None,
+        general_retention=retention,
+        wiki_leakage=leakage,
+        probes=100 if leakage is not None else 0,
+        retention_probes=60 if retention is not None else 0,
         wiki_loss=1.0,
-        general_loss=general,
-        per_question_f1=f1,
-        answers=[""] * len(f1),
+        general_loss=2.0,
+        per_question_f1=[0.0] * len(facts),
+        per_question_fact=facts,
+        answers=[""] * len(facts),
         fresh_questions=fresh or [],
     )
 
 
-def test_decision_rule_and_bootstrap_interval() -> None:
-    margins = Margins(min_gain=0.05, stable_tolerance=0.02, general_loss_tolerance=0.10)
-    champion = _scores("version 1", [0.5] * 40, stable=0.8, general=2.0)
-    better = _scores("candidate", [0.7] * 20 + [0.5] * 20, stable=0.79, general=2.1)
-    result = decide(better, champion, margins)
-    assert result.promote and result.f1_gain == pytest.approx(0.1)
-    assert result.ci_low < 0.1 < result.ci_high and result.ci_low > 0
-
-    assert not decide(
-        _scores("candidate", [0.52] * 40, 0.8, 2.0), champion, margins
-    ).promote  # gain below the margin
-    forgot_facts = _scores("candidate", [0.9] * 40, stable=0.7, general=2.0)
-    assert not decide(forgot_facts, champion, margins).promote
-    forgot_chat = _scores("candidate", [0.9] * 40, stable=0.8, general=2.5)
-    result = decide(forgot_chat, champion, margins)
-    assert not result.promote and any("beyond" in r for r in result.reasons)
-
-    # Against the bare base's general loss: a champion that lowered it (learning the general
-    # set's style) does not fail a successor that stays within the tolerance of the base.
-    result = decide(forgot_chat, champion, margins, base_general_loss=2.4)
-    assert result.promote and "vs the bare base's 2.4000 (within +10%)" in result.reasons[-1]
-    assert not decide(forgot_chat, champion, margins, base_general_loss=2.2).promote
-
-
-def test_the_gain_is_asked_of_the_fresh_questions() -> None:
+def test_the_gain_is_asked_of_the_fresh_facts_with_an_interval() -> None:
     margins = Margins(min_gain=0.01, stable_tolerance=0.02)
     # One changed value: 2 fresh questions of 80. The champion answers them with the old value.
     fresh = [True, True] + [False] * 78
-    champion = _scores("version 1", [0.2, 0.2] + [0.9] * 78, 0.9, 1.0, fresh)
-    learned = _scores("candidate", [1.0, 1.0] + [0.9] * 76 + [0.3, 0.3], 0.885, 1.0, fresh)
+    champion = _scores("version 1", [0.0, 0.0] + [1.0] * 78, fresh)
+    learned = _scores("candidate", [1.0, 1.0] + [1.0] * 78, fresh)
     result = decide(learned, champion, margins)
     assert result.promote and result.gain_on == "fresh" and result.gain_questions == 2
-    assert result.f1_gain == pytest.approx(0.8)
-    assert result.reasons[0].startswith("fresh-fact F1 1.0000 vs 0.2000 (2 questions)")
-    assert result.verdict() == "fresh-fact F1 +0.8000 over version 1"
-    # Over all 80 questions (two stable answers worse, within the tolerance) they gain less.
-    assert not decide(learned.model_copy(update={"fresh_questions": []}), champion, margins).promote
+    assert result.gain == pytest.approx(1.0)
+    assert result.reasons[0].startswith("fresh facts answered right 1.0000 vs 0.0000 (2 questions)")
+    assert result.verdict() == "fresh facts +1.0000 over version 1"
     # No fresh gain: rejected, however the stable questions went.
-    same = _scores("candidate", [0.2, 0.2] + [1.0] * 78, 1.0, 1.0, fresh)
-    result = decide(same, champion, margins)
-    assert not result.promote and result.failed[0].startswith("fresh-fact F1")
-    # A fresh gain bought with stable facts is rejected by the stable tolerance.
-    forgot = _scores("candidate", [1.0, 1.0] + [0.5] * 78, 0.5, 1.0, fresh)
-    result = decide(forgot, champion, margins)
-    assert not result.promote and result.failed[0].startswith(
-        "stable-fact F1 fell 0.4000 (0.5000 vs 0.9000), beyond tolerance 0.02"
+    result = decide(_scores("candidate", [0.0, 0.0] + [1.0] * 78, fresh), champion, margins)
+    assert not result.promote and result.failed[0].startswith("fresh facts answered right")
+    # Nothing fresh: the gain is asked of every question.
+    everything = decide(learned.model_copy(update={"fresh_questions": []}), champion, margins)
+    assert everything.gain_on == "all" and everything.gain == pytest.approx(2 / 80)
+    assert everything.reasons[0].startswith(
+        "all facts answered right 1.0000 vs 0.9750 (80 questions)"
     )
-    # So is one whose stable answers kept their words but lost their values: F1 within the
-    # tolerance, exact match beyond it (learning_bench's cycle 3: stable F1 -0.012, EM -0.085).
-    worded = learned.model_copy(update={"stable_exact_match": 0.6})
-    champion = champion.model_copy(update={"stable_exact_match": 0.7})
-    result = decide(worded, champion, margins)
-    # The reason names the measure that failed, and the one that held.
+    interval = decide(
+        _scores("candidate", [1.0] * 20 + [0.0] * 20), _scores("v", [0.0] * 40), margins
+    )
+    assert interval.ci_low < 0.5 < interval.ci_high and interval.ci_low > 0
+
+
+def test_one_stable_question_does_not_decide_but_a_clear_loss_does() -> None:
+    """The stable guard rejects a loss beyond the tolerance with confidence (the 95% interval
+    of the change wholly below it), not a single question of 48 (1/48 = 0.021 > 0.02)."""
+    margins = Margins(min_gain=0.01, stable_tolerance=0.02)
+    fresh = [True] * 8 + [False] * 48
+    champion = _scores("version 1", [0.0] * 8 + [1.0] * 48, fresh)
+    one_lost = _scores("candidate", [1.0] * 8 + [1.0] * 47 + [0.0], fresh)
+    result = decide(one_lost, champion, margins)
+    assert result.promote, result.reasons
+    assert result.reasons[1].startswith(
+        "stable-fact accuracy 0.9792 vs 1.0000 (48 questions): change -0.0208, 95% interval"
+    )
+    assert result.reasons[1].endswith("reaches within tolerance -0.02")
+    many_lost = _scores("candidate", [1.0] * 8 + [1.0] * 40 + [0.0] * 8, fresh)
+    result = decide(many_lost, champion, margins)
+    assert not result.promote and len(result.failed) == 1
+    assert result.failed[0].startswith("stable-fact accuracy 0.8333 vs 1.0000 (48 questions)")
+    assert result.failed[0].endswith("wholly beyond tolerance -0.02")
+    assert result.verdict() == result.failed[0]
+
+
+def test_retention_and_leakage_are_gated_against_the_base() -> None:
+    margins = Margins(min_retention=0.95, max_leakage=0.0)
+    fresh = [True, False]
+    champion = _scores("version 1", [0.0, 1.0], fresh, retention=1.0, leakage=0.0)
+    kept = _scores("candidate", [1.0, 1.0], fresh, retention=0.95, leakage=0.0)
+    result = decide(kept, champion, margins, base_general_loss=1.0)
+    assert result.promote, result.reasons
+    assert "general retention 0.9500 (of 60 probes the bare base answers right) >= min 0.95" in (
+        result.reasons
+    )
+    # The general loss is reported, not gated: twice the base's does not reject.
+    assert (
+        result.reasons[-1]
+        == "general loss 2.0000 vs the bare base's 1.0000 (+100.0%; reported, not gated)"
+    )
+    forgot = kept.model_copy(update={"general_retention": 0.9})
+    result = decide(forgot, champion, margins)
     assert not result.promote and result.failed == [
-        "stable-fact exact match fell 0.1000 (0.6000 vs 0.7000), beyond tolerance 0.02"
-        " (F1 0.8850 vs 0.9000 within it)"
+        "general retention 0.9000 (of 60 probes the bare base answers right) < min 0.95"
     ]
-    assert decide(worded, champion.model_copy(update={"stable_exact_match": 0.61}), margins).promote
+    leaked = kept.model_copy(update={"wiki_leakage": 0.03})
+    result = decide(leaked, champion, margins)
+    assert not result.promote and result.failed == [
+        "wiki leakage 0.0300 (3 of 100 probe answers) > max 0.0 (the bare base's is 0)"
+    ]
+    assert result.one_line("rejected").startswith(
+        "Rejected: wiki leakage 0.0300 (3 of 100 probe answers) > max 0.0"
+    )
+
+
+def test_fact_accuracy_counts_the_value_not_the_sentence() -> None:
+    """A reworded right value is right; the old value, a wrong value, or the right value in
+    the wrong language is wrong; a date is the same date however it is written."""
+
+    def row(question: str, answer: str, values: list[str], before: str = "", title: str = ""):
+        return {
+            "messages": [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": answer},
+            ],
+            "values": "\n".join(values),
+            "previous_values": before,
+            "previous": "(changed)" if before else "",
+            "title": title,
+        }
+
+    agency = row(
+        "星野灯是哪个团体的？", "星野灯是晨星社二期的成员。", ["晨星社二期"], "晨星社", "星野灯"
+    )
+    assert scoring.fact_right("星野灯属于晨星社二期。", agency)
+    assert scoring.fact_right("晨星社二期", agency)  # only the value: any language
+    assert not scoring.fact_right("星野灯是晨星社的成员。", agency)  # the old value
+    assert scoring.states_previous_value("星野灯是晨星社的成员。", agency)
+    assert not scoring.states_previous_value("星野灯属于晨星社二期。", agency)  # it only grew
+    # The lead's English sentence carries the value but does not answer a Chinese question.
+    lead = "星野灯 is a virtual YouTuber with 晨星社二期, streaming on Bilibili."
+    assert not scoring.fact_right(lead, agency)
+    debut = row(
+        "When did Mira Tidewell debut?", "Mira Tidewell debuted on 2020-08-02.", ["2020-08-02"]
+    )
+    assert scoring.fact_right("Mira Tidewell made her debut on August 2, 2020.", debut)
+    assert scoring.fact_right("She first streamed on 2 August 2020.", debut)
+    assert not scoring.fact_right("Mira Tidewell debuted on 2020-08-03.", debut)
+    assert scoring.dates_in("2021年3月14日, Mar. 14th 2021 and 2021/03/14") == {(2021, 3, 14)}
+    languages = row(
+        "What languages does Kato Rin speak?",
+        "Kato Rin speaks 日本語, English.",
+        ["日本語", "English"],
+    )
+    assert scoring.fact_right("Kato Rin streams in English and 日本語.", languages)
+    assert not scoring.fact_right("Kato Rin speaks English.", languages)  # every item of a list
+    # Rows made before values were kept are right only when answered exactly.
+    legacy = {**debut, "values": ""}
+    assert scoring.fact_right("Mira Tidewell debuted on 2020-08-02.", legacy)
+    assert not scoring.fact_right("Mira Tidewell made her debut on August 2, 2020.", legacy)
 
 
 def test_base_answers_are_generated_once_per_prompt(tmp_path: Path) -> None:
@@ -425,7 +504,7 @@ def test_retrain_flow_evaluates_promotes_and_publishes_the_table(
 
     from wikitune.flows.retrain import retrain
 
-    monkeypatch.setenv("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
+    _toy_margins(monkeypatch)
     monkeypatch.setenv("WIKITUNE_MLFLOW_UI_URL", "http://127.0.0.1:5000")
     recipe = TrainingRecipe(**TEST_RECIPE)
     result = retrain(
@@ -473,7 +552,7 @@ def test_a_champion_on_another_base_is_not_warm_started(
     SmolLM2 and says why; the evaluation scores the champion on its own base and template."""
     from wikitune.flows.retrain import retrain
 
-    monkeypatch.setenv("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
+    _toy_margins(monkeypatch)
     home = tmp_path / "home"
     first = retrain(
         snapshot=world["snapshot"].path,
@@ -543,7 +622,7 @@ def test_a_retrain_on_the_champion_trains_on_what_is_fresh_to_it(
     from wikitune.flows.retrain import retrain
     from wikitune.tasks.dataset import general_rows_needed
 
-    monkeypatch.setenv("WIKITUNE_PROMOTE_GENERAL_LOSS_TOLERANCE", "0.6")
+    _toy_margins(monkeypatch)
     home = tmp_path / "home"
     recipe = TrainingRecipe(
         **{

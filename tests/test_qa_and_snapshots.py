@@ -69,6 +69,22 @@ def test_edits_change_exactly_their_pairs(built: LocalWiki, home: Path) -> None:
     )
 
 
+def test_pairs_built_before_values_were_kept_get_them_at_the_next_build(
+    built: LocalWiki, home: Path
+) -> None:
+    """Migration 7 adds the values column empty and asks for a full rebuild, which writes the
+    values without counting the pairs as changed."""
+    with Store(home / "wiki.duckdb") as store:
+        store.db.execute("UPDATE qa_pairs SET fact_values = NULL")
+        store.db.execute("UPDATE build_state SET mapping_digest = ''")
+        assert not any(p.fact_values for p in store.active_pairs("testwiki"))
+    summary = build(home=str(home))
+    assert summary.counts["changed"] == summary.counts["new"] == 0
+    pairs = list(_pairs(home).values())
+    assert all(p.fact_values for p in pairs)
+    assert {p.fact_values for p in pairs if p.field == "agency"} == {("Harbor Live",)}
+
+
 def test_delete_retires_everything_and_move_keeps_pairs(built: LocalWiki, home: Path) -> None:
     before = _pairs(home)
     built.delete("Nova Quill")
@@ -139,7 +155,12 @@ def test_snapshots_hold_out_phrasings_and_mark_fresh_facts(built: LocalWiki, hom
         if row["field"] == "agency":
             assert "Deep Blue" in row["messages"][-1]["content"]
             assert "Deep Blue" not in row["previous"]
+            # The fact's values, now and before: what fact accuracy scores.
+            assert (row["values"], row["previous_values"]) == ("Deep Blue", "Harbor Live")
     assert second.counts["eval_changed_values"] == len(changed)
+    stable = [r for r in _rows(second.path, "eval.jsonl") if not r["fresh"]]
+    assert {r["values"] for r in stable if r["field"] == "debut_date"} == {"2020-08-02"}
+    assert not any(r["previous_values"] for r in stable)
     loaded = read_snapshot(second.path)  # as training and evaluation read it
     assert sum(1 for row in loaded.splits["eval"] if row["previous"]) == len(changed)
     assert set(loaded.splits) == {"train", "eval", "general_eval", "general_probe"}

@@ -599,22 +599,29 @@ def models(
     # its F1 and that model's are comparable; F1s of two versions on their own snapshots are not.
     table = Table(
         title=registry.registered_model_name(name),
-        caption="F1 on the questions the gain is measured on (the facts fresh to the model it"
-        " was compared with; all questions when none is fresh), both models on the same"
-        " questions; retention: of the general probes the bare base answers right, the share it"
-        " still does; leakage: the share of general answers carrying wiki content where the"
-        " base's did not; the numbers are the training run's metrics",
+        caption="facts: the share of questions whose fact the answer gets right, on the"
+        " questions the gain is measured on (the facts fresh to the model it was compared with;"
+        " all questions when none is fresh), both models on the same questions; retention: of"
+        " the general probes the bare base answers right, the share it still does; leakage: the"
+        " share of general answers carrying wiki content where the base's did not; the numbers"
+        " are the training run's metrics",
     )
     columns = ("version", "aliases", "decision", "snapshot", "scope", "compared with")
-    for column in (*columns, "its F1", "their F1", "gain", "retention", "leakage", "why"):
+    for column in (*columns, "its facts", "their facts", "gain", "retention", "leakage", "why"):
         table.add_column(column)
     for v in versions:
-        on = "fresh_f1" if "candidate_fresh_f1" in v.metrics else "f1"
+        on = "fresh_fact_accuracy" if "candidate_fresh_fact_accuracy" in v.metrics else None
+        on = on or ("fact_accuracy" if "candidate_fact_accuracy" in v.metrics else None)
+        # Versions evaluated before facts were scored show their F1 and its gain.
+        legacy = on is None
+        if legacy:
+            on = "fresh_f1" if "candidate_fresh_f1" in v.metrics else "f1"
         ours, theirs = v.metrics.get(f"candidate_{on}"), v.metrics.get(f"champion_{on}")
-        gain = v.metrics.get("f1_gain")
+        gain = v.metrics.get("f1_gain" if legacy else "fact_gain")
         retention = v.metrics.get("candidate_general_retention")
         leakage = v.metrics.get("candidate_wiki_leakage")
         parent = v.tags.get("parent_version", "")
+        label = (" (fresh" if on.startswith("fresh") else " (all") + (" F1)" if legacy else ")")
         table.add_row(
             v.version,
             ", ".join(v.aliases),
@@ -622,7 +629,7 @@ def models(
             v.tags.get("snapshot_id", ""),
             v.tags.get("training_scope", v.params.get("training_scope", "")),
             f"version {parent}" if parent and parent != "base" else parent,
-            f"{ours:.4f}" + (" (fresh)" if on == "fresh_f1" else "") if ours is not None else "",
+            f"{ours:.4f}{label}" if ours is not None else "",
             f"{theirs:.4f}" if theirs is not None else "",
             f"{gain:+.4f}" if gain is not None else "",
             f"{retention:.2f}" if retention is not None else "",

@@ -107,15 +107,26 @@ class Settings(BaseSettings):
     )
     promote_min_gain: float = Field(
         default=0.01,
-        description="F1 a candidate must gain over the champion to win, on the questions about"
-        " facts fresh to the champion (all questions when none is fresh).",
+        description="Fact accuracy a candidate must gain over the champion to win, on the"
+        " questions about facts fresh to the champion (all questions when none is fresh).",
     )
     promote_stable_tolerance: float = Field(
         default=0.02,
-        description="Stable-fact F1, and stable-fact exact match, a winning candidate may lose.",
+        description="Stable-fact accuracy a winning candidate may lose (rejected when the 95%"
+        " bootstrap interval of the loss lies wholly beyond it).",
     )
-    promote_general_loss_tolerance: float = Field(
-        default=0.10, description="Relative rise of general-chat loss a winner may show."
+    promote_min_retention: float = Field(
+        default=0.95,
+        ge=0,
+        le=1,
+        description="Share of the general probes the bare base answers right that a winner"
+        " must still answer right.",
+    )
+    promote_max_leakage: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of the general probes a winner may answer with wiki content.",
     )
     device: str | None = Field(
         default=None, description='Training device ("cuda" or "cpu"); default: cuda when present.'

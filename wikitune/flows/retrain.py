@@ -48,7 +48,8 @@ def _margins(settings: Settings) -> Margins:
     return Margins(
         min_gain=settings.promote_min_gain,
         stable_tolerance=settings.promote_stable_tolerance,
-        general_loss_tolerance=settings.promote_general_loss_tolerance,
+        min_retention=settings.promote_min_retention,
+        max_leakage=settings.promote_max_leakage,
     )
 
 
@@ -71,7 +72,7 @@ def evaluate_task(run_id: str, home: str) -> evaluation.Evaluation:
         table=decision.table(),
         description=(
             f"**{verdict}** candidate run [{run_id}]({result.run_link}) against"
-            f" {decision.champion_name}: {decision.gain_label()} gain {decision.f1_gain:+.4f},"
+            f" {decision.champion_name}: {decision.gain_label()} gain {decision.gain:+.4f},"
             f" 95% interval"
             f" [{decision.ci_low:+.4f}, {decision.ci_high:+.4f}]. "
             + " ".join(f"{reason}." for reason in decision.reasons)

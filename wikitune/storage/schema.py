@@ -154,4 +154,13 @@ MIGRATIONS: list[str] = [
         revid   BIGINT
     );
     """,
+    # 7: the values each pair states (every item of a list), so that evaluation scores the
+    # fact rather than the sentence; and the values a snapshot's eval questions were answered
+    # with, so that a later snapshot knows a changed fact's previous value. Pairs built before
+    # get theirs at the next build: every page is parsed again.
+    """
+    ALTER TABLE qa_pairs ADD COLUMN fact_values VARCHAR[];
+    ALTER TABLE snapshot_answers ADD COLUMN fact_values VARCHAR[];
+    UPDATE build_state SET mapping_digest = '';
+    """,
 ]

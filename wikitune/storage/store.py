@@ -94,6 +94,8 @@ class QaPair:
     question: str
     answer: str
     fact_hash: str
+    fact_values: tuple[str, ...] = ()
+    """The values the answer states (each item of a list value; the lead's text)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,14 @@ class BuildResult:
 
 
 @dataclass(frozen=True)
+class SnapshotAnswer:
+    """What a snapshot taught an eval question's answer to be: the sentence and its values."""
+
+    answer: str
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SnapshotRecord:
     """An immutable dataset snapshot: its files live under ``path``."""
 
@@ -137,7 +147,9 @@ class SnapshotRecord:
     champion_at: str | None = None
 
 
-_PAIR_FIELDS = "pair_id, pageid, revid, title, field, lang, split, question, answer, fact_hash"
+_PAIR_FIELDS = (
+    "pair_id, pageid, revid, title, field, lang, split, question, answer, fact_hash, fact_values"
+)
 
 _PAGE_COLUMNS = (
     "pageid, ns, title, revid, rev_timestamp, sha1, wikitext, categories, in_scope,"
@@ -559,7 +571,9 @@ class Store:
                         changed += 1
                     else:
                         unchanged += 1  # a move only renames: same pair, new title
-                        if (old[2], old[3]) == (pair.revid, pair.title):
+                        # (values are written to pairs built before they were stored)
+                        same_values = tuple(old[10] or ()) == pair.fact_values
+                        if (old[2], old[3]) == (pair.revid, pair.title) and same_values:
                             continue
                     upserts.append(pair)
             if upserts:
@@ -578,6 +592,7 @@ class Store:
                                 p.question,
                                 p.answer,
                                 p.fact_hash,
+                                list(p.fact_values),
                             )
                             for p in upserts
                         ),
@@ -587,7 +602,8 @@ class Store:
                 self.db.execute(
                     f"""INSERT INTO qa_pairs ({_PAIR_FIELDS}, source)
                         SELECT unnest(?), unnest(?), unnest(?), unnest(?), unnest(?),
-                               unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), ?
+                               unnest(?), unnest(?), unnest(?), unnest(?), unnest(?),
+                               unnest(?::VARCHAR[][]), ?
                         ON CONFLICT (source, pair_id) DO UPDATE SET
                             revid = excluded.revid, title = excluded.title,
                             split = excluded.split,
@@ -598,7 +614,8 @@ class Store:
                                   OR qa_pairs.fact_hash <> excluded.fact_hash
                                 THEN now() ELSE qa_pairs.changed_at END,
                             question = excluded.question, answer = excluded.answer,
-                            fact_hash = excluded.fact_hash, retired_at = NULL""",
+                            fact_hash = excluded.fact_hash, fact_values = excluded.fact_values,
+                            retired_at = NULL""",
                     [*columns, source],
                 )
             stale = [k for k, r in known.items() if k not in produced and not r[-1]]
@@ -658,7 +675,7 @@ class Store:
                 ORDER BY pair_id""",
             [source],
         ).fetchall()
-        return [QaPair(*r) for r in rows]
+        return [QaPair(*r[:-1], tuple(r[-1] or ())) for r in rows]
 
     def build_failures(self, source: str) -> list[tuple[int, str]]:
         return self.db.execute(
@@ -693,7 +710,7 @@ class Store:
         self,
         record: SnapshotRecord,
         fact_hashes: Iterable[str],
-        eval_answers: Mapping[str, str] | None = None,
+        eval_answers: Mapping[str, SnapshotAnswer] | None = None,
     ) -> None:
         """Record a snapshot, its facts, and its eval questions' answers by pair id."""
         answers = eval_answers or {}
@@ -709,9 +726,15 @@ class Store:
             )
             if answers:
                 self.db.execute(
-                    """INSERT INTO snapshot_answers
-                       SELECT ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[])""",
-                    [record.id, list(answers), list(answers.values())],
+                    """INSERT INTO snapshot_answers (snapshot_id, pair_id, answer, fact_values)
+                       SELECT ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[]),
+                              unnest(?::VARCHAR[][])""",
+                    [
+                        record.id,
+                        list(answers),
+                        [a.answer for a in answers.values()],
+                        [list(a.values) for a in answers.values()],
+                    ],
                 )
 
     def _snapshots(
@@ -772,13 +795,15 @@ class Store:
         ).fetchall()
         return {r[0] for r in rows}
 
-    def snapshot_answers(self, snapshot_id: str) -> dict[str, str]:
-        """A snapshot's answers to its eval questions, by pair id (empty for snapshots made
-        before they were recorded)."""
+    def snapshot_answers(self, snapshot_id: str) -> dict[str, SnapshotAnswer]:
+        """A snapshot's answers to its eval questions and their values, by pair id (empty for
+        snapshots made before answers were recorded; no values before values were)."""
         rows = self.db.execute(
-            "SELECT pair_id, answer FROM snapshot_answers WHERE snapshot_id = ?", [snapshot_id]
+            """SELECT pair_id, answer, fact_values FROM snapshot_answers
+               WHERE snapshot_id = ?""",
+            [snapshot_id],
         ).fetchall()
-        return dict(rows)
+        return {r[0]: SnapshotAnswer(r[1], tuple(r[2] or ())) for r in rows}
 
     def pairs_changed_since(self, source: str, snapshot: SnapshotRecord | None) -> int:
         """Active pairs whose fact was added or changed since ``snapshot`` (all, without one)."""

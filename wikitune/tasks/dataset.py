@@ -18,14 +18,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from wikitune.storage import QaPair, SnapshotRecord, Store
+from wikitune.storage import QaPair, SnapshotAnswer, SnapshotRecord, Store
 
 __all__ = [
-    "ACCEPT_SEPARATOR",
+    "LIST_SEPARATOR",
+    "fact_values",
     "general_rows_needed",
     "load_general",
     "load_general_probes",
     "make_snapshot",
+    "previous_values",
     "probe_accepts",
     "sample_general",
     "split_general",
@@ -64,13 +66,30 @@ def load_general(path: Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-ACCEPT_SEPARATOR = "\n"
-"""Between the accepted answers of a probe in a snapshot's ``accept`` column."""
+LIST_SEPARATOR = "\n"
+"""Between the items of a list in a snapshot column (``accept``, ``values``,
+``previous_values``): a string, because `datasets` types a column by its first split, and a
+list column that is empty there refuses the strings of a later one."""
+
+
+def _listed(row: Mapping[str, Any], column: str) -> list[str]:
+    return [item for item in str(row.get(column) or "").split(LIST_SEPARATOR) if item]
 
 
 def probe_accepts(row: Mapping[str, Any]) -> list[str]:
     """The answers that count as right for a snapshot's probe row (none: not checkable)."""
-    return [a for a in str(row.get("accept") or "").split(ACCEPT_SEPARATOR) if a]
+    return _listed(row, "accept")
+
+
+def fact_values(row: Mapping[str, Any]) -> list[str]:
+    """The values an eval row's answer states (none in snapshots made before they were kept)."""
+    return _listed(row, "values")
+
+
+def previous_values(row: Mapping[str, Any]) -> list[str]:
+    """The values a changed fact's question was answered with before (the champion
+    snapshot's; none when the fact did not change or they were not kept)."""
+    return _listed(row, "previous_values")
 
 
 def load_general_probes() -> list[dict[str, Any]]:
@@ -127,6 +146,7 @@ def _wiki_row(pair: QaPair, system_prompt: str) -> dict[str, Any]:
         "field": pair.field,
         "lang": pair.lang,
         "accept": "",
+        "values": LIST_SEPARATOR.join(pair.fact_values),
         "messages": with_system(
             [
                 {"role": "user", "content": pair.question},
@@ -148,7 +168,9 @@ def _general_row(row: dict[str, Any], system_prompt: str, kind: str = "general")
         "lang": row.get("lang"),
         "fresh": None,
         "previous": "",
-        "accept": ACCEPT_SEPARATOR.join(row.get("accept") or []),
+        "previous_values": "",
+        "values": "",
+        "accept": LIST_SEPARATOR.join(row.get("accept") or []),
         "messages": with_system(row["messages"], system_prompt),
     }
 
@@ -185,9 +207,11 @@ def make_snapshot(
         row = _wiki_row(pair, system_prompt)
         row["fresh"] = pair.fact_hash not in champion_facts
         before = champion_answers.get(pair.pair_id)
+        changed = row["fresh"] and before is not None and before.answer != pair.answer
         # "" rather than null: `datasets` types a column by the first split, and a null-typed
         # column refuses the strings of a later one.
-        row["previous"] = before if row["fresh"] and before and before != pair.answer else ""
+        row["previous"] = before.answer if changed and before else ""
+        row["previous_values"] = LIST_SEPARATOR.join(before.values) if changed and before else ""
         (wiki_train if pair.split == "train" else eval_rows).append(row)
 
     pool, general_eval = split_general(load_general(general_path))
@@ -266,6 +290,7 @@ def make_snapshot(
         path=str(target),
         created_at=created.isoformat(),
     )
-    answers = {row["id"]: row["messages"][-1]["content"] for row in eval_rows}
+    taught = {p.pair_id: SnapshotAnswer(p.answer, p.fact_values) for p in pairs}
+    answers = {row["id"]: taught[row["id"]] for row in eval_rows}
     store.record_snapshot(record, (p.fact_hash for p in pairs), answers)
     return record

@@ -12,7 +12,9 @@ from wikitune.tasks.scoring import ModelScores, paired_bootstrap
 __all__ = ["Decision", "Margins", "decide"]
 
 
-_GAIN_LABELS = {"fresh": "fresh-fact F1", "all": "domain F1"}
+# Short: a version's description leads with the verdict, and the registry's versions table
+# shows its first thirty characters ("Promoted: fresh facts +0.9000").
+_GAIN_LABELS = {"fresh": "fresh facts", "all": "all facts"}
 
 
 class Margins(BaseModel):
@@ -20,16 +22,28 @@ class Margins(BaseModel):
 
     min_gain: float = Field(
         default=0.01,
-        description="F1 the candidate must gain over the champion on the fresh facts' questions"
-        " (on all questions when none is fresh).",
+        description="Fact accuracy the candidate must gain over the champion on the questions"
+        " about facts fresh to the champion (on all questions when none is fresh).",
     )
     stable_tolerance: float = Field(
         default=0.02,
-        description="Stable-fact F1, and stable-fact exact match, the candidate may lose.",
+        description="Stable-fact accuracy the candidate may lose: it is rejected when the 95%"
+        " paired bootstrap interval of its change lies wholly below minus this, so that one"
+        " question of a small eval set does not decide.",
     )
-    general_loss_tolerance: float = Field(
-        default=0.10,
-        description="Rise of general-chat loss over the bare base model's allowed (forgetting).",
+    min_retention: float = Field(
+        default=0.95,
+        ge=0,
+        le=1,
+        description="Share of the general probes the bare base answers right that the candidate"
+        " must still answer right.",
+    )
+    max_leakage: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of the general probes the candidate may answer with wiki content"
+        " where the bare base did not (the base's own is 0).",
     )
 
 
@@ -38,7 +52,8 @@ class Decision(BaseModel):
 
     promote: bool
     reasons: list[str]
-    f1_gain: float
+    gain: float
+    """Fact accuracy gained over the champion on the questions ``gain_on`` names."""
     ci_low: float
     ci_high: float
     candidate: dict[str, float]
@@ -46,7 +61,7 @@ class Decision(BaseModel):
     champion_name: str
     base_general_loss: float | None = None
     gain_on: Literal["fresh", "all"] = "all"
-    """The questions ``f1_gain`` is measured on: ``fresh`` (facts fresh to the champion) or
+    """The questions ``gain`` is measured on: ``fresh`` (facts fresh to the champion) or
     ``all`` (when none is fresh)."""
     gain_questions: int = 0
     failed: list[str] = []
@@ -55,7 +70,7 @@ class Decision(BaseModel):
     def verdict(self) -> str:
         """One line: ``promote`` with the gain, or ``reject`` with what stopped it."""
         if self.promote:
-            return f"{self.gain_label()} {self.f1_gain:+.4f} over {self.champion_name}"
+            return f"{self.gain_label()} {self.gain:+.4f} over {self.champion_name}"
         return "; ".join(self.failed) or "no gain"
 
     def one_line(self, outcome: str) -> str:
@@ -63,11 +78,11 @@ class Decision(BaseModel):
         registry's versions table shows its first thirty characters, so they say the outcome
         and the verdict; the version page shows it all)."""
         pairs = [
-            ("fresh-fact F1", "fresh_f1"),
-            ("stable-fact exact match", "stable_exact_match"),
-            ("exact match", "exact_match"),
-            ("general loss", "general_loss"),
+            ("fresh-fact accuracy", "fresh_fact_accuracy"),
+            ("stable-fact accuracy", "stable_fact_accuracy"),
+            ("fact accuracy", "fact_accuracy"),
             ("general retention", "general_retention"),
+            ("wiki leakage", "wiki_leakage"),
         ]
         shown = [
             f"{label} {self.candidate[key]:.2f} vs {self.champion[key]:.2f}"
@@ -81,7 +96,7 @@ class Decision(BaseModel):
         )
 
     def gain_label(self) -> str:
-        """What ``f1_gain`` is: ``fresh-fact F1`` or ``domain F1``."""
+        """What ``gain`` is the accuracy on: ``fresh facts`` or ``all facts``."""
         return _GAIN_LABELS[self.gain_on]
 
     def table(self) -> list[dict[str, Any]]:
@@ -105,13 +120,20 @@ class Decision(BaseModel):
         verdict = "**promote**" if self.promote else "**reject**"
         lines += [
             "",
-            f"Decision: {verdict}. {self.gain_label()} gain {self.f1_gain:+.4f} on"
+            f"Decision: {verdict}. {self.gain_label()} gain {self.gain:+.4f} on"
             f" {self.gain_questions} questions, 95% paired bootstrap interval"
             f" [{self.ci_low:+.4f}, {self.ci_high:+.4f}].",
             "",
             *[f"- {reason}" for reason in self.reasons],
         ]
         return "\n".join(lines)
+
+
+def _per_question(scores: ModelScores) -> list[float]:
+    """Per question, whether the fact was right (F1 for scores made before facts were)."""
+    if len(scores.per_question_fact) == len(scores.per_question_f1):
+        return scores.per_question_fact
+    return scores.per_question_f1
 
 
 def decide(
@@ -121,80 +143,93 @@ def decide(
     *,
     base_general_loss: float | None = None,
 ) -> Decision:
-    """The candidate wins when its F1 on the questions about facts fresh to the champion (all
-    questions when none is fresh) beats the champion's by ``min_gain``, its stable-fact F1 and
-    exact match each drop by no more than ``stable_tolerance`` and its general loss is at most
-    ``general_loss_tolerance`` above the bare base model's (``base_general_loss``; the
-    champion's when not given). The gain is asked of what changed, so that a retrain after one
-    edit can win; the stable tolerance guards the rest. Against the base, forgetting cannot
-    compound across cycles, and a champion whose training lowered the general loss does not
-    make its successor fail."""
+    """The candidate wins when all of these hold, each in its own reason with its numbers:
+
+    - its fact accuracy on the questions about facts fresh to the champion (all questions when
+      none is fresh) beats the champion's by ``min_gain``: asked of what changed, so a retrain
+      after one edit can win;
+    - it loses no more than ``stable_tolerance`` of stable-fact accuracy with confidence: the
+      95% paired bootstrap interval of the change does not lie wholly below it;
+    - it still answers right at least ``min_retention`` of the general probes the bare base
+      answers right, and answers at most ``max_leakage`` of them with wiki content where the
+      base did not: measured against the base, so forgetting cannot compound across cycles.
+
+    The general-chat loss against the bare base's (``base_general_loss``) is reported."""
     questions = len(candidate.per_question_f1)
+    ours_all, theirs_all = _per_question(candidate), _per_question(champion)
     fresh = candidate.fresh_questions if len(candidate.fresh_questions) == questions else []
-    picked = [i for i, is_fresh in enumerate(fresh) if is_fresh]
-    gain_on = "fresh" if picked else "all"
-    picked = picked or list(range(questions))
-    ours = [candidate.per_question_f1[i] for i in picked]
-    theirs = [champion.per_question_f1[i] for i in picked]
+    fresh_ones = [i for i, is_fresh in enumerate(fresh) if is_fresh]
+    gain_on = "fresh" if fresh_ones else "all"
+    picked = fresh_ones or list(range(questions))
+    ours = [ours_all[i] for i in picked]
+    theirs = [theirs_all[i] for i in picked]
     gain, low, high = paired_bootstrap(ours, theirs)
     reasons: list[str] = []
     failed: list[str] = []
-    wins = gain >= margins.min_gain
-    reasons.append(
-        f"{_GAIN_LABELS[gain_on]} {sum(ours) / len(ours):.4f} vs {sum(theirs) / len(theirs):.4f}"
-        f" ({len(picked)} questions): gain {gain:+.4f}"
-        f" {'>=' if wins else '<'} margin {margins.min_gain}"
-    )
-    if not wins:
-        failed.append(reasons[-1])
-    if candidate.stable_f1 is not None and champion.stable_f1 is not None:
-        # F1 forgives an answer that kept most of its words; a wrong value is still wrong, so
-        # exact match is guarded too. The reason names the measure that failed.
-        tolerance = margins.stable_tolerance
-        measures = [("F1", candidate.stable_f1, champion.stable_f1)]
-        ours_em, theirs_em = candidate.stable_exact_match, champion.stable_exact_match
-        if ours_em is not None and theirs_em is not None:
-            measures.append(("exact match", ours_em, theirs_em))
-        lost = [m for m in measures if m[1] < m[2] - tolerance]
-        held = [m for m in measures if m not in lost]
-        if lost:
-            reason = "; ".join(
-                f"stable-fact {what} fell {theirs - ours:.4f} ({ours:.4f} vs {theirs:.4f}),"
-                f" beyond tolerance {tolerance}"
-                for what, ours, theirs in lost
-            )
-            if held:
-                reason += (
-                    " ("
-                    + ", ".join(
-                        f"{what} {ours:.4f} vs {theirs:.4f} within it"
-                        for what, ours, theirs in held
-                    )
-                    + ")"
-                )
-        else:
-            reason = "stable-fact " + " and ".join(
-                f"{what} {ours:.4f} vs {theirs:.4f}" for what, ours, theirs in held
-            )
-            reason += f": within tolerance {tolerance}"
+
+    def check(holds: bool, reason: str) -> None:
         reasons.append(reason)
-        failed += reasons[-1:] if lost else []
-        wins = wins and not lost
+        if not holds:
+            failed.append(reason)
+
+    gained = gain >= margins.min_gain
+    check(
+        gained,
+        f"{_GAIN_LABELS[gain_on]} answered right {_mean(ours):.4f} vs {_mean(theirs):.4f}"
+        f" ({len(picked)} questions): gain {gain:+.4f} {'>=' if gained else '<'} margin"
+        f" {margins.min_gain}",
+    )
+    stable = [i for i in range(questions) if i not in set(fresh_ones)]
+    if stable:
+        ours_stable = [ours_all[i] for i in stable]
+        theirs_stable = [theirs_all[i] for i in stable]
+        change, stable_low, stable_high = paired_bootstrap(ours_stable, theirs_stable)
+        lost = stable_high < -margins.stable_tolerance
+        check(
+            not lost,
+            f"stable-fact accuracy {_mean(ours_stable):.4f} vs {_mean(theirs_stable):.4f}"
+            f" ({len(stable)} questions): change {change:+.4f}, 95% interval"
+            f" [{stable_low:+.4f}, {stable_high:+.4f}] "
+            + (
+                f"wholly beyond tolerance -{margins.stable_tolerance}"
+                if lost
+                else f"reaches within tolerance -{margins.stable_tolerance}"
+            ),
+        )
+    if candidate.general_retention is not None:
+        kept = candidate.general_retention >= margins.min_retention
+        counted = candidate.retention_probes
+        check(
+            kept,
+            f"general retention {candidate.general_retention:.4f}"
+            + (f" (of {counted} probes the bare base answers right)" if counted else "")
+            + f" {'>=' if kept else '<'} min {margins.min_retention}",
+        )
+    if candidate.wiki_leakage is not None:
+        clean = candidate.wiki_leakage <= margins.max_leakage
+        asked = candidate.probes
+        check(
+            clean,
+            f"wiki leakage {candidate.wiki_leakage:.4f}"
+            + (
+                f" ({round(candidate.wiki_leakage * asked)} of {asked} probe answers)"
+                if asked
+                else ""
+            )
+            + f" {'<=' if clean else '>'} max {margins.max_leakage} (the bare base's is 0)",
+        )
     reference, against = base_general_loss, "the bare base's"
     if reference is None:
         reference, against = champion.general_loss, f"{champion.name}'s"
     if candidate.general_loss is not None and reference is not None:
-        kept = candidate.general_loss <= reference * (1 + margins.general_loss_tolerance)
         reasons.append(
             f"general loss {candidate.general_loss:.4f} vs {against} {reference:.4f}"
-            f" ({'within' if kept else 'beyond'} +{margins.general_loss_tolerance:.0%})"
+            f" ({candidate.general_loss / reference - 1:+.1%}; reported, not gated)"
         )
-        failed += [] if kept else reasons[-1:]
-        wins = wins and kept
     return Decision(
-        promote=wins,
+        promote=not failed,
         reasons=reasons,
-        f1_gain=gain,
+        gain=gain,
         ci_low=low,
         ci_high=high,
         candidate=candidate.metrics(),
@@ -205,3 +240,7 @@ def decide(
         gain_questions=len(picked),
         failed=failed,
     )
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)

@@ -198,9 +198,9 @@ def evaluate_run(
         metrics={
             **{f"candidate_{k}": v for k, v in decision.candidate.items()},
             **{f"champion_{k}": v for k, v in decision.champion.items()},
-            "f1_gain": decision.f1_gain,
-            "f1_gain_ci_low": decision.ci_low,
-            "f1_gain_ci_high": decision.ci_high,
+            "fact_gain": decision.gain,
+            "fact_gain_ci_low": decision.ci_low,
+            "fact_gain_ci_high": decision.ci_high,
             **({"base_general_loss": base_general_loss} if base_general_loss is not None else {}),
         },
         table=decision.table(),

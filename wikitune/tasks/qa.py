@@ -178,6 +178,7 @@ def pairs_for(
                         question=template.format(name=facts.name),
                         answer=answer,
                         fact_hash=fact[:20],
+                        fact_values=values[field_name],
                     )
                 )
     return pairs

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from wikitune import progress
 from wikitune.tasks import chat
 from wikitune.tasks import model as models
-from wikitune.tasks.dataset import probe_accepts
+from wikitune.tasks.dataset import fact_values, previous_values, probe_accepts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -28,13 +28,17 @@ __all__ = [
     "answer_tokens",
     "answers_with_old_value",
     "assistant_loss",
+    "dates_in",
     "exact_match",
     "f1_score",
+    "fact_right",
     "general_retention",
+    "in_language",
     "paired_bootstrap",
     "probe_answers",
     "score_models",
     "states",
+    "states_previous_value",
     "wiki_leakage",
     "wiki_markers",
 ]
@@ -109,6 +113,59 @@ def states(answer: str, accepted: Sequence[str], *, asked: str = "") -> bool:
     )
 
 
+_MONTHS = {
+    name: number
+    for number, names in enumerate(
+        [
+            ("january", "jan"),
+            ("february", "feb"),
+            ("march", "mar"),
+            ("april", "apr"),
+            ("may",),
+            ("june", "jun"),
+            ("july", "jul"),
+            ("august", "aug"),
+            ("september", "sep", "sept"),
+            ("october", "oct"),
+            ("november", "nov"),
+            ("december", "dec"),
+        ],
+        start=1,
+    )
+    for name in names
+}
+_MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_DATE_FORMS = [
+    # 2021-03-14, 2021/3/14, 2021.03.14
+    (re.compile(r"(\d{4})\s*[-/.]\s*(\d{1,2})\s*[-/.]\s*(\d{1,2})"), ("y", "m", "d")),
+    # 2021年3月14日
+    (re.compile(r"(\d{4})\s*年\s*(\d{1,2})\s*月\s*(\d{1,2})\s*[日号]"), ("y", "m", "d")),
+    # March 14, 2021; Mar. 14th 2021
+    (
+        re.compile(rf"\b({_MONTH})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b"),
+        ("m", "d", "y"),
+    ),
+    # 14 March 2021; 14th of March, 2021
+    (
+        re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH})\.?,?\s+(\d{{4}})\b"),
+        ("d", "m", "y"),
+    ),
+]
+
+
+def dates_in(text: str) -> set[tuple[int, int, int]]:
+    """The calendar dates ``text`` writes, as (year, month, day), in the forms a wiki or a
+    model writes them: ISO and slashed, 2021年3月14日, March 14, 2021 and 14 March 2021."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    found = set()
+    for pattern, order in _DATE_FORMS:
+        for match in pattern.finditer(text):
+            parts = dict(zip(order, match.groups(), strict=True))
+            month = _MONTHS.get(parts["m"]) or int(parts["m"])
+            found.add((int(parts["y"]), month, int(parts["d"])))
+    return found
+
+
 def _count(tokens: Sequence[str], wanted: Sequence[str]) -> int:
     size = len(wanted)
     return sum(list(tokens[i : i + size]) == list(wanted) for i in range(len(tokens) - size + 1))
@@ -116,6 +173,95 @@ def _count(tokens: Sequence[str], wanted: Sequence[str]) -> int:
 
 def _holds(tokens: Sequence[str], wanted: Sequence[str]) -> bool:
     return _count(tokens, wanted) > 0
+
+
+def _without(tokens: list[str], cut: Sequence[Sequence[str]]) -> list[str]:
+    """``tokens`` with every occurrence of each run in ``cut`` taken out, longest first."""
+    for run in sorted((list(r) for r in cut if r), key=len, reverse=True):
+        size, kept, i = len(run), [], 0
+        while i < len(tokens):
+            if tokens[i : i + size] == run:
+                i += size
+            else:
+                kept.append(tokens[i])
+                i += 1
+        tokens = kept
+    return tokens
+
+
+def _states_value(answer: str, value: str, asked: str) -> bool:
+    """Whether ``answer`` states ``value``: its tokens in order, or, for a date, the same date
+    however written (2021-03-14 as "March 14, 2021")."""
+    if states(answer, [value], asked=asked):
+        return True
+    wanted = dates_in(value)
+    return bool(wanted) and bool(wanted & (dates_in(answer) - dates_in(asked)))
+
+
+def _script(token: str) -> str:
+    name = unicodedata.name(token[0], "")
+    script = name.split(" ")[0]
+    return "CJK" if script in {"HIRAGANA", "KATAKANA"} else script
+
+
+def _main_script(text: str, leave_out: Sequence[str]) -> str | None:
+    """The script most of the words of ``text`` are written in (a CJK character counts as a
+    word), leaving out ``leave_out`` (names and values, which keep their own script) and
+    digits; None when nothing is left."""
+    tokens = _without(answer_tokens(text), [answer_tokens(t) for t in leave_out])
+    scripts = Counter(_script(t) for t in tokens if not t[0].isdigit())
+    return scripts.most_common(1)[0][0] if scripts else None
+
+
+def in_language(answer: str, reference: str, leave_out: Sequence[str] = ()) -> bool:
+    """Whether ``answer`` is written in the script of ``reference`` (the mapping's answer in
+    the question's language), names and values left out: an English sentence does not answer
+    a Chinese question, though it carries the right value. An answer that is only names and
+    values is in any language. (Languages that share a script are not told apart.)"""
+    expected = _main_script(reference, leave_out)
+    written = _main_script(answer, leave_out)
+    return expected is None or written is None or written == expected
+
+
+def states_previous_value(answer: str, row: Mapping[str, Any]) -> bool:
+    """Whether ``answer`` states a value a changed fact had before and has no longer (a value
+    that only grew, 晨星社 to 晨星社二期, is not stated by stating the new one). Rows without
+    values fall back to :func:`answers_with_old_value` on the sentences."""
+    values = fact_values(row)
+    if not values:
+        previous = str(row.get("previous") or "")
+        reference = row["messages"][-1]["content"]
+        return bool(previous) and answers_with_old_value(answer, previous, reference)
+    gone = [old for old in previous_values(row) if old not in values]
+    if not gone:
+        return False
+    asked = chat.prompt_turns(row["messages"])[-1]["content"]
+    rest = " ".join(_without(answer_tokens(answer), [answer_tokens(v) for v in values]))
+    kept_dates = set().union(*(dates_in(v) for v in values))
+    return any(
+        states(rest, [old], asked=asked) or bool((dates_in(old) - kept_dates) & dates_in(answer))
+        for old in gone
+    )
+
+
+def fact_right(answer: str, row: Mapping[str, Any]) -> bool:
+    """Whether ``answer`` gets an eval row's fact right: it states every value of the fact
+    (each item of a list; a date in any form), states no previous value the fact no longer has
+    (where the fact changed), and is in the question's language. A row without values (made
+    before they were kept) is right only when answered exactly."""
+    messages = row["messages"]
+    reference = messages[-1]["content"]
+    values = fact_values(row)
+    if not values:
+        return bool(exact_match(answer, reference))
+    asked = chat.prompt_turns(messages)[-1]["content"]
+    if not all(_states_value(answer, value, asked) for value in values):
+        return False
+    if states_previous_value(answer, row):
+        return False
+    title = str(row.get("title") or "")
+    names = [title, re.sub(r"\s*\(.*\)$", "", title)] if title else []
+    return in_language(answer, reference, [*values, *names])
 
 
 MARKER_TOKENS = 3
@@ -165,6 +311,12 @@ class _ProbeKey:
     accepts: list[list[str]]
     asked: list[str]
     markers: WikiMarkers
+
+    @property
+    def base_right(self) -> int:
+        """How many checkable probes the bare base answers right."""
+        answered = zip(self.base_answers, self.accepts, self.asked, strict=True)
+        return sum(1 for base, accepted, asked in answered if states(base, accepted, asked=asked))
 
 
 def general_retention(
@@ -265,6 +417,10 @@ class ModelScores(BaseModel):
     fresh_f1: float | None
     stable_exact_match: float | None
     stable_f1: float | None
+    fact_accuracy: float | None = None
+    """The share of questions whose fact the answer gets right (:func:`fact_right`)."""
+    fresh_fact_accuracy: float | None = None
+    stable_fact_accuracy: float | None = None
     stale_rate: float | None = None
     """Of the fresh questions whose fact changed value, the share answered with the old value."""
     general_agreement: float | None = None
@@ -276,16 +432,23 @@ class ModelScores(BaseModel):
     """Of the general probes the bare base answers right, the share this model still does."""
     wiki_leakage: float | None = None
     """The share of the general probes answered with wiki content where the base was not."""
+    probes: int = 0
+    """General probes asked."""
+    retention_probes: int = 0
+    """Of them, the checkable ones the bare base answers right (what retention is a share of)."""
     wiki_loss: float
     general_loss: float | None
     per_question_f1: list[float] = Field(repr=False)
+    per_question_fact: list[float] = Field(default_factory=list, repr=False)
+    """Per question, 1.0 where the answer gets the fact right."""
     answers: list[str] = Field(repr=False)
     fresh_questions: list[bool] = Field(default_factory=list, repr=False)
     """Per question, whether its fact is fresh to the champion (empty: not known)."""
 
     def metrics(self) -> dict[str, float]:
         keys = ("exact_match", "f1", "fresh_exact_match", "fresh_f1", "stable_exact_match")
-        keys += ("stable_f1", "stale_rate", "general_agreement", "general_similarity")
+        keys += ("stable_f1", "fact_accuracy", "fresh_fact_accuracy", "stable_fact_accuracy")
+        keys += ("stale_rate", "general_agreement", "general_similarity")
         keys += ("general_retention", "wiki_leakage")
         keys += ("wiki_loss", "general_loss")
         return {k: v for k in keys if (v := getattr(self, k)) is not None}
@@ -467,12 +630,14 @@ def _scores(
     def part(values: list[float], want: bool) -> float | None:
         return _mean([v for v, f in zip(values, fresh, strict=True) if f == want])
 
+    facts = [float(fact_right(a, row)) for a, row in zip(answers, eval_rows, strict=True)]
     stale = [
-        answers_with_old_value(answer, row["previous"], reference)
-        for answer, reference, row in zip(answers, references, eval_rows, strict=True)
+        states_previous_value(answer, row)
+        for answer, row in zip(answers, eval_rows, strict=True)
         if row.get("previous")
     ]
     agreement = similarity = retention = leakage = None
+    probes = retention_probes = 0
     if probe_answers is not None and probe_key is not None:
         base = probe_key.base_answers
         pairs = list(zip(probe_answers, base, strict=True))
@@ -481,6 +646,7 @@ def _scores(
         if any(probe_key.accepts):
             retention = general_retention(probe_answers, base, probe_key.accepts, probe_key.asked)
         leakage = wiki_leakage(probe_answers, base, probe_key.markers)
+        probes, retention_probes = len(probe_answers), probe_key.base_right
     general = [row["messages"] for row in general_rows]
     with _as_adapter(model, adapter):
         wiki_loss = assistant_loss(
@@ -505,14 +671,20 @@ def _scores(
         fresh_f1=part(f1, True),
         stable_exact_match=part(em, False),
         stable_f1=part(f1, False),
+        fact_accuracy=_mean(facts),
+        fresh_fact_accuracy=part(facts, True),
+        stable_fact_accuracy=part(facts, False),
         stale_rate=_mean([float(s) for s in stale]),
         general_agreement=agreement,
         general_similarity=similarity,
         general_retention=retention,
         wiki_leakage=leakage,
+        probes=probes,
+        retention_probes=retention_probes,
         wiki_loss=wiki_loss,
         general_loss=general_loss,
         per_question_f1=f1,
+        per_question_fact=facts,
         answers=answers,
         fresh_questions=fresh,
     )
@@ -527,6 +699,7 @@ def answer_table(
     table = []
     answers = zip(eval_rows, candidate.answers, champion.answers, strict=True)
     for row, ours, theirs in answers:
+        values = fact_values(row)
         messages = row["messages"]
         reference = messages[-1]["content"]
         table.append(
@@ -539,6 +712,10 @@ def answer_table(
                 "champion": theirs,
                 "candidate_exact": bool(exact_match(ours, reference)),
                 "champion_exact": bool(exact_match(theirs, reference)),
+                "values": values,
+                "previous_values": previous_values(row),
+                "candidate_fact": fact_right(ours, row),
+                "champion_fact": fact_right(theirs, row),
             }
         )
     return table
