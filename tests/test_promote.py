@@ -93,7 +93,7 @@ def test_promote_reject_rollback_and_ask(
     assert after["changed_since_champion"] == 0
     # One line in the versions table, markdown on the version page: outcome, verdict, numbers.
     assert version.description.startswith("Promoted: fresh facts +")
-    assert "\n" not in version.description and "exact match" in version.description
+    assert "\n" not in version.description and "fact accuracy" in version.description
     run = client.get_run(first)
     assert run.data.metrics["candidate_f1"] > run.data.metrics["champion_f1"] + 0.1
     assert run.data.tags["wikitune.compared_against"] == "base"

@@ -264,6 +264,55 @@ def test_self_distilled_general_rows_train_on_the_bases_own_answers(
     _train_on_world(world, tmp_path, recipe.model_copy(update={"seed": 7, "sample_generations": 0}))
 
 
+def test_the_distillation_term_keeps_the_general_rows_near_the_base(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """With ``general_distillation`` each step adds KL(base || model) on a few general rows
+    (the base: the same model with its adapter off); after the same steps the adapter's
+    distribution there is nearer the base's than without it, and the run logs the term."""
+    import torch
+    from peft import PeftModel
+
+    from wikitune.tasks import chat
+
+    settings = {"max_steps": 24, "quantization": "none", "sample_generations": 0}
+    plain = _train_on_world(
+        world, tmp_path / "plain", TrainingRecipe(**{**TEST_RECIPE, **settings})
+    )
+    distilled = _train_on_world(
+        world,
+        tmp_path / "distilled",
+        TrainingRecipe(**{**TEST_RECIPE, **settings, "general_distillation": 5.0}),
+    )
+    history = mlflow_client(tmp_path / "distilled").get_metric_history(
+        distilled.run_id, "trainer/distillation_kl"
+    )
+    assert history and all(point.value >= 0 for point in history)
+    general = [
+        json.loads(line)["messages"]
+        for line in (Path(world["snapshot"].path) / "train.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "general"
+    ]
+
+    def kl_to_base(result: training.TrainResult) -> float:
+        base = models.load_base_model(str(world["root"] / "base"), device="cpu", quantize=False)
+        model = PeftModel.from_pretrained(base, result.adapter_dir).eval()
+        tokenizer = models.load_tokenizer(result.adapter_dir)
+        fmt = chat.chat_format(tokenizer)
+        batch = training.Distillation(
+            [chat.encode(tokenizer, fmt, conversation) for conversation in general],
+            weight=1.0,
+            rows=len(general),
+            pad_id=tokenizer.pad_token_id,
+            seed=0,
+        )
+        with torch.no_grad():
+            total, count = models.distillation_kl(model, *batch.next_batch("cpu"))
+        return float(total / count)
+
+    assert kl_to_base(distilled) < 0.5 * kl_to_base(plain)
+
+
 def test_the_checkpoint_can_be_kept_on_the_fresh_questions(
     world: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -108,6 +108,19 @@ class TrainingRecipe(Block):
         " model's own greedy answers to their prompts (self-distilled replay, generated once per"
         " base and cached), which keep the base's own way of answering.",
     )
+    general_distillation: float = Field(
+        default=0.0,
+        ge=0,
+        description="Weight of a distillation term that keeps the model's next-token"
+        " distribution on the general rows' prompts and answers close to the bare base's (the"
+        " base is the model with its adapter disabled: one extra forward pass, no extra"
+        " weights): KL(base || model) per answer token, added to the loss each step. 0: off.",
+    )
+    distillation_rows: int = Field(
+        default=2,
+        ge=1,
+        description="General rows distilled each training step (cycling through them).",
+    )
     checkpoint_on: Literal["wiki", "fresh"] = Field(
         default="wiki",
         description="The eval loss that picks the checkpoint kept and stops training early: over"

@@ -299,6 +299,25 @@ def answer_loss_sum(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[An
     return total, positions.sum()
 
 
+def distillation_kl(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[Any, Any]:
+    """KL(base || model) summed over the tokens whose label is not -100, and how many there
+    are: how far the adapter moved the next-token distribution from the bare base's (the same
+    model with its adapter disabled, run without gradients) where the answers are."""
+    import torch
+
+    causal_lm = model.get_base_model()
+    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+    head = causal_lm.get_output_embeddings()
+    positions = labels[:, 1:] != -100
+    with torch.no_grad(), model.disable_adapter():
+        hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
+        base = head(hidden[positions]).float().log_softmax(-1)
+    hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
+    tuned = head(hidden[positions]).float().log_softmax(-1)
+    total = torch.nn.functional.kl_div(tuned, base, log_target=True, reduction="sum")
+    return total, positions.sum()
+
+
 Precision = Literal["bf16", "fp32"]
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 

@@ -325,14 +325,18 @@ def make_trainer(
     callbacks: list[TrainerCallback],
     batching: Literal["packed", "padded"] = "packed",
     precision: models.Precision = "fp32",
+    distillation: Distillation | None = None,
 ) -> Any:
     """TRL's SFTTrainer for ``recipe`` on ``device`` on rows tokenized by ``chat.tokenize_rows``
     (their labels say which tokens carry loss), packed without padding ("padded" pads every row
-    to ``max_length``: the benchmark's baseline)."""
+    to ``max_length``: the benchmark's baseline); with ``distillation``, each training step
+    adds its term to the loss."""
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
     trainer_class = SFTTrainer if device == "cuda" else _answer_positions_trainer()
+    if distillation is not None:
+        trainer_class = _distilling(trainer_class, distillation, precision, device)
     trainer = trainer_class(
         model=model,
         args=_sft_config(recipe, device, output_dir, eval_datasets, batching, precision),
@@ -348,6 +352,75 @@ def make_trainer(
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
     return trainer
+
+
+class Distillation:
+    """General rows (prompt and the base's own answer), tokenized, a few for each training
+    step, reshuffled on each pass: what the distillation term keeps close to the base."""
+
+    def __init__(
+        self,
+        encoded: list[tuple[list[int], list[int]]],
+        *,
+        weight: float,
+        rows: int,
+        pad_id: int,
+        seed: int,
+    ) -> None:
+        if not encoded:
+            raise ValueError("distillation needs general rows, and the training mix has none")
+        self.weight = weight
+        self._encoded, self._rows, self._pad_id = encoded, rows, pad_id
+        self._rng = random.Random(seed)
+        self._order: list[int] = []
+
+    def next_batch(self, device: Any) -> tuple[dict[str, Any], Any]:
+        """The next rows, right-padded: (inputs, labels) on ``device``."""
+        import torch
+        from torch.nn.utils.rnn import pad_sequence
+
+        picked = []
+        while len(picked) < self._rows:
+            if not self._order:
+                self._order = list(range(len(self._encoded)))
+                self._rng.shuffle(self._order)
+            picked.append(self._encoded[self._order.pop()])
+        ids = pad_sequence([torch.tensor(i) for i, _ in picked], True, self._pad_id)
+        mask = pad_sequence([torch.ones(len(i), dtype=torch.long) for i, _ in picked], True)
+        labels = pad_sequence([torch.tensor(lab) for _, lab in picked], True, -100)
+        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        return inputs, labels.to(device)
+
+
+def _distilling(
+    trainer_class: type, distillation: Distillation, precision: models.Precision, device: str
+) -> type:
+    """``trainer_class`` whose training loss adds ``distillation.weight`` times the mean
+    KL(base || model) over the answer tokens of a few general rows (``distillation_kl``, logged
+    as ``distillation_kl``)."""
+    import torch
+
+    class DistillingTrainer(trainer_class):  # type: ignore[misc, valid-type]
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not model.training:
+                return result
+            loss = result[0] if return_outputs else result
+            rows, labels = distillation.next_batch(loss.device)
+            with models.computing_in(precision, device):
+                total, count = models.distillation_kl(model, rows, labels)
+            kl = total / torch.as_tensor(count).clamp(min=1)
+            self._metrics["train"]["distillation_kl"].append(float(kl.detach()))
+            loss = loss + distillation.weight * kl
+            return (loss, result[1]) if return_outputs else loss
+
+    return DistillingTrainer
 
 
 def _answer_positions_trainer() -> type:
@@ -769,6 +842,16 @@ def _train_in_run(
     ]
     if has_eval and recipe.early_stopping_patience:
         trainer_callbacks.append(_early_stopping(recipe.early_stopping_patience))
+    distillation = None
+    if recipe.general_distillation > 0:
+        general = chosen.filter(lambda row: row["kind"] != "wiki")
+        distillation = Distillation(
+            [chat.encode(tokenizer, fmt, row["messages"]) for row in general],
+            weight=recipe.general_distillation,
+            rows=recipe.distillation_rows,
+            pad_id=tokenizer.pad_token_id,
+            seed=recipe.seed,
+        )
     trainer = make_trainer(
         model,
         tokenizer,
@@ -779,6 +862,7 @@ def _train_in_run(
         eval_datasets=eval_splits,
         callbacks=trainer_callbacks,
         precision=precision,
+        distillation=distillation,
     )
 
     if resume is not None:
