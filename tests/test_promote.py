@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -122,9 +123,12 @@ def test_promote_reject_rollback_and_ask(
         tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
         artifact_root=home / "mlartifacts",
     )
-    rejected = cli("promote", "--run", damaged.run_id, home=home)
+    # The toy gets few facts right (about 0.12 of them): one question more or less is noise, so
+    # the margin asks a clear gain of this candidate (its F1 falls by about 0.16).
+    rejected = cli("promote", "--run", damaged.run_id, home=home, WIKITUNE_PROMOTE_MIN_GAIN="0.2")
     assert rejected.returncode == 0, rejected.stderr[-3000:]
     assert "version 2: rejected; champion is version 1" in rejected.stdout
+    assert re.search(r"fresh facts answered right .* < margin 0.2", rejected.stdout)
     assert _aliases(home) == {"champion": "1", "challenger": "2"}
     # The models list leads with the champion and why, though version 2 is the latest.
     registered = client.get_registered_model("wikitune-trainwiki")
@@ -234,6 +238,11 @@ def test_two_promotions_at_once_make_one_champion(world: dict[str, Any], tmp_pat
         workdir=tmp_path / "eval",
         margins=Margins(),
     )
+    # Under the default margins the toy's candidate, which answers general questions with its
+    # wiki's text, is rejected for that, the reason saying how many answers leaked.
+    leaked = [r for r in base.decision.failed if r.startswith("wiki leakage")]
+    assert not base.decision.promote and leaked, base.decision.reasons
+    assert re.search(r"\((\d+) of (\d+) probe answers\) > max 0.0", leaked[0]), leaked
     # A separate registered model, so the lifecycle test's aliases are not involved.
     contender = base.model_copy(update={"source": "racewiki", "champion_version": None})
     contender.decision.promote = True
