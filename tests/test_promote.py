@@ -236,10 +236,10 @@ def test_two_promotions_at_once_make_one_champion(world: dict[str, Any], tmp_pat
         world["result"].run_id,
         tracking_uri=tracking_uri,
         workdir=tmp_path / "eval",
-        margins=Margins(),
+        margins=Margins(max_leakage=0.0),
     )
-    # Under the default margins the toy's candidate, which answers general questions with its
-    # wiki's text, is rejected for that, the reason saying how many answers leaked.
+    # Held to the base's leakage (none), the toy's candidate, which answers general questions
+    # with its wiki's text, is rejected for that, the reason saying how many answers leaked.
     leaked = [r for r in base.decision.failed if r.startswith("wiki leakage")]
     assert not base.decision.promote and leaked, base.decision.reasons
     assert re.search(r"\((\d+) of (\d+) probe answers\) > max 0.0", leaked[0]), leaked

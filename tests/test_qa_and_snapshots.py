@@ -163,7 +163,7 @@ def test_snapshots_hold_out_phrasings_and_mark_fresh_facts(built: LocalWiki, hom
     assert not any(r["previous_values"] for r in stable)
     loaded = read_snapshot(second.path)  # as training and evaluation read it
     assert sum(1 for row in loaded.splits["eval"] if row["previous"]) == len(changed)
-    assert set(loaded.splits) == {"train", "eval", "general_eval", "general_probe"}
+    assert set(loaded.splits) == {"train", "eval", "general_eval", "general_probe", "general_pool"}
 
 
 @pytest.mark.parametrize("wiki_pages", [2, 10, 40, 150])

@@ -142,6 +142,10 @@ def test_retention_counts_what_the_base_knew_and_leakage_what_the_wiki_lent() ->
     asked = "三角形有几条边？"
     assert states("三角形有三条边。", ["三"], asked=asked)
     assert not states("三角形有几条边？The word three is repeated.", ["三"], asked=asked)
+    # Nor does the question echoed back whole, however often.
+    asked = "蜜蜂会酿造什么？"
+    assert not states("蜜蜂会酿造什么？: 蜜蜂会", ["蜜"], asked=asked)
+    assert states("蜜蜂会酿造蜂蜜。", ["蜂蜜"], asked=asked)
     accepts = [["Paris"], ["Berlin"], ["Mars"], []]
     questions = ["Capital of France?", "Capital of Germany?", "Red planet?", "The sea?"]
     base = ["The capital of France is Paris.", "Berlin.", "Jupiter.", "The sea is wide."]

@@ -115,18 +115,21 @@ class Settings(BaseSettings):
         description="Stable-fact accuracy a winning candidate may lose (rejected when the 95%"
         " bootstrap interval of the loss lies wholly beyond it).",
     )
+    # Off by default until a recipe holds the bar (0.95 and 0): the packaged SmolLM2 recipe
+    # keeps 0.79-0.87 of what its base knew, and every candidate would be rejected.
     promote_min_retention: float = Field(
-        default=0.95,
-        ge=0,
-        le=1,
-        description="Share of the general probes the bare base answers right that a winner"
-        " must still answer right.",
-    )
-    promote_max_leakage: float = Field(
         default=0.0,
         ge=0,
         le=1,
-        description="Share of the general probes a winner may answer with wiki content.",
+        description="Share of the general probes the bare base answers right that a winner"
+        " must still answer right (0.95 holds what the base knew; 0: reported, not gated).",
+    )
+    promote_max_leakage: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of the general probes a winner may answer with wiki content"
+        " (0: none, as the base; 1: reported, not gated).",
     )
     device: str | None = Field(
         default=None, description='Training device ("cuda" or "cpu"); default: cuda when present.'

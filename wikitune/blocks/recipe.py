@@ -112,14 +112,15 @@ class TrainingRecipe(Block):
         default=0.0,
         ge=0,
         description="Weight of a distillation term that keeps the model's next-token"
-        " distribution on the general rows' prompts and answers close to the bare base's (the"
-        " base is the model with its adapter disabled: one extra forward pass, no extra"
-        " weights): KL(base || model) per answer token, added to the loss each step. 0: off.",
+        " distribution on general conversations (the snapshot's general pool: every general"
+        " example not held out) close to the bare base's (the model with its adapter disabled:"
+        " one extra forward pass, no extra weights): KL(base || model) per answer token, added"
+        " to the loss each step. 0: off.",
     )
     distillation_rows: int = Field(
         default=2,
         ge=1,
-        description="General rows distilled each training step (cycling through them).",
+        description="General conversations distilled each training step (cycling through them).",
     )
     checkpoint_on: Literal["wiki", "fresh"] = Field(
         default="wiki",

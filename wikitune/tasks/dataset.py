@@ -191,7 +191,8 @@ def make_snapshot(
 ) -> SnapshotRecord:
     """Freeze the active pairs of ``source`` into a snapshot (or return the latest snapshot when
     its content is identical). Files: ``train.jsonl``, ``eval.jsonl``, ``general_eval.jsonl``,
-    ``general_probe.jsonl`` and ``manifest.json`` under ``snapshots_dir/<id>/``."""
+    ``general_probe.jsonl``, ``general_pool.jsonl`` and ``manifest.json`` under
+    ``snapshots_dir/<id>/``."""
     pairs = store.active_pairs(source)
     if not pairs:
         raise ValueError(f"source {source!r} has no active QA pairs: run `wikitune build` first")
@@ -219,6 +220,9 @@ def make_snapshot(
     train = wiki_train + [_general_row(r, system_prompt) for r in general]
     random.Random(seed).shuffle(train)
     general_eval_rows = [_general_row(r, system_prompt) for r in general_eval]
+    # Every general example not held out, for a distillation term to range over (the training
+    # mix samples only its share of them).
+    pool_rows = [_general_row(r, system_prompt) for r in pool]
     probe_rows = [_general_row(r, system_prompt, kind="probe") for r in load_general_probes()]
 
     files = {
@@ -226,6 +230,7 @@ def make_snapshot(
         "eval.jsonl": _jsonl(eval_rows),
         "general_eval.jsonl": _jsonl(general_eval_rows),
         "general_probe.jsonl": _jsonl(probe_rows),
+        "general_pool.jsonl": _jsonl(pool_rows),
     }
     digest = hashlib.sha256(
         "".join(f"{name}\n{text}" for name, text in sorted(files.items())).encode()
@@ -247,6 +252,7 @@ def make_snapshot(
         "eval_changed_values": sum(1 for r in eval_rows if r["previous"]),
         "general_eval_rows": len(general_eval_rows),
         "general_probe_rows": len(probe_rows),
+        "general_pool_rows": len(pool_rows),
     }
     created = datetime.now(UTC)
     snapshot_id = f"{created:%Y%m%dT%H%M%S}-{digest[:8]}"
@@ -268,6 +274,7 @@ def make_snapshot(
             "eval": "eval.jsonl",
             "general_eval": "general_eval.jsonl",
             "general_probe": "general_probe.jsonl",
+            "general_pool": "general_pool.jsonl",
         },
     }
     snapshots_dir.mkdir(parents=True, exist_ok=True)

@@ -32,18 +32,18 @@ class Margins(BaseModel):
         " question of a small eval set does not decide.",
     )
     min_retention: float = Field(
-        default=0.95,
-        ge=0,
-        le=1,
-        description="Share of the general probes the bare base answers right that the candidate"
-        " must still answer right.",
-    )
-    max_leakage: float = Field(
         default=0.0,
         ge=0,
         le=1,
+        description="Share of the general probes the bare base answers right that the candidate"
+        " must still answer right (0.95 holds what the base knew; 0: not gated).",
+    )
+    max_leakage: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
         description="Share of the general probes the candidate may answer with wiki content"
-        " where the bare base did not (the base's own is 0).",
+        " where the bare base did not (the base's own is 0; 1: not gated).",
     )
 
 
@@ -152,7 +152,8 @@ def decide(
       95% paired bootstrap interval of the change does not lie wholly below it;
     - it still answers right at least ``min_retention`` of the general probes the bare base
       answers right, and answers at most ``max_leakage`` of them with wiki content where the
-      base did not: measured against the base, so forgetting cannot compound across cycles.
+      base did not: measured against the base, so forgetting cannot compound across cycles
+      (both reported, not gated, at 0 and 1, the defaults).
 
     The general-chat loss against the bare base's (``base_general_loss``) is reported."""
     questions = len(candidate.per_question_f1)
@@ -203,20 +204,25 @@ def decide(
             kept,
             f"general retention {candidate.general_retention:.4f}"
             + (f" (of {counted} probes the bare base answers right)" if counted else "")
-            + f" {'>=' if kept else '<'} min {margins.min_retention}",
+            + (
+                f" {'>=' if kept else '<'} min {margins.min_retention}"
+                if margins.min_retention > 0
+                else " (reported, not gated)"
+            ),
         )
     if candidate.wiki_leakage is not None:
         clean = candidate.wiki_leakage <= margins.max_leakage
         asked = candidate.probes
+        leaked = round(candidate.wiki_leakage * asked)
         check(
             clean,
             f"wiki leakage {candidate.wiki_leakage:.4f}"
+            + (f" ({leaked} of {asked} probe answers)" if asked else "")
             + (
-                f" ({round(candidate.wiki_leakage * asked)} of {asked} probe answers)"
-                if asked
-                else ""
-            )
-            + f" {'<=' if clean else '>'} max {margins.max_leakage} (the bare base's is 0)",
+                f" {'<=' if clean else '>'} max {margins.max_leakage} (the bare base's is 0)"
+                if margins.max_leakage < 1
+                else " (reported, not gated)"
+            ),
         )
     reference, against = base_general_loss, "the bare base's"
     if reference is None:

@@ -104,8 +104,10 @@ def states(answer: str, accepted: Sequence[str], *, asked: str = "") -> bool:
     """Whether ``answer`` states one of the ``accepted`` answers: its scoring tokens appear
     among the answer's, together and in order ("Paris" in "The capital of France is Paris."),
     more often than in the question ``asked`` (三 in "三角形有几条边？" echoed back is not
-    an answer; "三角形有三条边" is)."""
-    tokens, question = answer_tokens(answer), answer_tokens(asked)
+    an answer; "三角形有三条边" is), the question repeated whole left out."""
+    question = answer_tokens(asked)
+    # The question echoed back whole is no answer ("蜜蜂会酿造什么？: 蜜蜂会…" holds 蜜 twice).
+    tokens = _without(answer_tokens(answer), [question])
     return any(
         _count(tokens, wanted) > _count(question, wanted)
         for a in accepted

@@ -215,7 +215,8 @@ def read_manifest(location: str) -> dict[str, Any]:
 
 
 def read_snapshot(location: str) -> SnapshotData:
-    """The manifest and the splits (train, eval, general_eval, general_probe) of a snapshot."""
+    """The manifest and the splits (train, eval, general_eval, general_probe, general_pool) of a
+    snapshot."""
     from datasets import load_dataset
 
     manifest = read_manifest(location)
@@ -844,7 +845,9 @@ def _train_in_run(
         trainer_callbacks.append(_early_stopping(recipe.early_stopping_patience))
     distillation = None
     if recipe.general_distillation > 0:
-        general = chosen.filter(lambda row: row["kind"] != "wiki")
+        # The whole general pool where the snapshot has it (older ones: the mix's general rows),
+        # with its bundled answers: the term compares distributions, so any fluent answer does.
+        general = data.splits.get("general_pool") or chosen.filter(lambda r: r["kind"] != "wiki")
         distillation = Distillation(
             [chat.encode(tokenizer, fmt, row["messages"]) for row in general],
             weight=recipe.general_distillation,
