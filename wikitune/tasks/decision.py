@@ -180,7 +180,7 @@ def decide(
         f" ({len(picked)} questions): gain {gain:+.4f} {'>=' if gained else '<'} margin"
         f" {margins.min_gain}",
     )
-    stable = [i for i in range(questions) if i not in set(fresh_ones)]
+    stable = sorted(set(range(questions)) - set(fresh_ones))
     if stable:
         ours_stable = [ours_all[i] for i in stable]
         theirs_stable = [theirs_all[i] for i in stable]

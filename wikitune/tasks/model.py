@@ -282,6 +282,13 @@ def fourbit_available(device: str) -> bool:
     return True
 
 
+def _backbone_and_head(model: Any) -> tuple[Any, Any]:
+    """The transformer body and the LM head of a causal LM (or of a PEFT model's base), so that
+    only the positions that carry loss need go through the head."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(causal_lm, causal_lm.base_model_prefix), causal_lm.get_output_embeddings()
+
+
 def answer_loss_sum(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[Any, Any]:
     """Summed cross-entropy of the tokens whose label is not -100, and how many there are.
 
@@ -289,12 +296,11 @@ def answer_loss_sum(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[An
     tokens and answers a third of a row, projecting every position is most of a CPU step."""
     import torch
 
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+    backbone, head = _backbone_and_head(model)
     hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
     targets = labels[:, 1:].to(hidden.device)
     positions = targets != -100
-    logits = causal_lm.get_output_embeddings()(hidden[positions]).float()
+    logits = head(hidden[positions]).float()
     total = torch.nn.functional.cross_entropy(logits, targets[positions], reduction="sum")
     return total, positions.sum()
 
@@ -305,9 +311,7 @@ def distillation_kl(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[An
     model with its adapter disabled, run without gradients) where the answers are."""
     import torch
 
-    causal_lm = model.get_base_model()
-    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
-    head = causal_lm.get_output_embeddings()
+    backbone, head = _backbone_and_head(model)
     positions = labels[:, 1:] != -100
     with torch.no_grad(), model.disable_adapter():
         hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
