@@ -61,7 +61,8 @@ def test_training_lowers_eval_loss_and_logs_the_run(world: dict[str, Any]) -> No
 
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {
-        f"{snap.id}/{split}" for split in ("train", "eval", "general_eval", "general_probe")
+        f"{snap.id}/{split}"
+        for split in ("train", "eval", "general_eval", "general_probe", "general_pool")
     }
     assert {d.dataset.digest for d in inputs.values()} == {snap.digest[:32]}
     assert "train" in inputs[f"{snap.id}/train"].dataset.source
