@@ -16,6 +16,7 @@ from wikitune.tasks.dataset import general_rows_needed, make_snapshot
 from wikitune.tasks.train import read_snapshot
 
 PAIRS_PER_FIELD = 16  # two languages, eight phrasings each
+LEAD_PAIRS = 8  # the English lead is asked about in English only
 
 
 def _page(name: str, agency: str = "Harbor Live", fans: str | None = "Tidecallers") -> str:
@@ -42,8 +43,8 @@ def built(wiki: LocalWiki, home: Path) -> LocalWiki:
     run_sync(wiki, home)
     summary = build(home=str(home))
     assert summary.counts["pages_parsed"] == 3
-    # Six mapped fields with values (colour, birthday, origin are absent) plus the lead.
-    assert summary.counts["new"] == 3 * 6 * PAIRS_PER_FIELD
+    # Five mapped fields with values (colour, birthday, origin are absent) plus the lead.
+    assert summary.counts["new"] == 3 * (5 * PAIRS_PER_FIELD + LEAD_PAIRS)
     return wiki
 
 
@@ -55,7 +56,7 @@ def test_edits_change_exactly_their_pairs(built: LocalWiki, home: Path) -> None:
     assert summary["pages_parsed"] == 1  # only the edited page is parsed again
     after = _pairs(home)
     changed = {k for k in after if after[k].answer != before[k].answer}
-    assert summary["changed"] == len(changed) == PAIRS_PER_FIELD + PAIRS_PER_FIELD  # agency, lead
+    assert summary["changed"] == len(changed) == PAIRS_PER_FIELD + LEAD_PAIRS  # agency, lead
     assert {after[k].field for k in changed} == {"agency", "lead"}
     assert all("Deep Blue" in after[k].answer for k in changed)
     assert summary["unchanged"] == 4 * PAIRS_PER_FIELD and summary["retired"] == 0
@@ -91,7 +92,7 @@ def test_delete_retires_everything_and_move_keeps_pairs(built: LocalWiki, home: 
     built.move("Pip Lanternwick", "Pip Lanternwick (VTuber)")
     run_sync(built, home)
     summary = build(home=str(home)).counts
-    assert summary["retired"] == 6 * PAIRS_PER_FIELD
+    assert summary["retired"] == 5 * PAIRS_PER_FIELD + LEAD_PAIRS
     after = _pairs(home)
     pip = {k for k, p in before.items() if p.title == "Pip Lanternwick"}
     assert pip <= after.keys()  # same ids: the pairs were kept
@@ -138,7 +139,9 @@ def test_snapshots_hold_out_phrasings_and_mark_fresh_facts(built: LocalWiki, hom
     built.edit("Nova Quill", _page("Nova Quill", agency="Deep Blue"))
     run_sync(built, home)
     summary = build(home=str(home))
-    assert summary.changed_since_champion == 2 * PAIRS_PER_FIELD and not summary.retrain_due
+    assert (
+        summary.changed_since_champion == PAIRS_PER_FIELD + LEAD_PAIRS and not summary.retrain_due
+    )
     assert summary.changed_since_last_retrain == summary.changed_since_champion
     second = snapshot(home=str(home))
     assert second.id != first.id

@@ -181,3 +181,23 @@ def test_the_bundled_probes_ask_each_fact_in_both_languages_with_checkable_answe
     checkable = [p for p in probes if p["accept"]]
     assert len(checkable) >= 0.9 * len(probes)
     assert {p["category"] for p in checkable} >= {"capitals", "science", "arithmetic", "language"}
+
+
+@pytest.mark.parametrize(
+    ("lead", "languages"),
+    [
+        ("星野灯 is a virtual YouTuber with 晨星社二期.", {"en"}),
+        ("星野灯是晨星社二期的虚拟主播。", {"zh"}),
+        ("星野灯（ほしの あかり）is a virtual streamer.", {"en"}),  # a reading does not count
+        ("星野灯是Hololive English的虚拟主播。", {"zh"}),
+        ("2021", {"en", "zh"}),  # no script of its own: every language
+    ],
+)
+def test_a_lead_is_asked_about_in_its_own_language_only(lead: str, languages: set[str]) -> None:
+    from wikitune.tasks.parse import PageFacts
+    from wikitune.tasks.qa import load_mapping, pairs_for
+
+    facts = PageFacts(title="星野灯", name="星野灯", fields={"agency": ("晨星社",)}, lead=lead)
+    pairs = pairs_for("s", 1, 1, facts, load_mapping())
+    assert {p.lang for p in pairs if p.field == "lead"} == languages
+    assert {p.lang for p in pairs if p.field == "agency"} == {"en", "zh"}  # answers of its own

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from wikitune.tasks.parse import (
     QualityLimits,
     parse_page,
 )
+from wikitune.tasks.scoring import main_script
 
 __all__ = [
     "BuildCounts",
@@ -39,6 +41,10 @@ log = logging.getLogger(__name__)
 LEAD_FIELD = "lead"
 # One phrasing in this many (at least one per field and language) is held out for evaluation.
 EVAL_EVERY = 4
+
+
+PAIR_RULES = 2
+"""The version of how a mapping becomes pairs (2: a bare-value answer only in its own script)."""
 
 
 class Phrasing(BaseModel):
@@ -100,7 +106,10 @@ class Mapping(BaseModel):
 
     @cached_property
     def digest(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """The mapping's identity with the rules that turn it into pairs: a change to either
+        rebuilds every page's pairs and retrains in full."""
+        text = f"{PAIR_RULES}|{self.model_dump_json()}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def entries(self) -> dict[str, Phrasing]:
         entries: dict[str, Phrasing] = dict(self.fields)
@@ -142,6 +151,28 @@ def _join(values: tuple[str, ...], lang: str) -> str:
     return ("、" if lang == "zh" else ", ").join(values)
 
 
+_BRACKETED = re.compile(r"[(（][^()（）]*[)）]")
+
+
+def _answer_languages(
+    entry: Phrasing, values: tuple[str, ...], name: str, languages: list[str]
+) -> list[str]:
+    """The languages a field's pairs are written in. A language whose answer is the bare value
+    (the lead's "{value}") is kept only when its questions are written in the value's script:
+    an English lead taught as the answer to "X是谁？" becomes the answer to every Chinese question
+    about X; text in brackets (a name's reading, "（ほしかわ りおん）") does not count. Every
+    language is kept when none would be."""
+    script = main_script(_BRACKETED.sub(" ", " ".join(values)), leave_out=[name])
+
+    def answers_in_it(lang: str) -> bool:
+        if entry.answer[lang].replace("{value}", "").strip():
+            return True
+        asked = " ".join(entry.questions[lang]).replace("{name}", " ")
+        return script is None or main_script(asked) == script
+
+    return [lang for lang in languages if answers_in_it(lang)] or languages
+
+
 def pairs_for(
     source: str, pageid: int, revid: int, facts: PageFacts, mapping: Mapping
 ) -> list[QaPair]:
@@ -158,7 +189,7 @@ def pairs_for(
         if field_name not in values:
             continue
         fact = hashlib.sha256(f"{pageid}|{field_name}|{values[field_name]}".encode()).hexdigest()
-        for lang in mapping.languages:
+        for lang in _answer_languages(entry, values[field_name], facts.name, mapping.languages):
             value = _join(values[field_name], lang)
             answer = entry.answer[lang].format(name=facts.name, value=value)
             questions = entry.questions[lang]

@@ -34,6 +34,7 @@ __all__ = [
     "fact_right",
     "general_retention",
     "in_language",
+    "main_script",
     "paired_bootstrap",
     "probe_answers",
     "score_models",
@@ -206,7 +207,7 @@ def _script(token: str) -> str:
     return "CJK" if script in {"HIRAGANA", "KATAKANA"} else script
 
 
-def _main_script(text: str, leave_out: Sequence[str]) -> str | None:
+def main_script(text: str, leave_out: Sequence[str] = ()) -> str | None:
     """The script most of the words of ``text`` are written in (a CJK character counts as a
     word), leaving out ``leave_out`` (names and values, which keep their own script) and
     digits; None when nothing is left."""
@@ -220,8 +221,8 @@ def in_language(answer: str, reference: str, leave_out: Sequence[str] = ()) -> b
     the question's language), names and values left out: an English sentence does not answer
     a Chinese question, though it carries the right value. An answer that is only names and
     values is in any language. (Languages that share a script are not told apart.)"""
-    expected = _main_script(reference, leave_out)
-    written = _main_script(answer, leave_out)
+    expected = main_script(reference, leave_out)
+    written = main_script(answer, leave_out)
     return expected is None or written is None or written == expected
 
 
