@@ -1,4 +1,5 @@
-"""Fixtures with real parts: a real MediaWiki per test, a real Prefect server per session."""
+"""Fixtures with real parts: a real MediaWiki per test, a real Prefect server per session (none
+for a session of unit tests only: ``pytest -m unit``)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,14 @@ os.environ["WIKITUNE_HTTP_TIMEOUT_SECONDS"] = "10"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prefect server (the test harness's) with a private PREFECT_HOME; yields its URL."""
+def prefect_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str | None]:
+    """A real Prefect server (the test harness's) with a private PREFECT_HOME; yields its URL.
+    None, and no server, when every test of the session is a unit test (``pytest -m unit``)."""
+    if all(item.get_closest_marker("unit") for item in request.session.items):
+        yield None
+        return
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness

@@ -77,6 +77,7 @@ def test_the_base_model_wikitune_makes_records_its_digest(world: dict[str, Any])
     assert basemodel.resolve_base_model(str(base), base.parent / "models").digest == recorded
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -90,6 +91,7 @@ def test_specs_that_cannot_resolve_say_why(spec: str, message: str, tmp_path: Pa
         basemodel.resolve_base_model(spec, tmp_path)
 
 
+@pytest.mark.unit
 def test_a_directory_without_a_model_says_so(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(basemodel.BaseModelError, match="directory without a model"):
@@ -98,6 +100,7 @@ def test_a_directory_without_a_model_says_so(tmp_path: Path) -> None:
         basemodel.directory_digest(tmp_path / "empty")
 
 
+@pytest.mark.unit
 def test_a_broken_gguf_file_says_so(tmp_path: Path) -> None:
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 64)

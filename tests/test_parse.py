@@ -11,6 +11,8 @@ import pytest
 from wikitune.tasks.parse import PageFacts, ParseFailed, QualityLimits, parse_page, quality_problem
 from wikitune.tasks.qa import Mapping, load_mapping
 
+pytestmark = pytest.mark.unit
+
 CASES = sorted((Path(__file__).parent / "infoboxes").glob("*.wikitext"))
 MAPPING = load_mapping()
 

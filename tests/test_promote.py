@@ -269,6 +269,7 @@ def test_two_promotions_at_once_make_one_champion(world: dict[str, Any], tmp_pat
     assert tags["decision"] == "lost-race"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("prediction", "reference", "em", "f1"),
     [
@@ -284,6 +285,7 @@ def test_answer_scores(prediction: str, reference: str, em: float, f1: float) ->
     assert scoring.f1_score(prediction, reference) == pytest.approx(f1)
 
 
+@pytest.mark.unit
 def test_answer_tokens_split_cjk_by_character_and_other_text_by_word() -> None:
     assert scoring.answer_tokens("Nova Quill属于Harbor Live。") == [
         "nova",
@@ -295,6 +297,7 @@ def test_answer_tokens_split_cjk_by_character_and_other_text_by_word() -> None:
     ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("prediction", "stale"),
     [
@@ -311,6 +314,7 @@ def test_stale_answers_hold_the_old_value_and_not_the_new(prediction: str, stale
     assert scoring.answers_with_old_value(prediction, previous, reference) is stale
 
 
+@pytest.mark.unit
 def test_a_value_that_only_grew_is_stale_when_answered_as_before() -> None:
     previous, reference = "星野灯属于晨星社。", "星野灯属于晨星社二期。"
     assert scoring.answers_with_old_value("星野灯属于晨星社", previous, reference)
@@ -347,6 +351,7 @@ def _scores(
     )
 
 
+@pytest.mark.unit
 def test_the_gain_is_asked_of_the_fresh_facts_with_an_interval() -> None:
     margins = Margins(min_gain=0.01, stable_tolerance=0.02)
     # One changed value: 2 fresh questions of 80. The champion answers them with the old value.
@@ -373,6 +378,7 @@ def test_the_gain_is_asked_of_the_fresh_facts_with_an_interval() -> None:
     assert interval.ci_low < 0.5 < interval.ci_high and interval.ci_low > 0
 
 
+@pytest.mark.unit
 def test_one_stable_question_does_not_decide_but_a_clear_loss_does() -> None:
     """The stable guard rejects a loss beyond the tolerance with confidence (the 95% interval
     of the change wholly below it), not a single question of 48 (1/48 = 0.021 > 0.02)."""
@@ -394,6 +400,7 @@ def test_one_stable_question_does_not_decide_but_a_clear_loss_does() -> None:
     assert result.verdict() == result.failed[0]
 
 
+@pytest.mark.unit
 def test_retention_and_leakage_are_gated_against_the_base() -> None:
     margins = Margins(min_retention=0.95, max_leakage=0.0)
     fresh = [True, False]
@@ -424,6 +431,7 @@ def test_retention_and_leakage_are_gated_against_the_base() -> None:
     )
 
 
+@pytest.mark.unit
 def test_fact_accuracy_counts_the_value_not_the_sentence() -> None:
     """A reworded right value is right; the old value, a wrong value, or the right value in
     the wrong language is wrong; a date is the same date however it is written."""
@@ -471,6 +479,7 @@ def test_fact_accuracy_counts_the_value_not_the_sentence() -> None:
     assert not scoring.fact_right("Mira Tidewell made her debut on August 2, 2020.", legacy)
 
 
+@pytest.mark.unit
 def test_base_answers_are_generated_once_per_prompt(tmp_path: Path) -> None:
     class Tokenizer:
         chat_template = "{{ messages }}"
@@ -686,6 +695,7 @@ def test_a_retrain_on_the_champion_trains_on_what_is_fresh_to_it(
     assert float(mlflow_client(home).get_run(whole.run_id).data.params["num_train_epochs"]) == 2
 
 
+@pytest.mark.unit
 def test_the_training_plan_says_why_a_retrain_is_full() -> None:
     recipe = TrainingRecipe(full_retrain_every=3)
     manifest = {"fresh_against": "s1", "mapping_digest": "m", "counts": {"train_fresh": 4}}
@@ -730,6 +740,7 @@ def test_the_training_plan_says_why_a_retrain_is_full() -> None:
     assert training.plan_training(manifest, recipe, old).scope == "full"
 
 
+@pytest.mark.unit
 def test_a_delta_keeps_every_fresh_row_and_samples_the_rest() -> None:
     from datasets import Dataset
 

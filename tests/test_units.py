@@ -14,6 +14,8 @@ from wikitune.storage.schema import MIGRATIONS
 from wikitune.tasks.mediawiki import RcRow, describe_request
 from wikitune.tasks.sync import touched_by
 
+pytestmark = pytest.mark.unit
+
 
 def test_request_descriptions_never_carry_post_bodies() -> None:
     params = {"action": "login", "lgname": "Me@bot", "lgpassword": "hunter2" * 5, "lgtoken": "t"}
