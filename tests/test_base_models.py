@@ -107,3 +107,25 @@ def test_a_broken_gguf_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(basemodel.BaseModelError, match=r"cannot load .*broken\.gguf as a GGUF"):
         basemodel.resolve_base_model(str(broken), tmp_path / "models")
     assert not list((tmp_path / "models").glob("broken-*"))
+
+
+@pytest.mark.unit
+def test_the_default_recipe_follows_the_resolved_base_and_the_device(tmp_path: Path) -> None:
+    """The packaged SmolLM2 gets its own recipe however it is named; a base without one gets
+    the CPU recipe on a CPU and the 7B defaults on a GPU, and the origin says which."""
+    from wikitune.blocks.recipe import CPU_RECIPE, TrainingRecipe, default_recipe, recipe_origin
+
+    own = TrainingRecipe.from_file("smollm2-135m-cpu")
+    gguf = basemodel.packaged_gguf(SMOLLM2)
+    assert gguf is not None
+    copy = tmp_path / "renamed.gguf"
+    shutil.copyfile(gguf, copy)
+    for spec in (SMOLLM2, str(gguf), str(copy)):
+        assert default_recipe(spec, "cuda") == own, spec
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF" + b"\0" * 64)
+    assert default_recipe(str(other), "cpu") == TrainingRecipe.from_file(CPU_RECIPE)
+    assert default_recipe(str(other), "cpu").quantization == "none"
+    assert "trains on a CPU" in recipe_origin(str(other), None, "cpu")
+    assert default_recipe("Qwen/Qwen2.5-7B-Instruct", "cuda") == TrainingRecipe()
+    assert "7B model on one GPU" in recipe_origin("Qwen/Qwen2.5-7B-Instruct", None, "cuda")

@@ -1112,7 +1112,7 @@ def _deploy_plan(
     base = base_model or settings.base_model
     try:
         path = recipe or settings.recipe_path
-        chosen = chosen_recipe(base, path)
+        chosen = chosen_recipe(base, path, settings.device)
     except ValueError as error:
         raise _fail(str(error)) from None
     return source, DeployOptions(
@@ -1122,7 +1122,7 @@ def _deploy_plan(
         nightly_retrain_when=nightly_retrain_when,
         base_model=base,
         recipe=chosen.model_dump(mode="json", exclude={"block_type_slug"}),
-        recipe_origin=recipe_origin(base, path),
+        recipe_origin=recipe_origin(base, path, settings.device),
     )
 
 

@@ -141,7 +141,7 @@ def training_precision(base_model: str, settings: Settings) -> str:
     if base_model == TOY:
         recipe = TrainingRecipe(**TOY_RECIPE)
     else:
-        recipe = chosen_recipe(base_model, settings.recipe_path)
+        recipe = chosen_recipe(base_model, settings.recipe_path, settings.device)
     return model.resolve_precision(recipe.precision, settings.device or "cpu")[1]
 
 

@@ -14,10 +14,20 @@ import yaml
 from prefect.blocks.core import Block
 from pydantic import Field, ValidationError
 
-__all__ = ["TrainingRecipe", "chosen_recipe", "default_recipe", "packaged_recipes", "recipe_origin"]
+__all__ = [
+    "CPU_RECIPE",
+    "TrainingRecipe",
+    "chosen_recipe",
+    "default_recipe",
+    "packaged_recipes",
+    "recipe_origin",
+]
 
 # The recipe a base model trains with when none is given.
 _DEFAULT_RECIPES = {"smollm2-135m-instruct": "smollm2-135m-cpu"}
+# The recipe of a base with none of its own on a CPU: the 7B GPU defaults (4-bit, 4x4 rows of
+# 1024 tokens) would need gigabytes and minutes a step there.
+CPU_RECIPE = "cpu"
 
 
 def packaged_recipes() -> list[str]:
@@ -183,28 +193,51 @@ class TrainingRecipe(Block):
             raise ValueError(f"invalid recipe {path}: {error}") from error
 
 
-def recipe_origin(base_model: str, path: Path | str | None) -> str:
-    """Which recipe a retrain of ``base_model`` uses, in words: the given file, the base's
-    packaged recipe, or the defaults (said plainly, with how to pick another)."""
-    if path:
-        return f"the recipe {path}"
-    name = _DEFAULT_RECIPES.get(base_model)
+def _default_for(base_model: str, device: str | None) -> tuple[str | None, str]:
+    """The packaged recipe a base trains with when none is given (None: the defaults), and
+    that choice in words. The base is recognised by its digest, not its spelling: the packaged
+    SmolLM2 given by its ``.gguf`` path gets its own recipe."""
+    from wikitune.tasks.basemodel import packaged_name
+
+    name = _DEFAULT_RECIPES.get(packaged_name(base_model) or "")
     if name:
-        return f"the packaged recipe {name} (the base's own)"
-    return (
+        return name, f"the packaged recipe {name} (the base's own)"
+    choose = f"pick one with --recipe FILE or a packaged name ({', '.join(packaged_recipes())})"
+    if (device or _local_device()) != "cuda":
+        return CPU_RECIPE, (
+            f"the CPU recipe {CPU_RECIPE} (plain LoRA, bf16 where the CPU has it): {base_model}"
+            f" has no packaged recipe and trains on a CPU; {choose}"
+        )
+    return None, (
         f"the default recipe (QLoRA for a 7B model on one GPU): {base_model} has no packaged"
-        f" recipe; pick one with --recipe FILE or a packaged name ({', '.join(packaged_recipes())})"
+        f" recipe; {choose}"
     )
 
 
-def chosen_recipe(base_model: str, path: Path | str | None) -> TrainingRecipe:
+def _local_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def recipe_origin(base_model: str, path: Path | str | None, device: str | None = None) -> str:
+    """Which recipe a retrain of ``base_model`` on ``device`` (default: this machine's) uses,
+    in words: the given file, the base's packaged recipe, the CPU recipe or the defaults (said
+    plainly, with how to pick another)."""
+    return f"the recipe {path}" if path else _default_for(base_model, device)[1]
+
+
+def chosen_recipe(
+    base_model: str, path: Path | str | None, device: str | None = None
+) -> TrainingRecipe:
     """The recipe a retrain of ``base_model`` uses: the file at ``path`` when given (a packaged
     name or a YAML file), else :func:`default_recipe`."""
-    return TrainingRecipe.from_file(path) if path else default_recipe(base_model)
+    return TrainingRecipe.from_file(path) if path else default_recipe(base_model, device)
 
 
-def default_recipe(base_model: str) -> TrainingRecipe:
+def default_recipe(base_model: str, device: str | None = None) -> TrainingRecipe:
     """The recipe for ``base_model`` when none is given: its packaged recipe if it has one
-    (``smollm2-135m-instruct``: ``smollm2-135m-cpu``), else the defaults (a 7B model, one GPU)."""
-    name = _DEFAULT_RECIPES.get(base_model)
+    (the packaged SmolLM2, by name, file or digest: ``smollm2-135m-cpu``), else on a CPU the
+    CPU recipe, else the defaults (a 7B model, one GPU)."""
+    name, _ = _default_for(base_model, device)
     return TrainingRecipe.from_file(name) if name else TrainingRecipe()

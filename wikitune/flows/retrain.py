@@ -15,7 +15,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from wikitune.blocks.recipe import TrainingRecipe, chosen_recipe
+from wikitune.blocks.recipe import TrainingRecipe, chosen_recipe, recipe_origin
 from wikitune.config import Settings, load_settings
 from wikitune.flows.naming import artifact_key
 from wikitune.flows.runtime import (
@@ -273,7 +273,9 @@ def retrain(
     logger = run_logger()
     base_spec = base_model or settings.base_model
     if recipe is None:
-        recipe = chosen_recipe(base_spec, recipe_file or settings.recipe_path)
+        path, on = recipe_file or settings.recipe_path, device or settings.device
+        recipe = chosen_recipe(base_spec, path, on)
+        logger.info("training %s with %s", base_spec, recipe_origin(base_spec, path, on))
     location = training.resolve_snapshot(snapshot, settings.snapshots_dir)
     manifest = training.read_manifest(location)
     base = basemodel.resolve_base_model(base_spec, settings.models_dir)

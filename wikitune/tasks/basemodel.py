@@ -252,6 +252,33 @@ def _hub_digest(repo: str) -> str:
     return f"hub:{repo}"
 
 
+def packaged_name(spec: str) -> str | None:
+    """The packaged model ``spec`` is, however it is given: its name, its GGUF file under any
+    path, or a directory converted from that file. None for any other model."""
+    if spec in PACKAGED_MODELS:
+        return spec
+    local = Path(spec).expanduser()
+    digest = None
+    if spec.endswith(".gguf") and local.is_file():
+        digest = _digest_of(local.resolve(), local.stat().st_size, local.stat().st_mtime_ns)
+    elif (local / BASE_INFO_FILE).is_file():
+        digest = json.loads((local / BASE_INFO_FILE).read_text()).get("digest")
+    if digest is None:
+        return None
+    for name in PACKAGED_MODELS:
+        if (found := packaged_gguf(name)) is None:
+            continue
+        stat = found.stat()
+        if _digest_of(found.resolve(), stat.st_size, stat.st_mtime_ns) == digest:
+            return name
+    return None
+
+
+@lru_cache(maxsize=16)
+def _digest_of(file: Path, size: int, mtime_ns: int) -> str:
+    return file_digest(file)
+
+
 def resolve_base_model(spec: str, models_dir: Path) -> ResolvedBase:
     """Resolve ``spec`` (a packaged name, a ``.gguf`` file, a directory or a hub id)."""
     if spec in PACKAGED_MODELS:
