@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+from copy import copy
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from wikitune.tasks.decision import Margins
 
 
 def source_slug(name: str) -> str:
@@ -17,6 +21,11 @@ def source_slug(name: str) -> str:
     digits and dashes); ``127.0.0.1:8391/api.php`` gives ``127-0-0-1-8391-api-php``."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     return slug or "source-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def _margin(name: str) -> Any:
+    """A setting of the promotion margin ``name``: a copy of the decision rule's own field."""
+    return copy(Margins.model_fields[name])
 
 
 class Settings(BaseSettings):
@@ -105,32 +114,13 @@ class Settings(BaseSettings):
     mlflow_ui_url: str | None = Field(
         default=None, description="The MLflow UI's URL, for links in Prefect artifacts."
     )
-    promote_min_gain: float = Field(
-        default=0.01,
-        description="Fact accuracy a candidate must gain over the champion to win, on the"
-        " questions about facts fresh to the champion (all questions when none is fresh).",
-    )
-    promote_stable_tolerance: float = Field(
-        default=0.02,
-        description="Stable-fact accuracy a winning candidate may lose (rejected when the 95%"
-        " bootstrap interval of the loss lies wholly beyond it).",
-    )
-    # Off by default until a recipe holds the bar (0.95 and 0): the packaged SmolLM2 recipe
-    # keeps 0.79-0.87 of what its base knew, and every candidate would be rejected.
-    promote_min_retention: float = Field(
-        default=0.0,
-        ge=0,
-        le=1,
-        description="Share of the general probes the bare base answers right that a winner"
-        " must still answer right (0.95 holds what the base knew; 0: reported, not gated).",
-    )
-    promote_max_leakage: float = Field(
-        default=1.0,
-        ge=0,
-        le=1,
-        description="Share of the general probes a winner may answer with wiki content"
-        " (0: none, as the base; 1: reported, not gated).",
-    )
+    # The promotion margins (WIKITUNE_PROMOTE_MIN_GAIN, ...): defaults, bounds and meaning are
+    # the decision rule's own (tasks/decision.py, Margins). Retention and leakage are reported,
+    # not gated, by default: the packaged SmolLM2 recipe keeps 0.76-0.87 of what its base knew.
+    promote_min_gain: float = _margin("min_gain")
+    promote_stable_tolerance: float = _margin("stable_tolerance")
+    promote_min_retention: float = _margin("min_retention")
+    promote_max_leakage: float = _margin("max_leakage")
     device: str | None = Field(
         default=None, description='Training device ("cuda" or "cpu"); default: cuda when present.'
     )

@@ -45,12 +45,7 @@ class RetrainResult(training.TrainResult):
 
 
 def _margins(settings: Settings) -> Margins:
-    return Margins(
-        min_gain=settings.promote_min_gain,
-        stable_tolerance=settings.promote_stable_tolerance,
-        min_retention=settings.promote_min_retention,
-        max_leakage=settings.promote_max_leakage,
-    )
+    return Margins(**{name: getattr(settings, f"promote_{name}") for name in Margins.model_fields})
 
 
 @task(name="evaluate-candidate", cache_policy=NO_CACHE)

@@ -491,6 +491,7 @@ def _sft_config(
         max_length=recipe.max_length,
         learning_rate=recipe.learning_rate,
         lr_scheduler_type=recipe.lr_scheduler_type,
+        # transformers 5 has no warmup_ratio: a warmup_steps below 1 is the share of all steps.
         warmup_steps=recipe.warmup_ratio,
         weight_decay=recipe.weight_decay,
         num_train_epochs=recipe.num_train_epochs,
