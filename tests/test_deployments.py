@@ -1,13 +1,18 @@
-"""`wikitune up`, `deploy` and `down` for real: a Prefect server, an MLflow server and two
-workers; an edit burst leads to a sync run, the data-ready event, the automation's retrain on the
-gpu pool and a new registered version. Headless Chromium shows both UIs."""
+"""`wikitune up`, `deploy` and `down` for real: a Prefect server, an MLflow server and a `cpu`
+worker, and a `gpu` worker as on a second machine (its own home; the first one's hidden from it);
+an edit burst leads to a sync run, the data-ready event, the automation's retrain on the gpu
+pool and a new registered version. Headless Chromium shows both UIs."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import shlex
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -110,17 +115,28 @@ def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator
     started = cli(
         "up",
         *("--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)),
-        *("--serve-port", str(serve_port)),
+        *("--serve-port", str(serve_port), "--no-gpu-worker"),
         *("--timezone", "Asia/Shanghai"),
         home=home,
         local=True,
         **env,
     )
+    gpu_machine = tmp_path / "gpu-machine"
+    gpu_worker = None
     try:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         record = json.loads((home / "services.json").read_text())
+        gpu_worker = _worker_on_another_machine(
+            gpu_machine,
+            hidden=home,
+            prefect_api=f"http://127.0.0.1:{prefect_port}/api",
+            mlflow=f"http://127.0.0.1:{mlflow_port}",
+            env=env,
+        )
         yield {
             "home": home,
+            "gpu_machine": gpu_machine,
+            "env": env,
             "base": env["WIKITUNE_BASE_MODEL"],
             "stdout": started.stdout,
             "record": record,
@@ -130,7 +146,44 @@ def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator
             "serve": f"http://127.0.0.1:{serve_port}",
         }
     finally:
+        if gpu_worker is not None:
+            os.killpg(gpu_worker.pid, signal.SIGTERM)
+            gpu_worker.wait(timeout=60)
         cli("down", home=home, local=True)
+
+
+def _worker_on_another_machine(
+    machine: Path, *, hidden: Path, prefect_api: str, mlflow: str, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """A `gpu` worker as on a second machine: its own WIKITUNE_HOME and PREFECT_HOME, and, in a
+    mount namespace of its own, an empty tmpfs over the first machine's home, which it cannot
+    see; it reaches the first machine through the Prefect and MLflow servers only."""
+    machine.mkdir()
+    worker_env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("PREFECT_") and k != "WIKITUNE_HOME"
+        },
+        **env,
+        "WIKITUNE_HOME": str(machine),
+        "PREFECT_HOME": str(machine / "prefect"),
+        "PREFECT_API_URL": prefect_api,
+        "WIKITUNE_MLFLOW_TRACKING_URI": mlflow,
+        "WIKITUNE_MLFLOW_UI_URL": mlflow,
+        "PYTHONWARNINGS": "ignore::FutureWarning",
+    }
+    hide = f'mount -t tmpfs tmpfs {shlex.quote(str(hidden))} && exec "$@"'
+    worker = [sys.executable, "-m", "wikitune.worker", "start", "--pool", "gpu"]
+    with open(machine / "worker.log", "ab") as log:
+        return subprocess.Popen(
+            ["unshare", "--mount", "sh", "-c", hide, "sh", *worker, "--type", "process"],
+            env=worker_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _chromium(url: str, screenshot: Path) -> str:
@@ -187,18 +240,21 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert automation["actions"][0]["deployment_id"] == nightly["id"]
     assert api.deployment("retrain/gpu")["work_pool_name"] == "gpu"
 
-    # Deploying again changes nothing.
+    # Deploying again, with the same settings, changes nothing.
     again = cli(
         *("deploy", "--timezone", "Asia/Shanghai", "--source-block", SOURCE),
         home=services["home"],
         local=True,
         PREFECT_API_URL=api.url,
+        **services["env"],
     )
     assert again.returncode == 0, again.stderr[-2000:]
-    assert api.deployment("pipeline/retrain")["id"] == nightly["id"]
+    redeployed = api.deployment("pipeline/retrain")
+    assert redeployed["id"] == nightly["id"]
+    assert redeployed["parameters"] == nightly["parameters"]
     assert len(api.post("/automations/filter", {})) == 1
 
-    # One page: below the threshold of 120 pairs (one page gives 96), the sync run emits nothing.
+    # One page: below the threshold of 120 pairs (one page gives 88), the sync run emits nothing.
     wiki.edit("Template:Infobox VTuber", INFOBOX_TEMPLATE)
     first_page = SAMPLE_VTUBERS[0][1:]
     wiki.edit(first_page[0], sample_page(*first_page))
@@ -236,7 +292,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert ready["payload"]["changed_since_champion"] >= 120
     changed = ready["resource"]["wikitune.changed-pairs"]
     assert int(changed) == ready["payload"]["changed_since_champion"]
-    # 288 pairs for 20 epochs on the toy model: about 10 minutes on 2 cores. The wait guards
+    # 264 pairs for 20 epochs on the toy model: about 10 minutes on 2 cores. The wait guards
     # against a hang, not a slow machine.
     done = _wait_for("the retrain cycle", lambda: api.finished(cycle["id"]), timeout=1500)
     assert done["state_type"] == "COMPLETED", done["state"]
@@ -251,6 +307,16 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert gpu_run["state_type"] == "COMPLETED"
     assert gpu_run["parent_task_run_id"] is not None  # a child of the cycle, not a stray run
     snapshot_id = gpu_run["name"].removeprefix("retrain-")
+    # It ran on the other machine: the snapshot came through the MLflow server into that
+    # machine's home, and it trained there; the first machine's home holds no run of it, and
+    # its `wikitune models` shows the champion the other machine promoted.
+    machine = services["gpu_machine"]
+    assert (machine / "snapshots" / snapshot_id / "manifest.json").is_file()
+    assert list((machine / "runs").glob(f"{snapshot_id}-*"))
+    assert not list((services["home"] / "runs").glob(f"{snapshot_id}-*"))
+    shown = cli("models", home=services["home"], local=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "champion" in shown.stdout, shown.stdout
 
     model = registered_model_name(SOURCE)
     versions = _mlflow_get(services["mlflow"], "model-versions/search", filter=f"name='{model}'")

@@ -5,6 +5,7 @@ Prefect server), or hands the retrain to a deployment on the ``gpu`` work pool."
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Literal
 
 from prefect import flow, task
@@ -29,7 +30,7 @@ from wikitune.flows.naming import (
 from wikitune.flows.retrain import RetrainResult, retrain
 from wikitune.flows.runtime import finished, in_prefect_run, markdown_artifact, run_logger, step
 from wikitune.flows.sync import SyncSummary, sync
-from wikitune.mlflow import registry
+from wikitune.mlflow import exchange, registry
 from wikitune.storage import PageChange, Store
 from wikitune.tasks.champion import follow_champion
 
@@ -85,9 +86,16 @@ def _pipeline_run_name() -> str:
 
 
 def _retrain_on_deployment(
-    deployment: str, parameters: dict[str, object], snapshot_id: str
+    deployment: str,
+    parameters: dict[str, object],
+    snapshot_id: str,
+    *,
+    source: str,
+    tracking_uri: str,
 ) -> RetrainResult:
-    """Run the retrain deployment as a child of this flow run and read its persisted result."""
+    """Run the retrain deployment as a child of this flow run and read its outcome: from the
+    tracking server, which the worker (maybe on another machine) logged it to, else from the
+    child's persisted result."""
     child = run_deployment(
         deployment,
         parameters=parameters,
@@ -102,8 +110,25 @@ def _retrain_on_deployment(
             f"retrain run {child.name} on {deployment} ended"
             f" {state.name if state else 'unknown'}: {message}"
         )
+    if exchange.is_server(tracking_uri):
+        logged = exchange.outcome_of(tracking_uri, source, snapshot_id, str(child.id))
+        if logged is None:
+            raise RetrainDeploymentFailed(
+                f"retrain run {child.name} on {deployment} completed but logged no outcome"
+                f" with its training run in {tracking_uri}"
+            )
+        return RetrainResult.model_validate(logged)
     result = state.result()
     return result if isinstance(result, RetrainResult) else RetrainResult.model_validate(result)
+
+
+@task(name="publish-snapshot", cache_policy=NO_CACHE)
+def publish_snapshot(tracking_uri: str, source: str, frozen: SnapshotSummary) -> str:
+    """Where a retrain worker reads the snapshot: its files published to the tracking server
+    (``runs:/...``) when there is one, else its path on this machine."""
+    if not exchange.is_server(tracking_uri):
+        return frozen.path
+    return exchange.publish_snapshot(tracking_uri, source, frozen.id, Path(frozen.path))
 
 
 def _cycle_in_flight(source: str) -> str | None:
@@ -364,15 +389,29 @@ def pipeline(
     else:
         frozen = step(snapshot, source=synced.source, home=home)
         if retrain_deployment:
-            # The worker may be on another machine: it gets the snapshot's files, not the store.
-            parameters: dict[str, object] = {"snapshot": frozen.path}
+            # The worker may be on another machine: it gets the snapshot's files, not the store,
+            # through the tracking server when there is one.
+            parameters: dict[str, object] = {
+                "snapshot": step(
+                    publish_snapshot,
+                    tracking_uri=settings.tracking_uri,
+                    source=synced.source,
+                    frozen=frozen,
+                )
+            }
             if base_model:
                 parameters["base_model"] = base_model
             if recipe is not None:
                 parameters["recipe"] = recipe
             if full:
                 parameters["full"] = True
-            result = _retrain_on_deployment(retrain_deployment, parameters, frozen.id)
+            result = _retrain_on_deployment(
+                retrain_deployment,
+                parameters,
+                frozen.id,
+                source=synced.source,
+                tracking_uri=settings.tracking_uri,
+            )
         else:
             result = step(
                 retrain,

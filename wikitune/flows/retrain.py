@@ -1,8 +1,10 @@
 """The retrain flow: train an adapter on a snapshot, on a machine of the ``gpu`` work pool.
 
-It reads only the snapshot's files and writes the adapter and the MLflow run; it never opens the
-store. Its result (the MLflow run id and the adapter's location) is persisted, so a parent flow
-that starts it with ``run_deployment`` can read it.
+It reads only the snapshot's files (fetched from the MLflow server when it was published there)
+and writes the adapter and the MLflow run; it never opens the store. Its result (the MLflow run
+id, the adapter's location and the promotion) is persisted, and, with a tracking server, logged
+with the training run, so a parent flow on another machine that starts it with
+``run_deployment`` can read it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
 from wikitune.blocks.recipe import TrainingRecipe, chosen_recipe, recipe_origin
 from wikitune.config import Settings, load_settings
@@ -26,7 +28,7 @@ from wikitune.flows.runtime import (
     table_artifact,
     update_progress_artifact,
 )
-from wikitune.mlflow import registry, tracking
+from wikitune.mlflow import exchange, registry, tracking
 from wikitune.tasks import basemodel
 from wikitune.tasks import evaluate as evaluation
 from wikitune.tasks import promotion as promotions
@@ -271,7 +273,15 @@ def retrain(
         path, on = recipe_file or settings.recipe_path, device or settings.device
         recipe = chosen_recipe(base_spec, path, on)
         logger.info("training %s with %s", base_spec, recipe_origin(base_spec, path, on))
-    location = training.resolve_snapshot(snapshot, settings.snapshots_dir)
+    if deployment.id and not exchange.is_server(settings.tracking_uri):
+        # A worker's own SQLite file would hide the run, the adapter and the outcome from the
+        # flow run that started it and from every other machine.
+        raise training.TrainingFailed(
+            f"a deployed retrain needs an MLflow tracking server, and this worker's is"
+            f" {settings.tracking_uri}: set WIKITUNE_MLFLOW_TRACKING_URI to the server's URL"
+            " (the one `wikitune up` started) in the worker's environment"
+        )
+    location = training.resolve_snapshot(snapshot, settings.snapshots_dir, settings.tracking_uri)
     manifest = training.read_manifest(location)
     base = basemodel.resolve_base_model(base_spec, settings.models_dir)
     init_adapter, warm_start, champion_tags = _starting_point(
@@ -333,4 +343,10 @@ def retrain(
     promotion = None
     if promote:
         promotion = _evaluate_and_promote(result.run_id, str(settings.home))
-    return RetrainResult(**result.model_dump(), promotion=promotion)
+    outcome = RetrainResult(**result.model_dump(), promotion=promotion)
+    if flow_run.id and exchange.is_server(settings.tracking_uri):
+        # For a parent flow run on another machine, which cannot read this worker's results.
+        exchange.log_outcome(
+            settings.tracking_uri, result.run_id, str(flow_run.id), outcome.model_dump(mode="json")
+        )
+    return outcome

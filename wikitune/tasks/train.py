@@ -188,8 +188,20 @@ class TrainResult(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
-def resolve_snapshot(ref: str, snapshots_dir: Path) -> str:
-    """A snapshot's location: a URL or directory as given, or an id under ``snapshots_dir``."""
+def resolve_snapshot(ref: str, snapshots_dir: Path, tracking_uri: str | None = None) -> str:
+    """A snapshot's location: one published to the tracking server (``runs:/...``, fetched
+    into ``snapshots_dir``), a URL or directory as given, or an id under ``snapshots_dir``."""
+    from wikitune.mlflow import exchange
+
+    if ref.startswith(exchange.ARTIFACT_SCHEMES):
+        if not tracking_uri:
+            raise TrainingFailed(f"snapshot {ref} is on a tracking server, and none is set")
+        try:
+            return str(exchange.fetch_snapshot(tracking_uri, ref, snapshots_dir))
+        except Exception as error:  # MLflow raises several kinds for an unreachable artifact
+            raise TrainingFailed(
+                f"cannot fetch snapshot {ref} from {tracking_uri}: {type(error).__name__}: {error}"
+            ) from error
     if "://" in ref or Path(ref).is_dir():
         return ref if "://" in ref else str(Path(ref).resolve())
     candidate = snapshots_dir / ref

@@ -1,0 +1,142 @@
+"""What the machines of one deployment hand each other through the MLflow server they all reach
+(it proxies artifacts): a snapshot's files, published by the machine that made it and fetched by
+the worker that trains on it, and a retrain's outcome, logged by the worker and read by the
+flow run that started it. Nothing here needs a disk the machines share."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from wikitune.mlflow.tracking import experiment_name, use_tracking
+
+__all__ = [
+    "ARTIFACT_SCHEMES",
+    "fetch_snapshot",
+    "is_server",
+    "log_outcome",
+    "outcome_of",
+    "publish_snapshot",
+]
+
+ARTIFACT_SCHEMES = ("runs:/", "mlflow-artifacts:/")
+"""Snapshot references a worker resolves through the tracking server."""
+SNAPSHOT_TAG = "wikitune.snapshot_id"
+OUTCOME_ARTIFACT = "retrain_outcome.json"
+
+
+def is_server(tracking_uri: str) -> bool:
+    """Whether ``tracking_uri`` is a tracking server other machines can reach (not a file)."""
+    return tracking_uri.startswith(("http://", "https://", "databricks"))
+
+
+def _snapshots_experiment(source: str) -> str:
+    """The experiment holding a source's published snapshots, apart from its training runs."""
+    client = MlflowClient()
+    name = f"{experiment_name(source)}-snapshots"
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
+def publish_snapshot(tracking_uri: str, source: str, snapshot_id: str, directory: Path) -> str:
+    """The snapshot's files as the artifacts of a run named after it, once per snapshot; the
+    ``runs:/`` URI a worker on another machine fetches them by."""
+    use_tracking(tracking_uri)
+    client = MlflowClient()
+    experiment_id = _snapshots_experiment(source)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{SNAPSHOT_TAG}` = '{snapshot_id}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    # The URI ends in the snapshot's id, as a directory's path does: runs are named after it.
+    if found:
+        return f"runs:/{found[0].info.run_id}/{snapshot_id}"
+    run = client.create_run(
+        experiment_id, run_name=f"snapshot-{snapshot_id}", tags={SNAPSHOT_TAG: snapshot_id}
+    )
+    try:
+        client.log_artifacts(run.info.run_id, str(directory), snapshot_id)
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id)
+    return f"runs:/{run.info.run_id}/{snapshot_id}"
+
+
+def fetch_snapshot(tracking_uri: str, uri: str, snapshots_dir: Path) -> Path:
+    """The snapshot at ``uri`` in ``snapshots_dir``, under its id: downloaded from the tracking
+    server unless a complete copy with the same digest is there already."""
+    use_tracking(tracking_uri)
+    snapshots_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fetching-", dir=snapshots_dir))
+    try:
+        manifest_file = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{uri.rstrip('/')}/manifest.json", dst_path=str(staging / "manifest")
+        )
+        manifest = json.loads(Path(manifest_file).read_text("utf-8"))
+        target = snapshots_dir / str(manifest["id"])
+        if _same_snapshot(target, manifest):
+            return target
+        files = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(staging / "files")))
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(files, target)
+        except OSError:  # another run fetched it first
+            if not _same_snapshot(target, manifest):
+                raise
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _same_snapshot(directory: Path, manifest: Mapping[str, Any]) -> bool:
+    try:
+        held = json.loads((directory / "manifest.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return held.get("digest") == manifest.get("digest") and all(
+        (directory / name).is_file() for name in manifest.get("files", {}).values()
+    )
+
+
+def log_outcome(
+    tracking_uri: str, run_id: str, flow_run_id: str, outcome: Mapping[str, Any]
+) -> None:
+    """Keep a retrain's outcome with its training run, marked with the flow run that retrained
+    (a retrain that finds its run finished already returns that run again)."""
+    use_tracking(tracking_uri)
+    MlflowClient().log_dict(run_id, {"flow_run_id": flow_run_id, **outcome}, OUTCOME_ARTIFACT)
+
+
+def outcome_of(
+    tracking_uri: str, source: str, snapshot_id: str, flow_run_id: str
+) -> dict[str, Any] | None:
+    """The outcome the retrain flow run ``flow_run_id`` logged with its training run on
+    ``snapshot_id``; None when it logged none."""
+    use_tracking(tracking_uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name(source))
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"params.snapshot_id = '{snapshot_id}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    for run in runs:
+        try:
+            outcome = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{OUTCOME_ARTIFACT}")
+        except Exception:  # MLflow raises several kinds for a missing artifact
+            continue
+        if outcome.pop("flow_run_id", None) == flow_run_id:
+            return outcome
+    return None
