@@ -70,10 +70,11 @@ class RetrainDeploymentFailed(RuntimeError):
     """The retrain deployment's run ended in a state other than Completed."""
 
 
-def _retrain_due(when: RetrainWhen, changed: int, threshold: int) -> bool:
+def _retrain_due(when: RetrainWhen, built: BuildSummary) -> bool:
+    """Whether this cycle retrains: the build says whether the threshold is reached."""
     return {
-        "threshold": changed >= threshold,
-        "new-data": changed > 0,
+        "threshold": built.retrain_due,
+        "new-data": built.changed_since_champion > 0,
         "always": True,
         "never": False,
     }[when]
@@ -381,7 +382,7 @@ def pipeline(
     frozen = None
     if retrain_when == "never":
         summary.message, summary.dataset_ready_emitted = _poll_outcome(synced.source, built)
-    elif not _retrain_due(retrain_when, built.changed_since_champion, built.threshold):
+    elif not _retrain_due(retrain_when, built):
         summary.message = (
             f"no retrain: {built.changed_since_champion} pairs changed since the champion's"
             f" snapshot (threshold {built.threshold}, retrain when {retrain_when})"
