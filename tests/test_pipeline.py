@@ -63,7 +63,7 @@ def test_run_does_a_whole_cycle_and_retrains_when_due_or_forced(
         "run", "--api-url", wiki.api_url, "--category", "Category:VTuber", *model, home=home
     )
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "no retrain: 192 pairs changed since the champion's snapshot (threshold 200" in (
+    assert "no retrain: 176 pairs changed since the champion's snapshot (threshold 200" in (
         first.stdout
     )
     assert not (home / "mlflow.db").exists()
