@@ -402,11 +402,14 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
 
     # The gpu pool runs one retrain at a time: two more, started together, do not overlap. They
     # train 10 steps each: two epochs of the snapshot take 7 minutes here.
-    snapshot_path = str(services["home"] / "snapshots" / snapshot_id)
+    # The snapshot as the cycle handed it over: published to the MLflow server, since the gpu
+    # machine cannot see the first one's path.
+    published = gpu_run["parameters"]["snapshot"]
+    assert published.startswith("runs:/") and published.endswith(f"/{snapshot_id}"), published
     extra = [
         api.run_deployment(
             "retrain/gpu",
-            snapshot=snapshot_path,
+            snapshot=published,
             promote=False,
             recipe={**TEST_RECIPE, "max_steps": 10, "seed": seed},
         )
