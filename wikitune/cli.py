@@ -975,8 +975,8 @@ def demo(
     base_model: Annotated[
         str,
         typer.Option(
-            help="smollm2-135m-instruct (a real instruct model, about 12 minutes on 2 cores with"
-            " bf16), toy (a tiny model built from the wiki, a few minutes), or any other base."
+            help="smollm2-135m-instruct (a real instruct model, about 18 minutes on 2 cores),"
+            " toy (a tiny model built from the wiki, a few minutes), or any other base."
         ),
     ] = "smollm2-135m-instruct",
     home: HomeOption = None,
