@@ -23,6 +23,11 @@ def source_slug(name: str) -> str:
     return slug or "source-" + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
+def is_tracking_server(tracking_uri: str) -> bool:
+    """Whether ``tracking_uri`` is an MLflow server other machines can reach (not a file)."""
+    return tracking_uri.startswith(("http://", "https://", "databricks"))
+
+
 def _margin(name: str) -> Any:
     """A setting of the promotion margin ``name``: a copy of the decision rule's own field."""
     return copy(Margins.model_fields[name])
@@ -200,7 +205,7 @@ class Settings(BaseSettings):
     def mlflow_artifacts_dir(self) -> Path | None:
         """Artifact root of experiments that wikitune creates in a local tracking store; None
         for a tracking server, which stores (or proxies) artifacts itself."""
-        if self.tracking_uri.startswith(("http://", "https://", "databricks")):
+        if is_tracking_server(self.tracking_uri):
             return None
         return self.home / "mlartifacts"
 

@@ -198,12 +198,13 @@ def _default_for(base_model: str, device: str | None) -> tuple[str | None, str]:
     that choice in words. The base is recognised by its digest, not its spelling: the packaged
     SmolLM2 given by its ``.gguf`` path gets its own recipe."""
     from wikitune.tasks.basemodel import packaged_name
+    from wikitune.tasks.model import default_device
 
     name = _DEFAULT_RECIPES.get(packaged_name(base_model) or "")
     if name:
         return name, f"the packaged recipe {name} (the base's own)"
     choose = f"pick one with --recipe FILE or a packaged name ({', '.join(packaged_recipes())})"
-    if (device or _local_device()) != "cuda":
+    if (device or default_device()) != "cuda":
         return CPU_RECIPE, (
             f"the CPU recipe {CPU_RECIPE} (plain LoRA, bf16 where the CPU has it): {base_model}"
             f" has no packaged recipe and trains on a CPU; {choose}"
@@ -212,12 +213,6 @@ def _default_for(base_model: str, device: str | None) -> tuple[str | None, str]:
         f"the default recipe (QLoRA for a 7B model on one GPU): {base_model} has no packaged"
         f" recipe; {choose}"
     )
-
-
-def _local_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def recipe_origin(base_model: str, path: Path | str | None, device: str | None = None) -> str:

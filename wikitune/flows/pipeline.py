@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.blocks.source import WikiSource
-from wikitune.config import load_settings, source_slug
+from wikitune.config import is_tracking_server, load_settings, source_slug
 from wikitune.flows.build import BuildSummary, SnapshotSummary, build, snapshot
 from wikitune.flows.naming import (
     STORED_SOURCE,
@@ -111,7 +111,7 @@ def _retrain_on_deployment(
             f"retrain run {child.name} on {deployment} ended"
             f" {state.name if state else 'unknown'}: {message}"
         )
-    if exchange.is_server(tracking_uri):
+    if is_tracking_server(tracking_uri):
         logged = exchange.outcome_of(tracking_uri, source, snapshot_id, str(child.id))
         if logged is None:
             raise RetrainDeploymentFailed(
@@ -127,7 +127,7 @@ def _retrain_on_deployment(
 def publish_snapshot(tracking_uri: str, source: str, frozen: SnapshotSummary) -> str:
     """Where a retrain worker reads the snapshot: its files published to the tracking server
     (``runs:/...``) when there is one, else its path on this machine."""
-    if not exchange.is_server(tracking_uri):
+    if not is_tracking_server(tracking_uri):
         return frozen.path
     return exchange.publish_snapshot(tracking_uri, source, frozen.id, Path(frozen.path))
 

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
 from wikitune.blocks.recipe import TrainingRecipe, chosen_recipe, recipe_origin
-from wikitune.config import Settings, load_settings
+from wikitune.config import Settings, is_tracking_server, load_settings
 from wikitune.flows.naming import artifact_key
 from wikitune.flows.runtime import (
     markdown_artifact,
@@ -273,7 +273,7 @@ def retrain(
         path, on = recipe_file or settings.recipe_path, device or settings.device
         recipe = chosen_recipe(base_spec, path, on)
         logger.info("training %s with %s", base_spec, recipe_origin(base_spec, path, on))
-    if deployment.id and not exchange.is_server(settings.tracking_uri):
+    if deployment.id and not is_tracking_server(settings.tracking_uri):
         # A worker's own SQLite file would hide the run, the adapter and the outcome from the
         # flow run that started it and from every other machine.
         raise training.TrainingFailed(
@@ -344,7 +344,7 @@ def retrain(
     if promote:
         promotion = _evaluate_and_promote(result.run_id, str(settings.home))
     outcome = RetrainResult(**result.model_dump(), promotion=promotion)
-    if flow_run.id and exchange.is_server(settings.tracking_uri):
+    if flow_run.id and is_tracking_server(settings.tracking_uri):
         # For a parent flow run on another machine, which cannot read this worker's results.
         exchange.log_outcome(
             settings.tracking_uri, result.run_id, str(flow_run.id), outcome.model_dump(mode="json")

@@ -21,7 +21,6 @@ from wikitune.mlflow.tracking import experiment_name, use_tracking
 __all__ = [
     "ARTIFACT_SCHEMES",
     "fetch_snapshot",
-    "is_server",
     "log_outcome",
     "outcome_of",
     "publish_snapshot",
@@ -31,11 +30,6 @@ ARTIFACT_SCHEMES = ("runs:/", "mlflow-artifacts:/")
 """Snapshot references a worker resolves through the tracking server."""
 SNAPSHOT_TAG = "wikitune.snapshot_id"
 OUTCOME_ARTIFACT = "retrain_outcome.json"
-
-
-def is_server(tracking_uri: str) -> bool:
-    """Whether ``tracking_uri`` is a tracking server other machines can reach (not a file)."""
-    return tracking_uri.startswith(("http://", "https://", "databricks"))
 
 
 def _snapshots_experiment(source: str) -> str:

@@ -71,11 +71,10 @@ def load_version(
     """Registered ``version`` of ``source`` on its base model, with the tokenizer and template
     it trained with, to answer in the precision it was evaluated in; with ``merge``, its adapter
     merged into the base (one matmul a layer instead of three) unless the base is 4-bit."""
-    import torch
 
     from wikitune.mlflow import registry
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or models.default_device()
     number = str(version.version)
     facts = registry.version_facts(tracking_uri, version)
     name = registry.registered_model_name(source)

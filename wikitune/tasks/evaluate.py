@@ -69,7 +69,6 @@ def evaluate_run(
 ) -> Evaluation:
     """Score the adapter of training run ``run_id`` and the champion of its source (the bare base
     when there is none) on the run's snapshot, decide, and add the numbers to the run."""
-    import torch
     from peft import PeftModel
 
     from wikitune.mlflow import registry, tracking
@@ -81,7 +80,7 @@ def evaluate_run(
         raise ValueError(f"run {run_id} has no finished, logged adapter to evaluate")
     source = tags[tracking.SOURCE_TAG]
     data = train.read_snapshot(params["snapshot_location"])
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or models.default_device()
     quantize = params.get("method") == "qlora-nf4" and models.fourbit_available(device)
     current = registry.champion(tracking_uri, source)
     candidate = registry.download_logged_model(

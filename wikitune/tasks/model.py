@@ -334,6 +334,13 @@ def _cpu_flags() -> set[str]:
     return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
 
 
+def default_device() -> str:
+    """``cuda`` where torch sees a GPU, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_precision(requested: str, device: str) -> tuple[Precision, str]:
     """The compute precision a run uses on ``device`` for the recipe's ``precision``
     (``auto``, ``bf16`` or ``fp32``), and a sentence saying why.

@@ -162,13 +162,16 @@ def _answer_languages(
     an English lead taught as the answer to "X是谁？" becomes the answer to every Chinese question
     about X; text in brackets (a name's reading, "（ほしかわ りおん）") does not count. Every
     language is kept when none would be."""
+    bare = {lang for lang in languages if not entry.answer[lang].replace("{value}", "").strip()}
+    if not bare:
+        return languages
     script = main_script(_BRACKETED.sub(" ", " ".join(values)), leave_out=[name])
+    if script is None:
+        return languages
 
     def answers_in_it(lang: str) -> bool:
-        if entry.answer[lang].replace("{value}", "").strip():
-            return True
         asked = " ".join(entry.questions[lang]).replace("{name}", " ")
-        return script is None or main_script(asked) == script
+        return lang not in bare or main_script(asked) == script
 
     return [lang for lang in languages if answers_in_it(lang)] or languages
 

@@ -633,7 +633,7 @@ def train_adapter(
         log.info("training of snapshot %s already finished in %s", data.id, run_dir)
         return TrainResult.model_validate_json((run_dir / RESULT_FILE).read_text())
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or models.default_device()
     method = choose_method(recipe, device)
     precision, precision_reason = models.resolve_precision(recipe.precision, device)
     log.info(
