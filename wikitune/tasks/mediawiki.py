@@ -33,7 +33,6 @@ __all__ = [
     "oldest_rc_timestamp",
     "probe_pages",
     "recent_changes",
-    "resolve_revids",
     "resolve_titles",
     "transcluding_pages",
 ]
@@ -501,17 +500,6 @@ def resolve_titles(client: MediaWikiClient, titles: Iterable[str]) -> dict[str, 
             if not page.get("missing") and not page.get("invalid") and page.get("pageid"):
                 found[page["title"]] = int(page["pageid"])
     return found
-
-
-def resolve_revids(client: MediaWikiClient, revids: Iterable[int]) -> set[int]:
-    """Pageids of the pages that the revisions belong to (revisions of deleted pages drop out)."""
-    pageids: set[int] = set()
-    for batch in _batches(sorted(set(revids))):
-        body = client.get(action="query", revids="|".join(map(str, batch)), prop="info")
-        for page in body.get("query", {}).get("pages", []):
-            if page.get("pageid") and not page.get("missing"):
-                pageids.add(int(page["pageid"]))
-    return pageids
 
 
 def transcluding_pages(client: MediaWikiClient, titles: Iterable[str]) -> set[int]:
