@@ -203,3 +203,26 @@ def test_a_lead_is_asked_about_in_its_own_language_only(lead: str, languages: se
     pairs = pairs_for("s", 1, 1, facts, load_mapping())
     assert {p.lang for p in pairs if p.field == "lead"} == languages
     assert {p.lang for p in pairs if p.field == "agency"} == {"en", "zh"}  # answers of its own
+
+
+def test_a_run_trained_elsewhere_finds_its_base_here_by_spec_and_digest(tmp_path: Path) -> None:
+    """The base path a run recorded on another machine is not here: its spec resolves here
+    instead, and only to the same bytes."""
+    from wikitune.tasks import basemodel
+
+    here = tmp_path / "base"
+    here.mkdir()
+    (here / "config.json").write_text('{"model_type": "llama"}')
+    (here / "model.safetensors").write_bytes(b"weights")
+    digest = basemodel.directory_digest(here)
+    elsewhere = "/other-machine/home/models/base"
+    facts = {"base_model": elsewhere, "base_model_spec": str(here), "base_model_digest": digest}
+    assert basemodel.base_of_run(facts, tmp_path / "models") == str(here)
+    # The path it recorded wins where it exists; a hub id is passed on as it is.
+    assert basemodel.base_of_run({**facts, "base_model": str(here)}, tmp_path) == str(here)
+    assert basemodel.base_of_run({"base_model": "owner/name"}, tmp_path) == "owner/name"
+    (here / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(basemodel.BaseModelError, match=r"not the .* it trained on"):
+        basemodel.base_of_run(facts, tmp_path / "models")
+    with pytest.raises(basemodel.BaseModelError, match="records no other way"):
+        basemodel.base_of_run({"base_model": elsewhere}, tmp_path / "models")

@@ -24,6 +24,7 @@ __all__ = [
     "log_outcome",
     "outcome_of",
     "publish_snapshot",
+    "published_snapshot",
 ]
 
 ARTIFACT_SCHEMES = ("runs:/", "mlflow-artifacts:/")
@@ -43,19 +44,14 @@ def _snapshots_experiment(source: str) -> str:
 def publish_snapshot(tracking_uri: str, source: str, snapshot_id: str, directory: Path) -> str:
     """The snapshot's files as the artifacts of a run named after it, once per snapshot; the
     ``runs:/`` URI a worker on another machine fetches them by."""
-    use_tracking(tracking_uri)
+    published = published_snapshot(tracking_uri, source, snapshot_id)
+    if published:
+        return published
     client = MlflowClient()
-    experiment_id = _snapshots_experiment(source)
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{SNAPSHOT_TAG}` = '{snapshot_id}' and attributes.status = 'FINISHED'",
-        max_results=1,
-    )
-    # The URI ends in the snapshot's id, as a directory's path does: runs are named after it.
-    if found:
-        return f"runs:/{found[0].info.run_id}/{snapshot_id}"
     run = client.create_run(
-        experiment_id, run_name=f"snapshot-{snapshot_id}", tags={SNAPSHOT_TAG: snapshot_id}
+        _snapshots_experiment(source),
+        run_name=f"snapshot-{snapshot_id}",
+        tags={SNAPSHOT_TAG: snapshot_id},
     )
     try:
         client.log_artifacts(run.info.run_id, str(directory), snapshot_id)
@@ -64,6 +60,22 @@ def publish_snapshot(tracking_uri: str, source: str, snapshot_id: str, directory
         raise
     client.set_terminated(run.info.run_id)
     return f"runs:/{run.info.run_id}/{snapshot_id}"
+
+
+def published_snapshot(tracking_uri: str, source: str, snapshot_id: str) -> str | None:
+    """The ``runs:/`` URI of a snapshot published to the tracking server, or None."""
+    use_tracking(tracking_uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(f"{experiment_name(source)}-snapshots")
+    if experiment is None:
+        return None
+    found = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{SNAPSHOT_TAG}` = '{snapshot_id}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    # The URI ends in the snapshot's id, as a directory's path does: runs are named after it.
+    return f"runs:/{found[0].info.run_id}/{snapshot_id}" if found else None
 
 
 def fetch_snapshot(tracking_uri: str, uri: str, snapshots_dir: Path) -> Path:

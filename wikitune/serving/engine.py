@@ -158,22 +158,24 @@ def load_version(
     workdir: Path,
     device: str | None = None,
     merge: bool = True,
+    models_dir: Path | None = None,
 ) -> ServedVersion:
     """Registered ``version`` of ``source`` loaded to serve (``answer.load_version``: its base,
-    tokenizer, template and evaluation precision; the adapter merged unless ``merge`` is off)."""
+    tokenizer, template and the dtype it was evaluated in; the adapter merged unless ``merge``
+    is off)."""
     from wikitune.tasks import answer
 
     started = time.perf_counter()
     loaded = answer.load_version(
-        tracking_uri, source, version, workdir=workdir, device=device, merge=merge
+        tracking_uri,
+        source,
+        version,
+        workdir=workdir,
+        device=device,
+        merge=merge,
+        models_dir=models_dir,
     )
     fmt = chat.chat_format(loaded.tokenizer)
-    if loaded.precision == "bf16" and loaded.device != "cuda":
-        # Continuous batching keeps its KV cache in the model's dtype, which autocast would
-        # not match: a version evaluated under bf16 autocast serves with bf16 weights.
-        import torch
-
-        loaded.model.to(torch.bfloat16)
     return ServedVersion(
         source=source,
         version=loaded.version,

@@ -51,12 +51,14 @@ class Follower:
         max_batch: int = 8,
         poll_seconds: float = 5.0,
         merge: bool = True,
+        models_dir: Path | None = None,
         url: str = "",
         vllm: VllmTarget | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.source = source
         self.workdir = workdir
+        self.models_dir = models_dir
         self.device = device
         self.max_batch = max_batch
         self.poll_seconds = poll_seconds
@@ -98,6 +100,7 @@ class Follower:
                 workdir=self.workdir,
                 device=self.device,
                 merge=self.merge,
+                models_dir=self.models_dir,
             )
         except Exception as error:  # a broken version must not take the server down
             self._failed_version = wanted

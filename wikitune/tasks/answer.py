@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wikitune.tasks import basemodel
 from wikitune.tasks import model as models
 
 if TYPE_CHECKING:
@@ -67,10 +68,12 @@ def load_version(
     workdir: Path,
     device: str | None = None,
     merge: bool = False,
+    models_dir: Path | None = None,
 ) -> LoadedVersion:
     """Registered ``version`` of ``source`` on its base model, with the tokenizer and template
-    it trained with, to answer in the precision it was evaluated in; with ``merge``, its adapter
-    merged into the base (one matmul a layer instead of three) unless the base is 4-bit."""
+    it trained with, in the dtype it was evaluated in (its base's: ``models.answer_precision``);
+    with ``merge``, its adapter merged into the base (one matmul a layer instead of three) unless
+    the base is 4-bit. A base trained on elsewhere is found by its spec (``models_dir``)."""
 
     from wikitune.mlflow import registry
 
@@ -83,7 +86,7 @@ def load_version(
     )
     quantize = facts.get("method") == "qlora-nf4" and models.fourbit_available(device)
     model, tokenizer = load_adapter(
-        facts["base_model"],
+        basemodel.base_of_run(facts, models_dir or workdir / "models"),
         logged.adapter_dir,
         logged.tokenizer_dir,
         device=device,
@@ -92,8 +95,15 @@ def load_version(
     if merge and not quantize:
         model = model.merge_and_unload()
     model.eval()
-    precision, _ = models.resolve_precision(facts.get("precision", "fp32"), device)
-    return LoadedVersion(number, model, tokenizer, precision, device, facts, logged.adapter_dir)
+    return LoadedVersion(
+        number,
+        model,
+        tokenizer,
+        models.answer_precision(model),
+        device,
+        facts,
+        logged.adapter_dir,
+    )
 
 
 def answer_with_champion(
@@ -105,6 +115,7 @@ def answer_with_champion(
     workdir: Path,
     device: str | None = None,
     max_new_tokens: int = 64,
+    models_dir: Path | None = None,
 ) -> str:
     """Answer ``question`` with ``models:/<name>@champion`` on its base model as the server
     loads it (adapter merged), rendered with the chat template the adapter was trained with."""
@@ -114,14 +125,20 @@ def answer_with_champion(
     if current is None:
         name = registry.registered_model_name(source)
         raise LookupError(f"{name} has no champion yet: train and promote a model first")
-    loaded = load_version(tracking_uri, source, current, workdir=workdir, device=device, merge=True)
-    # The precision the evaluation answered in, so that `ask` answers as it did.
-    with models.computing_in(loaded.precision, loaded.device):
-        (answer,) = ask(
-            loaded.model,
-            loaded.tokenizer,
-            [question],
-            system_prompt=system_prompt,
-            max_new_tokens=max_new_tokens,
-        )
+    loaded = load_version(
+        tracking_uri,
+        source,
+        current,
+        workdir=workdir,
+        device=device,
+        merge=True,
+        models_dir=models_dir,
+    )
+    (answer,) = ask(
+        loaded.model,
+        loaded.tokenizer,
+        [question],
+        system_prompt=system_prompt,
+        max_new_tokens=max_new_tokens,
+    )
     return answer

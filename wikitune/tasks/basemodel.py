@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "BaseModelError",
     "PackagedModel",
     "ResolvedBase",
+    "base_of_run",
     "convert_gguf",
     "describe",
     "directory_digest",
@@ -310,6 +312,33 @@ def resolve_base_model(spec: str, models_dir: Path) -> ResolvedBase:
             f" (owner/name) nor a packaged model ({', '.join(PACKAGED_MODELS)})"
         )
     return ResolvedBase(spec=spec, path=spec, digest=_hub_digest(spec), kind="hub")
+
+
+def base_of_run(facts: Mapping[str, str], models_dir: Path) -> str:
+    """Where this machine loads the base a training run recorded (its params ``base_model``,
+    ``base_model_spec`` and ``base_model_digest``): the recorded path where it exists here (or a
+    hub id), else the spec resolved here (a packaged name, a ``.gguf``, converted into
+    ``models_dir`` once), which must have the recorded digest. A run trained on another machine
+    records a path inside that machine's home."""
+    recorded = facts["base_model"]
+    if not Path(recorded).is_absolute() or Path(recorded).exists():
+        return recorded
+    spec, digest = facts.get("base_model_spec", ""), facts.get("base_model_digest", "")
+    where = f"the base model {recorded} is not on this machine"
+    if not spec or spec == recorded:
+        raise BaseModelError(f"{where}, and the run records no other way to find it")
+    try:
+        resolved = resolve_base_model(spec, models_dir)
+    except BaseModelError as error:
+        raise BaseModelError(
+            f"{where}, and its spec {spec!r} does not resolve here: {error}"
+        ) from error
+    if digest and resolved.digest != digest:
+        raise BaseModelError(
+            f"{where}; its spec {spec!r} resolves here to {resolved.path} with digest"
+            f" {resolved.digest}, not the {digest} it trained on"
+        )
+    return resolved.path
 
 
 def describe(base: ResolvedBase) -> str:

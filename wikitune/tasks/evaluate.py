@@ -4,13 +4,14 @@ one process, decide (``tasks/decision``), and add the numbers to the candidate's
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
-from wikitune.tasks import basecache
+from wikitune.tasks import basecache, basemodel
 from wikitune.tasks import model as models
 from wikitune.tasks.decision import Decision, Margins, decide
 from wikitune.tasks.scoring import (
@@ -56,6 +57,57 @@ class Evaluation(BaseModel):
     """The Prefect flow run that trained the candidate, when one did."""
 
 
+def _snapshot_location(
+    params: Mapping[str, str], source: str, tracking_uri: str, snapshots_dir: Path
+) -> str:
+    """Where this machine reads a training run's snapshot: where the run read it, when that is
+    a URL or a directory here, else its copy published to the tracking server."""
+    from wikitune.mlflow import exchange
+    from wikitune.tasks import train
+
+    location = params["snapshot_location"]
+    if "://" in location or Path(location).is_dir():
+        return location
+    published = exchange.published_snapshot(tracking_uri, source, params["snapshot_id"])
+    if published is None:
+        raise train.TrainingFailed(
+            f"snapshot {params['snapshot_id']} is at {location} on the machine that trained on"
+            f" it, and not published to {tracking_uri}"
+        )
+    return train.resolve_snapshot(published, snapshots_dir, tracking_uri)
+
+
+def _remembered_probe_answers(
+    cache_dir: Path,
+    run_id: str,
+    adapter: str,
+    name: str | None = None,
+    *,
+    model: Any,
+    tokenizer: Any,
+    probes: Sequence[dict[str, Any]],
+    batch_size: int,
+) -> list[str]:
+    """The answers of ``adapter`` (of ``model``), trained by run ``run_id``, to the probes:
+    generated once per run, answering precision and prompt, and kept in ``cache_dir``."""
+    return basecache.base_answers(
+        cache_dir,
+        f"run:{run_id}+{models.answer_precision(model)}",
+        tokenizer,
+        [row["messages"] for row in probes],
+        max_new_tokens=PROBE_TOKENS,
+        generate=lambda prompts: models.generate_answers(
+            model,
+            tokenizer,
+            prompts,
+            batch_size=batch_size,
+            max_new_tokens=PROBE_TOKENS,
+            description=f"{name or adapter}: general probes",
+            adapters=[adapter] * len(prompts),
+        ),
+    )
+
+
 def evaluate_run(
     run_id: str,
     *,
@@ -66,9 +118,13 @@ def evaluate_run(
     batch_size: int = 32,
     max_new_tokens: int = 64,
     ui_url: str | None = None,
+    snapshots_dir: Path | None = None,
+    models_dir: Path | None = None,
 ) -> Evaluation:
     """Score the adapter of training run ``run_id`` and the champion of its source (the bare base
-    when there is none) on the run's snapshot, decide, and add the numbers to the run."""
+    when there is none) on the run's snapshot, decide, and add the numbers to the run. A run
+    trained on another machine reads its snapshot as published to the tracking server, fetched
+    into ``snapshots_dir``, and its base as its spec resolves here (``models_dir``)."""
     from peft import PeftModel
 
     from wikitune.mlflow import registry, tracking
@@ -79,7 +135,9 @@ def evaluate_run(
     if tracking.MODEL_URI_TAG not in tags or run.info.status != "FINISHED":
         raise ValueError(f"run {run_id} has no finished, logged adapter to evaluate")
     source = tags[tracking.SOURCE_TAG]
-    data = train.read_snapshot(params["snapshot_location"])
+    data = train.read_snapshot(
+        _snapshot_location(params, source, tracking_uri, snapshots_dir or workdir / "snapshots")
+    )
     device = device or models.default_device()
     quantize = params.get("method") == "qlora-nf4" and models.fourbit_available(device)
     current = registry.champion(tracking_uri, source)
@@ -87,89 +145,110 @@ def evaluate_run(
         tracking_uri, tags[tracking.MODEL_URI_TAG], workdir / "candidate"
     )
     tokenizer = models.load_tokenizer(candidate.tokenizer_dir)
-    base = models.load_base_model(params["base_model"], device=device, quantize=quantize)
+    models_dir = models_dir or workdir / "models"
+    base = models.load_base_model(
+        basemodel.base_of_run(params, models_dir), device=device, quantize=quantize
+    )
     model = PeftModel.from_pretrained(base, candidate.adapter_dir, adapter_name="candidate")
     general = list(data.splits.get("general_eval") or [])
     probes = list(data.splits.get("general_probe") or [])  # none in older snapshots
     # The probes in the languages the wiki's questions are asked in (all, when none matches).
     languages = {row["lang"] for row in data.splits["eval"]}
     probes = [row for row in probes if row["lang"] in languages] or probes
-    # Both models answer in the precision the candidate trained in, where this device runs it;
-    # the bare base's cached answers and loss are kept apart per precision.
-    precision, why = models.resolve_precision(params.get("precision", "fp32"), device)
-    log.info("evaluating %s, computing in %s", run_id, why)
+    # Both models answer in the weights' own dtype, whatever precision the candidate trained
+    # in: the server answers that way, and bf16 answers change with what shares their batch.
+    log.info("evaluating %s, answering in %s", run_id, models.answer_precision(base))
     base_digest = params.get("base_model_digest", "")
-    cache_key = base_digest if precision == "fp32" else f"{base_digest}+{precision}"
-    with models.computing_in(precision, device):
-        base_answers = None
-        if probes:
-            with model.disable_adapter():
-                base_answers = basecache.base_answers(
-                    workdir.parent / "base-probe-answers",
-                    cache_key,
+    base_answers = None
+    if probes:
+        with model.disable_adapter():
+            base_answers = basecache.base_answers(
+                workdir.parent / "base-probe-answers",
+                base_digest,
+                tokenizer,
+                [row["messages"] for row in probes],
+                max_new_tokens=PROBE_TOKENS,
+                generate=lambda prompts: probe_answers(
+                    "base", model, tokenizer, prompts, batch_size=batch_size
+                ),
+            )
+    base_general_loss = None
+    if general:
+        with model.disable_adapter():
+            base_general_loss = basecache.once_per_base(
+                workdir.parent / "base-general-loss",
+                base_digest,
+                tokenizer,
+                general,
+                lambda: assistant_loss(
+                    model,
                     tokenizer,
-                    [row["messages"] for row in probes],
-                    max_new_tokens=PROBE_TOKENS,
-                    generate=lambda prompts: probe_answers(
-                        "base", model, tokenizer, prompts, batch_size=batch_size
-                    ),
-                )
-        base_general_loss = None
-        if general:
-            with model.disable_adapter():
-                base_general_loss = basecache.once_per_base(
-                    workdir.parent / "base-general-loss",
-                    cache_key,
-                    tokenizer,
-                    general,
-                    lambda: assistant_loss(
-                        model,
-                        tokenizer,
-                        [row["messages"] for row in general],
-                        batch_size=batch_size,
-                        description="base: general loss",
-                    ),
-                )
-        # Both models answer the same questions with the same settings; where they share the
-        # base, in the same batches (the champion as a second adapter of the loaded base).
-        eval_rows = list(data.splits["eval"])
-        score = partial(
-            score_models,
-            eval_rows=eval_rows,
-            general_rows=general,
-            probe_rows=probes,
-            base_probe_answers=base_answers,
-            base_general_loss=base_general_loss,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
+                    [row["messages"] for row in general],
+                    batch_size=batch_size,
+                    description="base: general loss",
+                ),
+            )
+    # An adapter's probe answers are kept per training run: a champion's were worked out when
+    # it was the candidate.
+    remembered = partial(
+        _remembered_probe_answers,
+        workdir.parent / "adapter-probe-answers",
+        model=model,
+        tokenizer=tokenizer,
+        probes=probes,
+        batch_size=batch_size,
+    )
+    known = {"candidate": remembered(run_id, "candidate")} if base_answers is not None else {}
+    # Both models answer the same questions with the same settings; where they share the
+    # base, in the same batches (the champion as a second adapter of the loaded base).
+    eval_rows = list(data.splits["eval"])
+    score = partial(
+        score_models,
+        eval_rows=eval_rows,
+        general_rows=general,
+        probe_rows=probes,
+        base_probe_answers=base_answers,
+        base_general_loss=base_general_loss,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+    )
+    if current is None:
+        candidate_scores, champion_scores = score(
+            {"candidate": "candidate", "base": models.BARE_BASE},
+            model,
+            tokenizer,
+            known_probe_answers=known,
         )
-        if current is None:
+    else:
+        name = registry.registered_model_name(source)
+        held = registry.download_logged_model(
+            tracking_uri, f"models:/{name}/{current.version}", workdir / "champion"
+        )
+        champion_name = f"version {current.version}"
+        facts = registry.version_facts(tracking_uri, current)
+        if same_base(facts, params):
+            model.load_adapter(held.adapter_dir, adapter_name="champion")
+            if base_answers is not None and current.run_id:
+                known[champion_name] = remembered(current.run_id, "champion", champion_name)
             candidate_scores, champion_scores = score(
-                {"candidate": "candidate", "base": models.BARE_BASE}, model, tokenizer
+                {"candidate": "candidate", champion_name: "champion"},
+                model,
+                tokenizer,
+                known_probe_answers=known,
             )
         else:
-            name = registry.registered_model_name(source)
-            held = registry.download_logged_model(
-                tracking_uri, f"models:/{name}/{current.version}", workdir / "champion"
+            # A champion on another base answers with its own base, tokenizer and template.
+            (candidate_scores,) = score(
+                {"candidate": None}, model, tokenizer, known_probe_answers=known
             )
-            champion_name = f"version {current.version}"
-            facts = registry.version_facts(tracking_uri, current)
-            if same_base(facts, params):
-                model.load_adapter(held.adapter_dir, adapter_name="champion")
-                candidate_scores, champion_scores = score(
-                    {"candidate": "candidate", champion_name: "champion"}, model, tokenizer
-                )
-            else:
-                # A champion on another base answers with its own base, tokenizer and template.
-                (candidate_scores,) = score({"candidate": None}, model, tokenizer)
-                other = models.load_base_model(
-                    facts["base_model"], device=device, quantize=quantize
-                )
-                (champion_scores,) = score(
-                    {champion_name: None},
-                    PeftModel.from_pretrained(other, held.adapter_dir),
-                    models.load_tokenizer(held.tokenizer_dir),
-                )
+            other = models.load_base_model(
+                basemodel.base_of_run(facts, models_dir), device=device, quantize=quantize
+            )
+            (champion_scores,) = score(
+                {champion_name: None},
+                PeftModel.from_pretrained(other, held.adapter_dir),
+                models.load_tokenizer(held.tokenizer_dir),
+            )
     decision = decide(
         candidate_scores, champion_scores, margins, base_general_loss=base_general_loss
     )

@@ -28,6 +28,7 @@ __all__ = [
     "ModelSize",
     "Precision",
     "answer_loss_sum",
+    "answer_precision",
     "computing_in",
     "fourbit_available",
     "generate_answers",
@@ -366,6 +367,15 @@ def resolve_precision(requested: str, device: str) -> tuple[Precision, str]:
     if requested == "bf16":
         return "bf16", f"bf16: the recipe says precision: bf16 ({where})"
     return ("bf16" if fast else "fp32"), f"{'bf16' if fast else 'fp32'}: {where}"
+
+
+def answer_precision(model: Any) -> Precision:
+    """The precision a loaded model answers in: its weights' dtype (fp32 on a CPU, bf16 on CUDA).
+    Answers never follow the training precision: under bf16, greedy answers change with what
+    shares their batch, and the evaluation's recorded answers must be the ones served."""
+    import torch
+
+    return "bf16" if model.dtype == torch.bfloat16 else "fp32"
 
 
 @contextmanager

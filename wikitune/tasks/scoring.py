@@ -494,6 +494,7 @@ def score_models(
     *,
     probe_rows: Sequence[dict[str, Any]] = (),
     base_probe_answers: Sequence[str] | None = None,
+    known_probe_answers: Mapping[str, Sequence[str]] | None = None,
     base_general_loss: float | None = None,
     batch_size: int = 32,
     max_new_tokens: int = 64,
@@ -505,7 +506,8 @@ def score_models(
     ``max_new_tokens``): a longer one cannot match, and a rambling model would otherwise cost
     the whole budget on every question. With the bare base's answers to ``probe_rows``, the
     share an entrant answers alike is its general agreement; the bare base's own probe answers
-    and ``base_general_loss``, when given, are not computed again."""
+    and ``base_general_loss``, and ``known_probe_answers`` (by entrant name), when given, are not
+    computed again."""
     if None in entrants.values() and len(entrants) > 1:
         raise ValueError("entrants without an adapter name cannot share batches")
     names = list(entrants)
@@ -525,8 +527,13 @@ def score_models(
         description=f"{' and '.join(names)}: answering eval questions",
     )
     probe_sets: list[list[str] | None] = [None] * len(names)
+    known = known_probe_answers or {}
     if probe_rows and base_probe_answers is not None:
-        asked = [i for i, a in enumerate(adapters) if a != models.BARE_BASE]
+        asked = [
+            i
+            for i, adapter in enumerate(adapters)
+            if adapter != models.BARE_BASE and names[i] not in known
+        ]
         answered = _answer_each(
             model,
             tokenizer,
@@ -537,8 +544,12 @@ def score_models(
             description=f"{' and '.join(names[i] for i in asked)}: general probes",
         )
         for i, adapter in enumerate(adapters):
-            bare = adapter == models.BARE_BASE
-            probe_sets[i] = list(base_probe_answers) if bare else answered[asked.index(i)]
+            if adapter == models.BARE_BASE:
+                probe_sets[i] = list(base_probe_answers)
+            elif names[i] in known:
+                probe_sets[i] = list(known[names[i]])
+            else:
+                probe_sets[i] = answered[asked.index(i)]
     key = None
     if base_probe_answers is not None:
         key = _ProbeKey(
