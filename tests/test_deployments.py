@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -231,6 +232,13 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
         assert shown["parameters"]["base_model"] == services["base"]
         assert shown["parameters"]["recipe"]["learning_rate"] == TEST_RECIPE["learning_rate"]
     assert nightly["parameters"]["source"] == sync_deployment["parameters"]["source"] == SOURCE
+    # And what decides: the retrain threshold and the promotion margins, from deploy's settings.
+    assert sync_deployment["parameters"]["retrain_threshold"] == 120
+    assert nightly["parameters"]["retrain_threshold"] == 120
+    margins = nightly["parameters"]["margins"]
+    assert api.deployment("retrain/gpu")["parameters"]["margins"] == margins
+    assert margins["max_leakage"] == float(TOY_MARGINS["WIKITUNE_PROMOTE_MAX_LEAKAGE"])
+    assert set(margins) == {"min_gain", "stable_tolerance", "min_retention", "max_leakage"}
     assert "wikitune.dataset.ready" in nightly["description"]
     # Which recipe trains, in `up`'s output and on the deployment page.
     assert f"retrains train {services['base']} with the recipe " in services["stdout"]
@@ -249,6 +257,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
         **services["env"],
     )
     assert again.returncode == 0, again.stderr[-2000:]
+    assert "promotions' lock: global concurrency limit wikitune-promotions" in again.stdout
     redeployed = api.deployment("pipeline/retrain")
     assert redeployed["id"] == nightly["id"]
     assert redeployed["parameters"] == nightly["parameters"]
@@ -307,6 +316,7 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert gpu_run["state_type"] == "COMPLETED"
     assert gpu_run["parent_task_run_id"] is not None  # a child of the cycle, not a stray run
     snapshot_id = gpu_run["name"].removeprefix("retrain-")
+    assert gpu_run["parameters"]["margins"] == margins  # the cycle handed its margins on
     # It ran on the other machine: the snapshot came through the MLflow server into that
     # machine's home, and it trained there; the first machine's home holds no run of it, and
     # its `wikitune models` shows the champion the other machine promoted.
@@ -490,6 +500,35 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert _mlflow_get(services["mlflow"], "registered-models/get", name=model)
     for png in screens.glob("*.png"):
         assert png.stat().st_size > 20_000, f"{png} looks blank"
+
+    # `promote --run` on the first machine, in the shell `up` set up, for a run the gpu machine
+    # trained and did not promote: the worker's snapshot path is hidden here, so the evaluation
+    # reads the snapshot the cycle published; the alias moves under the Prefect server's lock.
+    from mlflow.tracking import MlflowClient
+
+    (extra_run,) = MlflowClient(services["mlflow"]).search_runs(
+        [run["info"]["experiment_id"]], filter_string=f"tags.`prefect.flow_run_id` = '{extra[0]}'"
+    )
+    assert not Path(extra_run.data.params["snapshot_location"]).is_relative_to(services["home"])
+    hide = f'mount -t tmpfs tmpfs {shlex.quote(str(services["gpu_machine"]))} && exec "$@"'
+    promoted = subprocess.run(
+        [
+            *("unshare", "--mount", "sh", "-c", hide, "sh", sys.executable, "-m"),
+            *("wikitune.cli", "promote", "--run", extra_run.info.run_id),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            **os.environ,
+            **services["env"],
+            **services["record"]["env"],
+            "WIKITUNE_HOME": str(services["home"]),
+            "COLUMNS": "200",
+        },
+    )
+    assert promoted.returncode == 0, promoted.stderr[-3000:]
+    assert re.search(r"version 3: (promoted|rejected);", promoted.stdout), promoted.stdout
 
     # down stops every process up started, and the flow runs its workers started.
     services_id = services["record"]["id"]

@@ -3,19 +3,28 @@ real wiki's snapshot, the real MLflow registry, the CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from helpers import TEST_RECIPE, cli, mlflow_client
 
 from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.demo import TOY_MARGINS
+from wikitune.localwiki import free_port
 from wikitune.mlflow import registry
 from wikitune.tasks import basecache, evaluate, promotion, scoring
 from wikitune.tasks import model as models
@@ -228,31 +237,45 @@ def test_adapters_of_one_base_answer_in_shared_batches_as_each_answers_alone(
     assert shared == alone + bare
 
 
-def test_two_promotions_at_once_make_one_champion(world: dict[str, Any], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def toy_evaluation(world: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The world's toy run evaluated against the bare base, held to the base's leakage."""
+    return evaluate.evaluate_run(
+        world["result"].run_id,
+        tracking_uri=f"sqlite:///{world['home'] / 'mlflow.db'}",
+        workdir=tmp_path_factory.mktemp("race") / "eval",
+        margins=Margins(max_leakage=0.0),
+    )
+
+
+def _winner_of(evaluation: evaluate.Evaluation, source: str) -> evaluate.Evaluation:
+    """``evaluation`` as a winner on registered model ``source``, compared against no champion."""
+    contender = evaluation.model_copy(deep=True, update={"source": source})
+    contender.champion_version = None
+    contender.decision.promote = True
+    return contender
+
+
+def test_two_promotions_at_once_make_one_champion(
+    world: dict[str, Any], toy_evaluation: evaluate.Evaluation
+) -> None:
     """Two winners compared against the same champion finish together: one moves the alias,
     the other records that it lost the race."""
     tracking_uri = f"sqlite:///{world['home'] / 'mlflow.db'}"
-    base = evaluate.evaluate_run(
-        world["result"].run_id,
-        tracking_uri=tracking_uri,
-        workdir=tmp_path / "eval",
-        margins=Margins(max_leakage=0.0),
-    )
     # Held to the base's leakage (none), the toy's candidate, which answers general questions
     # with its wiki's text, is rejected for that, the reason saying how many answers leaked.
-    leaked = [r for r in base.decision.failed if r.startswith("wiki leakage")]
-    assert not base.decision.promote and leaked, base.decision.reasons
+    leaked = [r for r in toy_evaluation.decision.failed if r.startswith("wiki leakage")]
+    assert not toy_evaluation.decision.promote and leaked, toy_evaluation.decision.reasons
     assert re.search(r"\((\d+) of (\d+) probe answers\) > max 0.0", leaked[0]), leaked
     # A separate registered model, so the lifecycle test's aliases are not involved.
-    contender = base.model_copy(update={"source": "racewiki", "champion_version": None})
-    contender.decision.promote = True
-    lock = world["home"] / "registry.lock"
+    contender = _winner_of(toy_evaluation, "racewiki")
+    lock = registry.file_lock(world["home"] / "registry.lock")
     barrier = threading.Barrier(2)
     outcomes: list[promotion.Promotion] = []
 
     def promote() -> None:
         barrier.wait()
-        outcomes.append(promotion.promote(contender, tracking_uri=tracking_uri, lock_path=lock))
+        outcomes.append(promotion.promote(contender, tracking_uri=tracking_uri, lock=lock))
 
     threads = [threading.Thread(target=promote) for _ in range(2)]
     for thread in threads:
@@ -267,6 +290,161 @@ def test_two_promotions_at_once_make_one_champion(world: dict[str, Any], tmp_pat
     loser = next(p.version for p in outcomes if p.outcome == "lost-race")
     tags = mlflow_client(world["home"]).get_model_version("wikitune-racewiki", loser).tags
     assert tags["decision"] == "lost-race"
+
+
+# A promotion as the retrain flow's promote step makes it, on the machine whose environment
+# this process has: its own home, the shared Prefect and MLflow servers.
+PROMOTE_ON_A_MACHINE = """
+import sys
+from pathlib import Path
+from wikitune.config import load_settings
+from wikitune.deployments.locks import promotions_lock
+from wikitune.tasks import promotion
+from wikitune.tasks.evaluate import Evaluation
+
+settings = load_settings()
+evaluation = Evaluation.model_validate_json(Path(sys.argv[1]).read_text())
+lock = promotions_lock(settings.tracking_uri, settings.registry_lock)
+print(promotion.promote(evaluation, tracking_uri=settings.tracking_uri, lock=lock).outcome)
+"""
+
+
+@pytest.fixture
+def shared_registry(world: dict[str, Any], tmp_path: Path) -> Iterator[str]:
+    """An MLflow server on a copy of the world's registry: what two machines share."""
+    shutil.copy(world["home"] / "mlflow.db", tmp_path / "mlflow.db")
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"),
+            *("--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _until("the MLflow server answers", lambda: _answers(f"{url}/health"), server)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).ok
+    except requests.ConnectionError:
+        return False
+
+
+def _until(what: str, check: Any, *processes: subprocess.Popen[str], timeout: float = 120) -> None:
+    started = time.monotonic()
+    while not check():
+        for process in processes:
+            assert process.poll() is None, f"{process.args} ended before {what}"
+        assert time.monotonic() - started < timeout, f"no {what} within {timeout} s"
+        time.sleep(0.2)
+
+
+def test_promotions_on_two_machines_take_turns_on_the_prefect_server(
+    toy_evaluation: evaluate.Evaluation,
+    shared_registry: str,
+    prefect_server: str,
+    tmp_path: Path,
+) -> None:
+    """Two machines (two homes) share only the Prefect and MLflow servers. Their promotions,
+    and a rollback, wait for the promotions' limit on the Prefect server: while this test holds
+    it, nothing moves; released, exactly one of two winners is champion, the other lost the
+    race, and a rollback racing a promotion never overwrites a move it did not see."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from wikitune.deployments import locks
+
+    source = "twomachines"
+
+    def machine(label: str) -> dict[str, str]:
+        home = tmp_path / label
+        home.mkdir(exist_ok=True)
+        return {
+            **{k: v for k, v in os.environ.items() if k != "WIKITUNE_HOME"},
+            "WIKITUNE_HOME": str(home),
+            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_API_URL": prefect_server,
+            "WIKITUNE_MLFLOW_TRACKING_URI": shared_registry,
+        }
+
+    def promote_on(label: str, evaluation: evaluate.Evaluation) -> subprocess.Popen[str]:
+        path = tmp_path / f"{label}-{evaluation.champion_version}.json"
+        path.write_text(evaluation.model_dump_json())
+        return subprocess.Popen(
+            [sys.executable, "-c", PROMOTE_ON_A_MACHINE, str(path)],
+            env=machine(label),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def versions() -> list[Any]:
+        return registry.list_versions(shared_registry, source)
+
+    def done(process: subprocess.Popen[str]) -> str:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+        return out.strip().splitlines()[-1]
+
+    contender = _winner_of(toy_evaluation, source)
+    # Strict: with no limit on the Prefect server, a shared registry's alias does not move.
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
+        client.delete_global_concurrency_limit_by_name(locks.PROMOTIONS_LIMIT)
+    refused = promote_on("machine-a", contender)
+    assert refused.wait(timeout=300) != 0
+    assert f"no global concurrency limit {locks.PROMOTIONS_LIMIT!r}" in refused.stderr.read()
+    assert registry.champion(shared_registry, source) is None
+
+    assert locks.ensure_promotions_limit() == 1  # what `wikitune deploy` does
+    held = locks.promotions_lock(shared_registry, tmp_path / "not-used.lock")
+    with held():
+        racers = [promote_on(label, contender) for label in ("machine-a", "machine-b")]
+        # Both registered their versions and now wait for the slot this test holds.
+        _until("both versions", lambda: len(versions()) == 3, *racers)
+        assert all(racer.poll() is None for racer in racers)
+        assert registry.champion(shared_registry, source) is None
+    outcomes = sorted(done(racer) for racer in racers)
+    assert outcomes == ["lost-race", "promoted"]
+    by_decision = {v.tags["decision"]: v.version for v in versions()}
+    assert str(registry.champion(shared_registry, source).version) == by_decision["promoted"]
+    winner, loser = by_decision["promoted"], by_decision["lost-race"]
+
+    # A rollback to the loser races a promotion compared against the winner: whichever moves
+    # second sees the first's move (the promotion loses the race, or the rollback fails or
+    # rolls back from the new champion), never the champion both read.
+    challenger = contender.model_copy(update={"champion_version": winner})
+    with held():
+        promoting = promote_on("machine-b", challenger)
+        rolling_back = subprocess.Popen(
+            [sys.executable, "-m", "wikitune.cli", "rollback", "--to", loser, "--source", source],
+            env={**machine("machine-a"), "COLUMNS": "200"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _until("the challenger's version", lambda: len(versions()) == 4, promoting)
+        assert str(registry.champion(shared_registry, source).version) == winner
+    outcome = done(promoting)
+    rolled_out, rolled_err = rolling_back.communicate(timeout=300)
+    champion = str(registry.champion(shared_registry, source).version)
+    newest = str(max(int(v.version) for v in versions()))
+    if rolling_back.returncode != 0:
+        assert "moved while rolling back" in rolled_err, rolled_err[-3000:]
+        assert outcome == "promoted" and champion == newest
+    elif outcome == "promoted":
+        assert f"from version {newest} to version {loser}" in rolled_out and champion == loser
+    else:
+        assert outcome == "lost-race"
+        assert f"from version {winner} to version {loser}" in rolled_out and champion == loser
 
 
 @pytest.mark.unit

@@ -539,11 +539,16 @@ def evaluate(run: RunOption, home: HomeOption = None) -> None:
 @app.command()
 def promote(run: RunOption, home: HomeOption = None) -> None:
     """Evaluate a trained adapter, register it as a version, and make it champion if it wins."""
+    from wikitune.deployments.locks import PromotionsLockMissing
     from wikitune.flows.retrain import promote_candidate
+    from wikitune.tasks.train import TrainingFailed
 
     settings = load_settings(home)
     promotion = _run_flow(
-        promote_candidate, (LookupError, ValueError), run_id=run, home=str(settings.home)
+        promote_candidate,
+        (LookupError, ValueError, TrainingFailed, PromotionsLockMissing),
+        run_id=run,
+        home=str(settings.home),
     )
     _follow_champion(settings, promotion.source)
     if promotion.evaluation is not None:
@@ -648,15 +653,19 @@ def rollback(
     home: HomeOption = None,
 ) -> None:
     """Move the champion alias back: to the version the champion replaced, or to --to."""
+    from wikitune.deployments.locks import PromotionsLockMissing, promotions_lock
     from wikitune.mlflow import registry
 
     settings = load_settings(home)
     name = _source_for_registry(settings, source)
     try:
         before, after = registry.rollback(
-            settings.tracking_uri, name, to=to, lock_path=settings.registry_lock
+            settings.tracking_uri,
+            name,
+            to=to,
+            lock=promotions_lock(settings.tracking_uri, settings.registry_lock),
         )
-    except (LookupError, ValueError) as error:
+    except (LookupError, ValueError, PromotionsLockMissing) as error:
         raise _fail(str(error)) from None
     _follow_champion(settings, name)
     console.print(f"champion moved from version {before} to version {after}")
@@ -694,6 +703,7 @@ def ask(
             system_prompt=settings.system_prompt,
             workdir=settings.runs_dir / "ask",
             device=settings.device,
+            models_dir=settings.models_dir,
         )
     except LookupError as error:
         raise _fail(str(error)) from None
@@ -740,6 +750,7 @@ def serve(
         settings.tracking_uri,
         name,
         workdir=settings.runs_dir / "serve",
+        models_dir=settings.models_dir,
         device=settings.device,
         max_batch=max_batch,
         poll_seconds=poll_seconds,
@@ -1123,6 +1134,8 @@ def _deploy_plan(
         base_model=base,
         recipe=chosen.model_dump(mode="json", exclude={"block_type_slug"}),
         recipe_origin=recipe_origin(base, path, settings.device),
+        retrain_threshold=settings.retrain_threshold,
+        margins=settings.margins().model_dump(),
     )
 
 
@@ -1135,6 +1148,7 @@ def _print_applied(applied: Any, ui_url: str | None) -> None:
     console.print(table)
     pools = ", ".join(f"{k} (limit {v or 'none'})" for k, v in applied.pools.items())
     console.print(f"work pools: {pools}")
+    console.print(f"promotions' lock: global concurrency limit {applied.promotions_limit} (1 slot)")
     if applied.source_block:
         console.print(f"wiki source block: {applied.source_block}")
     if ui_url:

@@ -198,8 +198,14 @@ class Settings(BaseSettings):
 
     @cached_property
     def registry_lock(self) -> Path:
-        """Every promotion from this home moves the champion alias under this lock."""
+        """The promotions' lock of a local registry (a tracking server's is on the Prefect
+        server: ``deployments.locks``)."""
         return self.home / "registry.lock"
+
+    def margins(self) -> Margins:
+        """The promotion margins (WIKITUNE_PROMOTE_*): what a flow run given none decides with,
+        and what ``deploy`` puts on the deployments."""
+        return Margins(**{name: getattr(self, f"promote_{name}") for name in Margins.model_fields})
 
     @cached_property
     def mlflow_artifacts_dir(self) -> Path | None:

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from wikitune.blocks.source import WikiSource
 from wikitune.config import source_slug
+from wikitune.deployments import locks
 
 __all__ = [
     "GPU_RETRAIN",
@@ -43,14 +44,20 @@ class DeployOptions(BaseModel):
     """The training recipe's fields, shown and editable as the deployments' parameter."""
     recipe_origin: str = ""
     """Which recipe that is, in words (the deployments' descriptions and `up` say it)."""
+    retrain_threshold: int | None = None
+    """Pairs changed since the champion's snapshot that make a retrain due."""
+    margins: dict[str, float] | None = None
+    """The promotion margins (``decision.Margins``) the retrains decide with."""
 
 
 class Applied(BaseModel):
-    """What was applied: pool limits, deployment names and ids, the saved source block."""
+    """What was applied: pool limits, deployment names and ids, the saved source block, and
+    the global concurrency limit that promotions hold."""
 
     pools: dict[str, int | None]
     deployments: dict[str, str]
     source_block: str | None
+    promotions_limit: str
 
 
 def _ensure_pools() -> dict[str, int | None]:
@@ -106,11 +113,19 @@ def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Ap
 
     options = options or DeployOptions()
     pools = _ensure_pools()
+    locks.ensure_promotions_limit()
     source_parameter, block_name = _source_parameter(source)
-    # What will train is on the deployment's page, editable, not hidden in a worker's env.
+    # What will train, and what decides, is on the deployments' pages, editable, not hidden in
+    # a worker's environment.
     model = {k: v for k, v in (("base_model", options.base_model), ("recipe", options.recipe)) if v}
+    decides = {"margins": options.margins} if options.margins else {}
+    due = (
+        {"retrain_threshold": options.retrain_threshold}
+        if options.retrain_threshold is not None
+        else {}
+    )
     resource = f"wikitune.source.{source_slug(source.name)}" if source else "wikitune.*"
-    cycle = {**source_parameter, "retrain_deployment": GPU_RETRAIN, **model}
+    cycle = {**source_parameter, "retrain_deployment": GPU_RETRAIN, **model, **due, **decides}
     deployments = [
         pipeline.to_deployment(
             SYNC.split("/")[1],
@@ -118,11 +133,11 @@ def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Ap
             schedules=[
                 Interval(timedelta(minutes=options.sync_minutes), timezone=options.timezone)
             ],
-            parameters={**source_parameter, "retrain_when": "never"},
+            parameters={**source_parameter, "retrain_when": "never", **due},
             description=(
                 f"Every {options.sync_minutes:g} minutes: sync the wiki's recent changes and build"
                 f" QA pairs. When the pairs changed since the champion's snapshot reach"
-                f" WIKITUNE_RETRAIN_THRESHOLD, emit `{DATASET_READY}`, which starts"
+                f" `retrain_threshold`, emit `{DATASET_READY}`, which starts"
                 f" `{RETRAIN_CYCLE}`."
             ),
             tags=["wikitune", "sync"],
@@ -159,7 +174,7 @@ def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Ap
         retrain.to_deployment(
             GPU_RETRAIN.split("/")[1],
             work_pool_name="gpu",
-            parameters=model,
+            parameters={**model, **decides},
             description=(
                 "Train a QLoRA adapter on a snapshot (its directory or URL), evaluate it against"
                 " the champion on the same held-out questions, register it in MLflow and move"
@@ -175,4 +190,9 @@ def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Ap
         # The flows are imported from the installed package wherever a worker runs.
         deployment._path = None
         ids[f"{deployment.flow_name}/{deployment.name}"] = str(deployment.apply())
-    return Applied(pools=pools, deployments=ids, source_block=block_name)
+    return Applied(
+        pools=pools,
+        deployments=ids,
+        source_block=block_name,
+        promotions_limit=locks.PROMOTIONS_LIMIT,
+    )

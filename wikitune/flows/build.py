@@ -52,8 +52,12 @@ class SnapshotSummary(BaseModel):
 
 
 @flow(name="build", flow_run_name=partial(run_name, "build"))
-def build(source: str | None = None, home: str | None = None) -> BuildSummary:
-    """Parse the pages that changed since the last build into QA pairs; retire stale pairs."""
+def build(
+    source: str | None = None, threshold: int | None = None, home: str | None = None
+) -> BuildSummary:
+    """Parse the pages that changed since the last build into QA pairs; retire stale pairs.
+    The summary says whether the pairs changed since the champion reach ``threshold`` (default
+    WIKITUNE_RETRAIN_THRESHOLD)."""
     settings = load_settings(home)
     mapping = qa.load_mapping(settings.mapping_path)
     with Store(settings.store_path) as store:
@@ -69,7 +73,7 @@ def build(source: str | None = None, home: str | None = None) -> BuildSummary:
             changed_since_last_retrain=store.pairs_changed_since(
                 name, store.latest_snapshot(name, trained=True)
             ),
-            threshold=settings.retrain_threshold,
+            threshold=settings.retrain_threshold if threshold is None else threshold,
             rejected=qa.count_by_reason(rejections),
         )
     logger = run_logger()

@@ -33,6 +33,7 @@ from wikitune.flows.sync import SyncSummary, sync
 from wikitune.mlflow import exchange, registry
 from wikitune.storage import PageChange, Store
 from wikitune.tasks.champion import follow_champion
+from wikitune.tasks.decision import Margins
 
 __all__ = [
     "DATASET_READY",
@@ -337,12 +338,14 @@ def pipeline(
     recipe: TrainingRecipe | None = None,
     retrain_deployment: str | None = None,
     full: bool = False,
+    retrain_threshold: int | None = None,
+    margins: Margins | None = None,
     home: str | None = None,
 ) -> CycleSummary:
     """One cycle: sync the wiki, build QA pairs, then retrain according to ``retrain_when``,
     counting the pairs added or changed since the snapshot the champion was trained on:
 
-    - ``threshold``: when they reach WIKITUNE_RETRAIN_THRESHOLD;
+    - ``threshold``: when they reach ``retrain_threshold`` (default WIKITUNE_RETRAIN_THRESHOLD);
     - ``new-data``: when there is any (the nightly retrain);
     - ``always``: whatever changed (``wikitune run --force``);
     - ``never``: sync and build only (the poll); at the threshold, emit
@@ -351,7 +354,8 @@ def pipeline(
 
     With ``retrain_deployment`` (e.g. ``retrain/gpu``) the training, evaluation and promotion
     run as that deployment on its work pool; otherwise in this process. A retrain on the
-    champion trains on what is fresh to it (a delta) unless ``full`` is set. The run ends Completed
+    champion trains on what is fresh to it (a delta) unless ``full`` is set; the candidate is
+    promoted by ``margins`` (default WIKITUNE_PROMOTE_*). The run ends Completed
     with the outcome as its message (``promoted v3: ...``, ``rejected v3: ...``, ``not due``)
     and the cycle's markdown artifact; a failed retrain fails the run and changes nothing.
     """
@@ -366,7 +370,7 @@ def pipeline(
         with Store(settings.store_path) as store:
             if store.latest_snapshot(synced.source, trained=True) is not None:
                 follow_champion(store, settings.tracking_uri, synced.source)
-    built = step(build, source=synced.source, home=home)
+    built = step(build, source=synced.source, threshold=retrain_threshold, home=home)
     # The report counts changes since the champion's snapshot as of now, before a promotion.
     with Store(settings.store_path) as store:
         anchor = store.champion_snapshot(synced.source)
@@ -406,6 +410,8 @@ def pipeline(
                 parameters["recipe"] = recipe
             if full:
                 parameters["full"] = True
+            if margins is not None:
+                parameters["margins"] = margins
             result = _retrain_on_deployment(
                 retrain_deployment,
                 parameters,
@@ -420,6 +426,7 @@ def pipeline(
                 base_model=base_model,
                 recipe=recipe,
                 full=full,
+                margins=margins,
                 home=home,
             )
         with Store(settings.store_path) as store:

@@ -19,6 +19,7 @@ from prefect.runtime import deployment, flow_run
 
 from wikitune.blocks.recipe import TrainingRecipe, chosen_recipe, recipe_origin
 from wikitune.config import Settings, is_tracking_server, load_settings
+from wikitune.deployments.locks import promotions_lock
 from wikitune.flows.naming import artifact_key
 from wikitune.flows.runtime import (
     markdown_artifact,
@@ -46,21 +47,19 @@ class RetrainResult(training.TrainResult):
     promotion: promotions.Promotion | None = None
 
 
-def _margins(settings: Settings) -> Margins:
-    return Margins(**{name: getattr(settings, f"promote_{name}") for name in Margins.model_fields})
-
-
 @task(name="evaluate-candidate", cache_policy=NO_CACHE)
-def evaluate_task(run_id: str, home: str) -> evaluation.Evaluation:
+def evaluate_task(run_id: str, home: str, margins: Margins | None = None) -> evaluation.Evaluation:
     """Score the candidate and the champion on the same questions; publish the table."""
     settings = load_settings(home)
     result = evaluation.evaluate_run(
         run_id,
         tracking_uri=settings.tracking_uri,
         workdir=settings.runs_dir / "evaluations" / run_id,
-        margins=_margins(settings),
+        margins=margins or settings.margins(),
         device=settings.device,
         ui_url=settings.mlflow_ui_url,
+        snapshots_dir=settings.snapshots_dir,
+        models_dir=settings.models_dir,
     )
     decision = result.decision
     verdict = "promote" if decision.promote else "reject"
@@ -84,7 +83,9 @@ def promote_task(result: evaluation.Evaluation, home: str) -> promotions.Promoti
     """Register the candidate; move the champion alias if it won and nobody moved it first."""
     settings = load_settings(home)
     promotion = promotions.promote(
-        result, tracking_uri=settings.tracking_uri, lock_path=settings.registry_lock
+        result,
+        tracking_uri=settings.tracking_uri,
+        lock=promotions_lock(settings.tracking_uri, settings.registry_lock),
     )
     run_logger().info("version %s of %s: %s", promotion.version, result.source, promotion.outcome)
     link = registry.version_link(settings.mlflow_ui_url, result.source, promotion.version)
@@ -109,12 +110,16 @@ def promote_task(result: evaluation.Evaluation, home: str) -> promotions.Promoti
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{run_id}")
-def evaluate_candidate(run_id: str, home: str | None = None) -> evaluation.Evaluation:
+def evaluate_candidate(
+    run_id: str, margins: Margins | None = None, home: str | None = None
+) -> evaluation.Evaluation:
     """Score a trained adapter against the champion; the registry is not changed."""
-    return step(evaluate_task, run_id, str(load_settings(home).home))
+    return step(evaluate_task, run_id, str(load_settings(home).home), margins)
 
 
-def _evaluate_and_promote(run_id: str, home: str) -> promotions.Promotion:
+def _evaluate_and_promote(
+    run_id: str, home: str, margins: Margins | None = None
+) -> promotions.Promotion:
     """Evaluate and promote a trained adapter, unless its run is already a decided version:
     then that decision, with nothing evaluated or registered again."""
     settings = load_settings(home)
@@ -133,14 +138,17 @@ def _evaluate_and_promote(run_id: str, home: str) -> promotions.Promotion:
             known.outcome,
         )
         return known
-    return step(promote_task, step(evaluate_task, run_id, home), home)  # type: ignore[no-any-return]
+    evaluated = step(evaluate_task, run_id, home, margins)
+    return step(promote_task, evaluated, home)  # type: ignore[no-any-return]
 
 
 @flow(name="promote", flow_run_name="promote-{run_id}")
-def promote_candidate(run_id: str, home: str | None = None) -> promotions.Promotion:
+def promote_candidate(
+    run_id: str, margins: Margins | None = None, home: str | None = None
+) -> promotions.Promotion:
     """Evaluate a trained adapter, register it, and make it champion if it wins (a run that
-    is already a version keeps its decision)."""
-    return _evaluate_and_promote(run_id, str(load_settings(home).home))
+    is already a version keeps its decision). ``margins`` default to WIKITUNE_PROMOTE_*."""
+    return _evaluate_and_promote(run_id, str(load_settings(home).home), margins)
 
 
 def _starting_point(
@@ -255,12 +263,14 @@ def retrain(
     recipe_file: str | None = None,
     device: str | None = None,
     promote: bool = True,
+    margins: Margins | None = None,
     full: bool = False,
     home: str | None = None,
 ) -> RetrainResult:
     """Train a LoRA adapter (QLoRA where 4-bit runs) on ``snapshot`` (an id under the snapshots
     directory, a directory, or a URL); then, with ``promote``, evaluate it against the champion
-    and register it. Returns the MLflow run id, where the adapter is, and the promotion.
+    and register it, deciding with ``margins`` (default: WIKITUNE_PROMOTE_*). Returns the MLflow
+    run id, where the adapter is, and the promotion.
 
     On the champion's adapter it trains on the pairs fresh to the champion, a replay sample of
     stable pairs and general rows (a delta retrain); on the whole snapshot when there is no
@@ -342,7 +352,7 @@ def retrain(
     )
     promotion = None
     if promote:
-        promotion = _evaluate_and_promote(result.run_id, str(settings.home))
+        promotion = _evaluate_and_promote(result.run_id, str(settings.home), margins)
     outcome = RetrainResult(**result.model_dump(), promotion=promotion)
     if flow_run.id and is_tracking_server(settings.tracking_uri):
         # For a parent flow run on another machine, which cannot read this worker's results.

@@ -4,8 +4,8 @@ with its numbers and decision; the aliases `champion` and `challenger` (no stage
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,14 @@ from wikitune.mlflow.tracking import use_tracking
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "AliasMovedElsewhere",
     "LoggedModel",
+    "RegistryLock",
     "VersionView",
     "champion",
     "describe_model",
     "download_logged_model",
+    "file_lock",
     "list_versions",
     "move_champion",
     "register_candidate",
@@ -145,7 +148,7 @@ def register_candidate(
     model_uri: str,
     tags: Mapping[str, Any],
     description: str,
-    lock_path: Path,
+    lock: RegistryLock,
 ) -> str:
     """Register a candidate as a new version (creating the registered model on first use) and
     point `challenger` at it, under the promotions' lock: MLflow's SQL store inserts an alias
@@ -172,19 +175,24 @@ def register_candidate(
         tags={k: str(v) for k, v in tags.items() if v is not None},
         description=description,
     )
-    with _registry_lock(lock_path):
+    with lock():
         client.set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version)
 
 
 def describe_model(
-    tracking_uri: str, source: str, description: str, tags: Mapping[str, Any], *, lock_path: Path
+    tracking_uri: str,
+    source: str,
+    description: str,
+    tags: Mapping[str, Any],
+    *,
+    lock: RegistryLock,
 ) -> None:
     """Set the registered model's description and tags (what the models list shows), under
     the promotions' lock: MLflow's SQL store fails two concurrent writes of one model tag."""
     client = _client(tracking_uri)
     name = registered_model_name(source)
-    with _registry_lock(lock_path):
+    with lock():
         client.update_registered_model(name, description=description)
         for key, value in tags.items():
             client.set_registered_model_tag(name, key, str(value))
@@ -207,15 +215,32 @@ def set_version_tags(
         client.update_model_version(name, version, description=description)
 
 
-@contextmanager
-def _registry_lock(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+RegistryLock = Callable[[], AbstractContextManager[Any]]
+"""What every move of an alias and every write of the registered model's tags runs under: a
+file lock where the registry is a local file (one machine), the Prefect server's
+``wikitune-promotions`` concurrency limit where it is a tracking server (any machine)."""
+
+
+def file_lock(path: Path) -> RegistryLock:
+    """The promotions' lock of a registry that only this machine reaches: ``flock`` on
+    ``path``."""
+
+    @contextmanager
+    def held() -> Iterator[None]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    return held
+
+
+class AliasMovedElsewhere(RuntimeError):
+    """An alias points elsewhere right after wikitune moved it: something moved it without the
+    promotions' lock."""
 
 
 def move_champion(
@@ -224,17 +249,25 @@ def move_champion(
     version: str,
     *,
     expected: str | None,
-    lock_path: Path,
+    lock: RegistryLock,
 ) -> bool:
     """Point `champion` at ``version`` if it still points at ``expected`` (None: no champion),
-    re-read under a lock that every promotion of this home takes; False when another promotion
-    moved it first."""
+    re-read under the promotions' lock, and check it after the move; False when another
+    promotion moved it first."""
     client = _client(tracking_uri)
-    with _registry_lock(lock_path):
+    name = registered_model_name(source)
+    with lock():
         current = champion(tracking_uri, source)
         if (str(current.version) if current else None) != expected:
             return False
-        client.set_registered_model_alias(registered_model_name(source), CHAMPION, version)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        after = champion(tracking_uri, source)
+        if after is None or str(after.version) != str(version):
+            raise AliasMovedElsewhere(
+                f"{name}@{CHAMPION} points at version {after.version if after else '(none)'}"
+                f" right after wikitune moved it to {version}: something moves it without the"
+                " promotions' lock"
+            )
     return True
 
 
@@ -268,7 +301,9 @@ def list_versions(tracking_uri: str, source: str) -> list[VersionView]:
     return sorted(views, key=lambda v: int(v.version), reverse=True)
 
 
-def rollback(tracking_uri: str, source: str, *, to: str | None, lock_path: Path) -> tuple[str, str]:
+def rollback(
+    tracking_uri: str, source: str, *, to: str | None, lock: RegistryLock
+) -> tuple[str, str]:
     """Point `champion` at ``to``, or at the version the current champion replaced. Returns
     (from version, to version)."""
     client = _client(tracking_uri)
@@ -286,9 +321,7 @@ def rollback(tracking_uri: str, source: str, *, to: str | None, lock_path: Path)
         client.get_model_version(name, target)
     except MlflowException as error:
         raise LookupError(f"{name} has no version {target}") from error
-    if not move_champion(
-        tracking_uri, source, target, expected=str(current.version), lock_path=lock_path
-    ):
+    if not move_champion(tracking_uri, source, target, expected=str(current.version), lock=lock):
         raise ValueError(f"the champion of {name} moved while rolling back; try again")
     client.set_model_version_tag(name, str(current.version), "rolled_back", "true")
     describe_model(
@@ -297,6 +330,6 @@ def rollback(tracking_uri: str, source: str, *, to: str | None, lock_path: Path)
         f"**Champion: version {target}** (alias `champion`), rolled back from version"
         f" {current.version}.",
         {"champion_version": target},
-        lock_path=lock_path,
+        lock=lock,
     )
     return str(current.version), str(target)

@@ -4,11 +4,14 @@ move the ``champion`` alias when it won, and say on the registered model who is 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from wikitune.tasks.evaluate import Evaluation
+
+if TYPE_CHECKING:
+    from wikitune.mlflow.registry import RegistryLock
 
 __all__ = ["Promotion", "already_decided", "model_description", "promote"]
 
@@ -48,7 +51,7 @@ def already_decided(tracking_uri: str, source: str, run_id: str) -> Promotion | 
     )
 
 
-def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Promotion:
+def promote(evaluation: Evaluation, *, tracking_uri: str, lock: RegistryLock) -> Promotion:
     """Register the candidate as a version with its numbers; move `champion` to it when it won
     and the champion is still the one it was compared against."""
     from wikitune.mlflow import registry, tracking
@@ -70,7 +73,7 @@ def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Pr
             "prefect_run": evaluation.prefect_run_url or None,
         },
         description=f"being decided against {decision.champion_name}",
-        lock_path=lock_path,
+        lock=lock,
     )
     outcome = "rejected"
     if decision.promote:
@@ -79,7 +82,7 @@ def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Pr
             evaluation.source,
             version,
             expected=evaluation.champion_version,
-            lock_path=lock_path,
+            lock=lock,
         )
         outcome = "promoted" if moved else "lost-race"
     trained_by = (
@@ -113,7 +116,7 @@ def promote(evaluation: Evaluation, *, tracking_uri: str, lock_path: Path) -> Pr
             "latest_version": version,
             "latest_decision": outcome,
         },
-        lock_path=lock_path,
+        lock=lock,
     )
     return promotion
 
