@@ -25,7 +25,7 @@ from train_bench import make_data  # the same synthetic pages and snapshot as tr
 
 from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.config import load_settings
-from wikitune.tasks import basemodel, chat
+from wikitune.tasks import basemodel, chat, snapshots
 from wikitune.tasks import model as models
 from wikitune.tasks import train as training
 
@@ -38,7 +38,7 @@ def child(arm: str, base: str, snapshot: str, steps: int, out: Path) -> None:
     recipe = TrainingRecipe.from_file("smollm2-135m-cpu").model_copy(
         update={"max_steps": steps, "logging_steps": steps}
     )
-    data = training.read_snapshot(snapshot)
+    data = snapshots.read_snapshot(snapshot)
     tokenizer = models.load_tokenizer(base)
     fmt = chat.chat_format(tokenizer)
     model = training.prepare_model(base, recipe, method=method, device="cpu", init_adapter=None)  # type: ignore[arg-type]

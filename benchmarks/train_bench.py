@@ -18,7 +18,7 @@ from build_bench import page  # the same synthetic VTuber pages as the build ben
 
 from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.storage import Store, SyncBatch
-from wikitune.tasks import chat
+from wikitune.tasks import chat, snapshots
 from wikitune.tasks import model as models
 from wikitune.tasks import train as training
 from wikitune.tasks.dataset import load_general, make_snapshot
@@ -39,7 +39,7 @@ def make_data(tmp: Path, pages: int) -> str:
 def run(
     base: Path, snapshot: str, recipe: TrainingRecipe, *, device: str, method: str, batching: str
 ) -> dict[str, Any]:
-    data = training.read_snapshot(snapshot)
+    data = snapshots.read_snapshot(snapshot)
     model = training.prepare_model(
         str(base), recipe, method=method, device=device, init_adapter=None
     )

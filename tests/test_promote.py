@@ -28,8 +28,10 @@ from wikitune.localwiki import free_port
 from wikitune.mlflow import registry
 from wikitune.tasks import basecache, evaluate, promotion, scoring
 from wikitune.tasks import model as models
+from wikitune.tasks import plan as plans
 from wikitune.tasks import train as training
 from wikitune.tasks.decision import Margins, decide
+from wikitune.tasks.snapshots import SnapshotManifest
 
 
 def _toy_margins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -876,12 +878,19 @@ def test_a_retrain_on_the_champion_trains_on_what_is_fresh_to_it(
 @pytest.mark.unit
 def test_the_training_plan_says_why_a_retrain_is_full() -> None:
     recipe = TrainingRecipe(full_retrain_every=3)
-    manifest = {"fresh_against": "s1", "mapping_digest": "m", "counts": {"train_fresh": 4}}
+    manifest = SnapshotManifest(
+        id="s2",
+        digest="d",
+        files={},
+        fresh_against="s1",
+        mapping_digest="m",
+        counts={"train_fresh": 4},
+    )
     champion = {"snapshot_id": "s1", "mapping_digest": "m", "delta_streak": "0"}
-    plan = training.plan_training(manifest, recipe, champion)
+    plan = plans.plan_training(manifest, recipe, champion)
     assert (plan.scope, plan.delta_streak) == ("delta", 1)
     assert plan.reason == "4 training pairs are fresh to the champion"
-    assert training.plan_training(manifest, recipe, {**champion, "delta_streak": "1"}).scope == (
+    assert plans.plan_training(manifest, recipe, {**champion, "delta_streak": "1"}).scope == (
         "delta"
     )
     cases = {
@@ -893,29 +902,29 @@ def test_the_training_plan_says_why_a_retrain_is_full() -> None:
             False,
         ),
         "the snapshot counts fresh pairs against s0, the champion was trained on s1": (
-            {**manifest, "fresh_against": "s0"},
+            manifest.model_copy(update={"fresh_against": "s0"}),
             champion,
             False,
         ),
         "the question mapping changed since the champion's training": (
-            {**manifest, "mapping_digest": "m2"},
+            manifest.model_copy(update={"mapping_digest": "m2"}),
             champion,
             False,
         ),
         "no training pair is fresh to the champion": (
-            {**manifest, "counts": {"train_fresh": 0}},
+            manifest.model_copy(update={"counts": {"train_fresh": 0}}),
             champion,
             False,
         ),
     }
     for reason, (snapshot, tags, full) in cases.items():
-        plan = training.plan_training(snapshot, recipe, tags, full=full)
+        plan = plans.plan_training(snapshot, recipe, tags, full=full)
         assert (plan.scope, plan.reason, plan.delta_streak) == ("full", reason, 0)
-    every = training.plan_training(manifest, TrainingRecipe(), champion)
+    every = plans.plan_training(manifest, TrainingRecipe(), champion)
     assert every.reason.endswith("every time (full_retrain_every: 1)")  # the default
     # A champion from before deltas has no mapping digest: the retrain is full.
     old = {"snapshot_id": "s1"}
-    assert training.plan_training(manifest, recipe, old).scope == "full"
+    assert plans.plan_training(manifest, recipe, old).scope == "full"
 
 
 @pytest.mark.unit
@@ -926,18 +935,18 @@ def test_a_delta_keeps_every_fresh_row_and_samples_the_rest() -> None:
         {"kind": "general", "fresh": None, "id": f"g{i}"} for i in range(5)
     ]
     train = Dataset.from_list(rows)
-    plan = training.TrainingPlan(scope="delta", reason="test", delta_streak=1)
+    plan = plans.TrainingPlan(scope="delta", reason="test", delta_streak=1)
     recipe = TrainingRecipe(delta_replay_share=0.25)
-    chosen, counts = training.training_rows(train, plan, recipe, general_share=0.1)
+    chosen, counts = plans.training_rows(train, plan, recipe, general_share=0.1)
     assert counts == {"train_fresh_rows": 6, "train_stable_rows": 2, "train_general_rows": 1}
     ids = chosen["id"]
     assert {str(i) for i in range(6)} <= set(ids) and len(ids) == 9
     assert ids == sorted(ids, key=lambda i: [r["id"] for r in rows].index(i))  # snapshot order
-    again, _ = training.training_rows(train, plan, recipe, general_share=0.1)
+    again, _ = plans.training_rows(train, plan, recipe, general_share=0.1)
     assert again["id"] == ids  # the recipe's seed fixes the sample
-    _, counts = training.training_rows(
+    _, counts = plans.training_rows(
         train, plan, recipe.model_copy(update={"delta_general_share": 0.0}), general_share=0.1
     )
     assert counts["train_general_rows"] == 0
-    full, counts = training.training_rows(train, training.TrainingPlan(), recipe, 0.1)
+    full, counts = plans.training_rows(train, plans.TrainingPlan(), recipe, 0.1)
     assert len(full) == 45 and counts["train_stable_rows"] == 34

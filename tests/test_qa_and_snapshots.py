@@ -13,7 +13,7 @@ from wikitune.flows.build import build, snapshot
 from wikitune.localwiki import LocalWiki
 from wikitune.storage import QaPair, Store, StoredPage, SyncBatch
 from wikitune.tasks.dataset import general_rows_needed, make_snapshot
-from wikitune.tasks.train import read_snapshot
+from wikitune.tasks.snapshots import read_snapshot
 
 PAIRS_PER_FIELD = 16  # two languages, eight phrasings each
 LEAD_PAIRS = 8  # the English lead is asked about in English only

@@ -75,8 +75,8 @@ def promotions_lock(tracking_uri: str, home_lock: Path) -> RegistryLock:
 
     @contextmanager
     def held() -> Iterator[None]:
-        from prefect.concurrency.sync import concurrency
         from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+        from prefect.concurrency.sync import concurrency
 
         with ExitStack() as stack:
             try:

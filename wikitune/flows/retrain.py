@@ -30,11 +30,12 @@ from wikitune.flows.runtime import (
     update_progress_artifact,
 )
 from wikitune.mlflow import exchange, registry, tracking
-from wikitune.tasks import basemodel
+from wikitune.tasks import basemodel, snapshots
 from wikitune.tasks import evaluate as evaluation
 from wikitune.tasks import promotion as promotions
 from wikitune.tasks import train as training
 from wikitune.tasks.decision import Margins
+from wikitune.tasks.plan import plan_training
 
 __all__ = ["RetrainResult", "evaluate_candidate", "promote_candidate", "retrain"]
 
@@ -291,23 +292,21 @@ def retrain(
             f" {settings.tracking_uri}: set WIKITUNE_MLFLOW_TRACKING_URI to the server's URL"
             " (the one `wikitune up` started) in the worker's environment"
         )
-    location = training.resolve_snapshot(snapshot, settings.snapshots_dir, settings.tracking_uri)
-    manifest = training.read_manifest(location)
+    location = snapshots.resolve_snapshot(snapshot, settings.snapshots_dir, settings.tracking_uri)
+    manifest = snapshots.read_manifest(location)
     base = basemodel.resolve_base_model(base_spec, settings.models_dir)
     init_adapter, warm_start, champion_tags = _starting_point(
-        settings, recipe, base, manifest.get("source", "wiki"), manifest["id"]
+        settings, recipe, base, manifest.source, manifest.id
     )
-    plan = training.plan_training(manifest, recipe, champion_tags, full=full)
+    plan = plan_training(manifest, recipe, champion_tags, full=full)
     logger.info(
         "training on snapshot %s from %s: %s retrain (%s)",
-        manifest["id"],
+        manifest.id,
         warm_start,
         plan.scope,
         plan.reason,
     )
-    shown = _training_progress(
-        manifest.get("source", "wiki"), settings.tracking_uri, settings.mlflow_ui_url
-    )
+    shown = _training_progress(manifest.source, settings.tracking_uri, settings.mlflow_ui_url)
     result = step(
         train_adapter,
         snapshot=location,

@@ -5,7 +5,6 @@ flow run that started it. Nothing here needs a disk the machines share."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,6 +16,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from wikitune.mlflow.tracking import experiment_name, use_tracking
+from wikitune.tasks.snapshots import MANIFEST_FILE, SnapshotManifest
 
 __all__ = [
     "ARTIFACT_SCHEMES",
@@ -86,10 +86,10 @@ def fetch_snapshot(tracking_uri: str, uri: str, snapshots_dir: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".fetching-", dir=snapshots_dir))
     try:
         manifest_file = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{uri.rstrip('/')}/manifest.json", dst_path=str(staging / "manifest")
+            artifact_uri=f"{uri.rstrip('/')}/{MANIFEST_FILE}", dst_path=str(staging / "manifest")
         )
-        manifest = json.loads(Path(manifest_file).read_text("utf-8"))
-        target = snapshots_dir / str(manifest["id"])
+        manifest = SnapshotManifest.model_validate_json(Path(manifest_file).read_text("utf-8"))
+        target = snapshots_dir / manifest.id
         if _same_snapshot(target, manifest):
             return target
         files = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(staging / "files")))
@@ -104,13 +104,13 @@ def fetch_snapshot(tracking_uri: str, uri: str, snapshots_dir: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _same_snapshot(directory: Path, manifest: Mapping[str, Any]) -> bool:
+def _same_snapshot(directory: Path, manifest: SnapshotManifest) -> bool:
     try:
-        held = json.loads((directory / "manifest.json").read_text("utf-8"))
+        held = SnapshotManifest.model_validate_json((directory / MANIFEST_FILE).read_text("utf-8"))
     except (OSError, ValueError):
         return False
-    return held.get("digest") == manifest.get("digest") and all(
-        (directory / name).is_file() for name in manifest.get("files", {}).values()
+    return held.digest == manifest.digest and all(
+        (directory / name).is_file() for name in manifest.files.values()
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wikitune.storage import QaPair, SnapshotAnswer, SnapshotRecord, Store
+from wikitune.tasks.snapshots import MANIFEST_FILE, SnapshotManifest
 
 __all__ = [
     "LIST_SEPARATOR",
@@ -257,33 +258,34 @@ def make_snapshot(
     created = datetime.now(UTC)
     snapshot_id = f"{created:%Y%m%dT%H%M%S}-{digest[:8]}"
     target = snapshots_dir / snapshot_id
-    manifest = {
-        "id": snapshot_id,
-        "source": source,
-        "digest": digest,
-        "created_at": created.isoformat(),
-        "counts": counts,
-        "general_share": general_share,
-        "seed": seed,
-        "system_prompt": system_prompt,
-        "fresh_against": champion.id if champion else None,
+    manifest = SnapshotManifest(
+        id=snapshot_id,
+        source=source,
+        digest=digest,
+        created_at=created.isoformat(),
+        counts=counts,
+        general_share=general_share,
+        seed=seed,
+        system_prompt=system_prompt,
+        fresh_against=champion.id if champion else None,
         # Fresh is counted by fact: a changed mapping rewrites pairs without changing facts.
-        "mapping_digest": store.build_mapping_digest(source) or "",
-        "files": {
+        mapping_digest=store.build_mapping_digest(source) or "",
+        files={
             "train": "train.jsonl",
             "eval": "eval.jsonl",
             "general_eval": "general_eval.jsonl",
             "general_probe": "general_probe.jsonl",
             "general_pool": "general_pool.jsonl",
         },
-    }
+    )
     snapshots_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{snapshot_id}-", dir=snapshots_dir))
     try:
         for name, text in files.items():
             (staging / name).write_text(text, encoding="utf-8")
-        (staging / "manifest.json").write_text(
-            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        (staging / MANIFEST_FILE).write_text(
+            json.dumps(manifest.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n",
+            encoding="utf-8",
         )
         os.replace(staging, target)  # the snapshot appears whole or not at all
     except BaseException:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from wikitune.tasks import basecache, basemodel
+from wikitune.tasks import basecache, basemodel, snapshots
 from wikitune.tasks import model as models
 from wikitune.tasks.decision import Decision, Margins, decide
 from wikitune.tasks.scoring import (
@@ -63,18 +63,17 @@ def _snapshot_location(
     """Where this machine reads a training run's snapshot: where the run read it, when that is
     a URL or a directory here, else its copy published to the tracking server."""
     from wikitune.mlflow import exchange
-    from wikitune.tasks import train
 
     location = params["snapshot_location"]
     if "://" in location or Path(location).is_dir():
         return location
     published = exchange.published_snapshot(tracking_uri, source, params["snapshot_id"])
     if published is None:
-        raise train.TrainingFailed(
+        raise snapshots.SnapshotUnavailable(
             f"snapshot {params['snapshot_id']} is at {location} on the machine that trained on"
             f" it, and not published to {tracking_uri}"
         )
-    return train.resolve_snapshot(published, snapshots_dir, tracking_uri)
+    return snapshots.resolve_snapshot(published, snapshots_dir, tracking_uri)
 
 
 def _remembered_probe_answers(
@@ -128,14 +127,13 @@ def evaluate_run(
     from peft import PeftModel
 
     from wikitune.mlflow import registry, tracking
-    from wikitune.tasks import train
 
     run = tracking.get_run(tracking_uri, run_id)
     params, tags = run.data.params, run.data.tags
     if tracking.MODEL_URI_TAG not in tags or run.info.status != "FINISHED":
         raise ValueError(f"run {run_id} has no finished, logged adapter to evaluate")
     source = tags[tracking.SOURCE_TAG]
-    data = train.read_snapshot(
+    data = snapshots.read_snapshot(
         _snapshot_location(params, source, tracking_uri, snapshots_dir or workdir / "snapshots")
     )
     device = device or models.default_device()

@@ -17,7 +17,6 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,6 +27,8 @@ from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.mlflow import tracking
 from wikitune.tasks import basecache, basemodel, chat
 from wikitune.tasks import model as models
+from wikitune.tasks.plan import TrainingPlan, training_rows
+from wikitune.tasks.snapshots import SnapshotData, SnapshotUnavailable, read_snapshot
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -35,20 +36,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Method",
-    "SnapshotData",
     "TrainResult",
     "TrainingFailed",
-    "TrainingPlan",
     "choose_method",
     "make_trainer",
-    "plan_training",
     "prepare_model",
-    "read_manifest",
-    "read_snapshot",
-    "resolve_snapshot",
     "run_directory",
     "train_adapter",
-    "training_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,107 +56,6 @@ ADAPTER_REQUIREMENTS = ["torch", "transformers", "peft", "accelerate", "tokenize
 
 class TrainingFailed(RuntimeError):
     """Training could not run or did not finish; the message says why."""
-
-
-@dataclass
-class SnapshotData:
-    location: str
-    manifest: dict[str, Any]
-    splits: dict[str, Dataset]
-
-    @property
-    def id(self) -> str:
-        return str(self.manifest["id"])
-
-    @property
-    def digest(self) -> str:
-        return str(self.manifest["digest"])
-
-
-class TrainingPlan(BaseModel):
-    """What a training covers: the whole snapshot (``full``), or, on the champion's adapter,
-    the pairs fresh to it, a replay sample of stable pairs and general rows (``delta``)."""
-
-    scope: Literal["full", "delta"] = "full"
-    reason: str = "the whole snapshot"
-    # Delta retrains in a row up to this one (0 for a full one): full_retrain_every counts these.
-    delta_streak: int = 0
-
-
-def plan_training(
-    manifest: Mapping[str, Any],
-    recipe: TrainingRecipe,
-    champion_tags: Mapping[str, str] | None,
-    *,
-    full: bool = False,
-) -> TrainingPlan:
-    """Delta when training starts from a champion (``champion_tags``, None otherwise) that the
-    snapshot counted its fresh pairs against, under the same mapping, and something is fresh;
-    a full retrain otherwise, or when ``full`` or the recipe's ``full_retrain_every`` asks."""
-    if champion_tags is None:
-        return TrainingPlan(reason="training starts from the bare base model")
-    trained_on = champion_tags.get("snapshot_id", "")
-    streak = int(champion_tags.get("delta_streak", "0") or 0) + 1
-    mapping = str(manifest.get("mapping_digest") or "")
-    reasons = [
-        (full, "a full retrain was asked for"),
-        (
-            bool(recipe.full_retrain_every) and streak >= recipe.full_retrain_every,
-            "the recipe retrains on the whole snapshot every time (full_retrain_every: 1)"
-            if recipe.full_retrain_every == 1
-            else f"the recipe asks for a full retrain after {streak - 1} delta retrains"
-            f" (full_retrain_every: {recipe.full_retrain_every})",
-        ),
-        (
-            manifest.get("fresh_against") != trained_on,
-            f"the snapshot counts fresh pairs against {manifest.get('fresh_against') or 'none'},"
-            f" the champion was trained on {trained_on or 'an unrecorded snapshot'}",
-        ),
-        (
-            not mapping or mapping != champion_tags.get("mapping_digest", ""),
-            "the question mapping changed since the champion's training",
-        ),
-        (
-            not manifest.get("counts", {}).get("train_fresh"),
-            "no training pair is fresh to the champion",
-        ),
-    ]
-    for applies, reason in reasons:
-        if applies:
-            return TrainingPlan(reason=reason)
-    return TrainingPlan(
-        scope="delta",
-        reason=f"{manifest['counts']['train_fresh']} training pairs are fresh to the champion",
-        delta_streak=streak,
-    )
-
-
-def training_rows(
-    train: Dataset, plan: TrainingPlan, recipe: TrainingRecipe, general_share: float
-) -> tuple[Dataset, dict[str, int]]:
-    """The snapshot's training rows the plan covers, and how many of each kind: fresh and
-    stable wiki rows, and general ones. A delta keeps every fresh row, samples stable rows to
-    ``delta_replay_share`` of the wiki rows and general rows to their share of the result."""
-    from wikitune.tasks.dataset import general_rows_needed
-
-    kinds: dict[str, list[int]] = {"fresh": [], "stable": [], "general": []}
-    for index, (kind, fresh) in enumerate(zip(train["kind"], train["fresh"], strict=True)):
-        key = "general" if kind != "wiki" else "fresh" if fresh else "stable"
-        kinds[key].append(index)
-    if plan.scope == "delta":
-        rng = random.Random(recipe.seed)
-        share = recipe.delta_replay_share
-        replay = round(len(kinds["fresh"]) * share / (1 - share))
-        kinds["stable"] = sorted(rng.sample(kinds["stable"], min(replay, len(kinds["stable"]))))
-        wiki = len(kinds["fresh"]) + len(kinds["stable"])
-        mix = recipe.delta_general_share
-        needed = general_rows_needed(wiki, general_share if mix is None else mix)
-        kinds["general"] = sorted(rng.sample(kinds["general"], min(needed, len(kinds["general"]))))
-        # Sorted indices keep the snapshot's own shuffled order.
-        rows = train.select(sorted(kinds["fresh"] + kinds["stable"] + kinds["general"]))
-    else:
-        rows = train
-    return rows, {f"train_{kind}_rows": len(indices) for kind, indices in kinds.items()}
 
 
 class TrainResult(BaseModel):
@@ -186,59 +79,6 @@ class TrainResult(BaseModel):
     plan: TrainingPlan = Field(default_factory=TrainingPlan)
     train_counts: dict[str, int] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
-
-
-def resolve_snapshot(ref: str, snapshots_dir: Path, tracking_uri: str | None = None) -> str:
-    """A snapshot's location: one published to the tracking server (``runs:/...``, fetched
-    into ``snapshots_dir``), a URL or directory as given, or an id under ``snapshots_dir``."""
-    from wikitune.mlflow import exchange
-
-    if ref.startswith(exchange.ARTIFACT_SCHEMES):
-        if not tracking_uri:
-            raise TrainingFailed(f"snapshot {ref} is on a tracking server, and none is set")
-        try:
-            return str(exchange.fetch_snapshot(tracking_uri, ref, snapshots_dir))
-        except Exception as error:  # MLflow raises several kinds for an unreachable artifact
-            raise TrainingFailed(
-                f"cannot fetch snapshot {ref} from {tracking_uri}: {type(error).__name__}: {error}"
-            ) from error
-    if "://" in ref or Path(ref).is_dir():
-        return ref if "://" in ref else str(Path(ref).resolve())
-    candidate = snapshots_dir / ref
-    if candidate.is_dir():
-        return str(candidate)
-    raise TrainingFailed(
-        f"no snapshot {ref!r}: not a URL, a directory, or an id in {snapshots_dir}"
-    )
-
-
-def read_manifest(location: str) -> dict[str, Any]:
-    """A snapshot's manifest, by path or URL."""
-    import fsspec
-
-    try:
-        with fsspec.open(f"{location.rstrip('/')}/manifest.json", "r", encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as error:
-        raise TrainingFailed(f"cannot read the snapshot manifest at {location}: {error}") from error
-    if not isinstance(manifest, dict) or not {"id", "digest", "files"} <= set(manifest):
-        raise TrainingFailed(f"{location}/manifest.json is not a wikitune snapshot manifest")
-    return manifest
-
-
-def read_snapshot(location: str) -> SnapshotData:
-    """The manifest and the splits (train, eval, general_eval, general_probe, general_pool) of a
-    snapshot."""
-    from datasets import load_dataset
-
-    manifest = read_manifest(location)
-    base = location.rstrip("/")
-    files = {split: f"{base}/{name}" for split, name in manifest["files"].items()}
-    try:
-        splits = load_dataset("json", data_files=files)
-    except (OSError, ValueError) as error:
-        raise TrainingFailed(f"cannot read the snapshot files at {location}: {error}") from error
-    return SnapshotData(location=location, manifest=manifest, splits=dict(splits))
 
 
 def choose_method(recipe: TrainingRecipe, device: str) -> Method:
@@ -615,7 +455,10 @@ def train_adapter(
     from datasets import disable_progress_bars
 
     disable_progress_bars()
-    data = read_snapshot(snapshot)
+    try:
+        data = read_snapshot(snapshot)
+    except SnapshotUnavailable as error:
+        raise TrainingFailed(str(error)) from error
     if isinstance(base_model, str):
         try:
             base_model = basemodel.resolve_base_model(
@@ -647,7 +490,7 @@ def train_adapter(
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id_file = run_dir / MLFLOW_RUN_FILE
     previous_run = run_id_file.read_text().strip() if run_id_file.exists() else None
-    source = str(data.manifest.get("source", "wiki"))
+    source = data.manifest.source
 
     with tracking.training_run(
         tracking_uri=tracking_uri,
@@ -789,7 +632,7 @@ def _train_in_run(
     checkpoints = run_dir / "checkpoints"
     resume = _last_checkpoint(checkpoints)
     chosen, train_counts = training_rows(
-        data.splits["train"], plan, recipe, float(data.manifest.get("general_share", 0.1))
+        data.splits["train"], plan, recipe, data.manifest.general_share
     )
     if recipe.general_answers == "base":
         with models.computing_in(precision, device):
@@ -820,12 +663,12 @@ def _train_in_run(
             "snapshot_id": data.id,
             "snapshot_digest": data.digest,
             "snapshot_location": data.location,
-            "mapping_digest": data.manifest.get("mapping_digest", ""),
+            "mapping_digest": data.manifest.mapping_digest,
             "training_scope": plan.scope,
             "training_scope_reason": plan.reason,
             "delta_streak": plan.delta_streak,
             **train_counts,
-            **{f"snapshot_{k}": v for k, v in data.manifest.get("counts", {}).items()},
+            **{f"snapshot_{k}": v for k, v in data.manifest.counts.items()},
             "wikitune_version": __version__,
             "trainable_parameters": model.get_nb_trainable_parameters()[0],
         }
@@ -932,7 +775,7 @@ def _train_in_run(
         loss_mode=fmt.loss,
         snapshot_id=data.id,
         snapshot_digest=data.digest,
-        source=str(data.manifest.get("source", "wiki")),
+        source=data.manifest.source,
         global_step=trainer.state.global_step,
         resumed_from=str(resume) if resume else None,
         init_adapter=init_adapter,
