@@ -398,6 +398,7 @@ def run(
     evaluate and promote. The source options are needed on the first run only."""
     from wikitune.blocks.recipe import TrainingRecipe
     from wikitune.flows.pipeline import RetrainDeploymentFailed, pipeline
+    from wikitune.tasks.snapshots import SnapshotUnavailable
     from wikitune.tasks.train import TrainingFailed
 
     settings = load_settings(home)
@@ -412,7 +413,14 @@ def run(
         _need_prefect_server("--retrain-deployment", "has the deployment")
     summary = _run_flow(
         pipeline,
-        (*_wiki_errors(), TrainingFailed, LookupError, OSError, RetrainDeploymentFailed),
+        (
+            *_wiki_errors(),
+            TrainingFailed,
+            SnapshotUnavailable,
+            LookupError,
+            OSError,
+            RetrainDeploymentFailed,
+        ),
         source=source,
         retrain_when="always" if force else when.value,
         base_model=base_model,
@@ -489,6 +497,7 @@ def train(
     from wikitune.blocks.recipe import TrainingRecipe
     from wikitune.flows.retrain import retrain
     from wikitune.storage import Store
+    from wikitune.tasks.snapshots import SnapshotUnavailable
     from wikitune.tasks.train import TrainingFailed
 
     settings = load_settings(home)
@@ -500,7 +509,7 @@ def train(
         raise _fail(f"no training recipe block {recipe_block!r}: {error}") from None
     result = _run_flow(
         retrain,
-        (TrainingFailed, ValueError, OSError),
+        (TrainingFailed, SnapshotUnavailable, ValueError, OSError),
         snapshot=snapshot,
         base_model=base_model,
         recipe=chosen,
@@ -528,10 +537,14 @@ def evaluate(run: RunOption, home: HomeOption = None) -> None:
     """Score a trained adapter against the champion (or the bare base) and print the decision;
     the registry is not changed."""
     from wikitune.flows.retrain import evaluate_candidate
+    from wikitune.tasks.snapshots import SnapshotUnavailable
 
     settings = load_settings(home)
     evaluation = _run_flow(
-        evaluate_candidate, (LookupError, ValueError), run_id=run, home=str(settings.home)
+        evaluate_candidate,
+        (LookupError, ValueError, SnapshotUnavailable),
+        run_id=run,
+        home=str(settings.home),
     )
     console.print(evaluation.decision.markdown(), highlight=False)
 
@@ -541,12 +554,13 @@ def promote(run: RunOption, home: HomeOption = None) -> None:
     """Evaluate a trained adapter, register it as a version, and make it champion if it wins."""
     from wikitune.deployments.locks import PromotionsLockMissing
     from wikitune.flows.retrain import promote_candidate
+    from wikitune.tasks.snapshots import SnapshotUnavailable
     from wikitune.tasks.train import TrainingFailed
 
     settings = load_settings(home)
     promotion = _run_flow(
         promote_candidate,
-        (LookupError, ValueError, TrainingFailed, PromotionsLockMissing),
+        (LookupError, ValueError, TrainingFailed, SnapshotUnavailable, PromotionsLockMissing),
         run_id=run,
         home=str(settings.home),
     )
@@ -999,6 +1013,7 @@ def demo(
     from wikitune.flows.phases import PHASES
     from wikitune.localwiki import mediawiki_installed
     from wikitune.tasks.promotion import Promotion
+    from wikitune.tasks.snapshots import SnapshotUnavailable
     from wikitune.tasks.train import TrainingFailed
 
     if not mediawiki_installed():
@@ -1024,7 +1039,7 @@ def demo(
 
     outcome = _run_reported(
         run_demo,
-        (*_wiki_errors(), TrainingFailed, LookupError, OSError),
+        (*_wiki_errors(), TrainingFailed, SnapshotUnavailable, LookupError, OSError),
         home=settings.home,
         report=report,
         explain=explain,
