@@ -248,6 +248,17 @@ def _training_progress(source: str, tracking_uri: str, ui_url: str | None) -> An
                 description=f"{line}; {self.run}",
             )
 
+        def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            # Early stopping ends a training before its last step: it is done all the same.
+            total = max(state.max_steps, 1)
+            early = f", stopped early of {total}" if state.global_step < total else ""
+            loss = f", loss {self.loss:.4f}" if self.loss is not None else ""
+            line = f"trained {state.global_step} steps{early}{loss}"
+            logger.info("training: %s", line)
+            update_progress_artifact(
+                self.artifact, progress=100.0, description=f"{line}; {self.run}"
+            )
+
     return PrefectProgress()
 
 
