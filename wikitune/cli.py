@@ -1000,7 +1000,7 @@ def demo(
     base_model: Annotated[
         str,
         typer.Option(
-            help="smollm2-135m-instruct (a real instruct model, about 18 minutes on 2 cores),"
+            help="smollm2-135m-instruct (a real instruct model, about 15 minutes on 2 cores),"
             " toy (a tiny model built from the wiki, a few minutes), or any other base."
         ),
     ] = "smollm2-135m-instruct",
