@@ -226,3 +226,10 @@ def test_a_run_trained_elsewhere_finds_its_base_here_by_spec_and_digest(tmp_path
         basemodel.base_of_run(facts, tmp_path / "models")
     with pytest.raises(basemodel.BaseModelError, match="records no other way"):
         basemodel.base_of_run({"base_model": elsewhere}, tmp_path / "models")
+
+
+def test_a_retrain_is_due_at_the_threshold() -> None:
+    from wikitune.tasks.plan import retrain_due
+
+    assert retrain_due(120, 120) and retrain_due(121, 120)
+    assert not retrain_due(119, 120)

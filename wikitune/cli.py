@@ -803,6 +803,7 @@ def status(
     from dataclasses import asdict
 
     from wikitune.storage import Store
+    from wikitune.tasks.plan import retrain_due
     from wikitune.tasks.qa import count_by_reason
 
     settings = load_settings(home)
@@ -833,7 +834,7 @@ def status(
                         "changed_since_champion": changed,
                         "changed_since_last_retrain": store.pairs_changed_since(source, trained),
                         "retrain_threshold": settings.retrain_threshold,
-                        "retrain_due": changed >= settings.retrain_threshold,
+                        "retrain_due": retrain_due(changed, settings.retrain_threshold),
                         "latest_snapshot": latest.id if latest else None,
                         "champion_snapshot": champion.id if champion else None,
                         "last_trained_snapshot": trained.id if trained else None,

@@ -14,6 +14,7 @@ from wikitune.flows.naming import artifact_key, counts_table, name_run_after, ru
 from wikitune.flows.runtime import markdown_artifact, run_logger, step
 from wikitune.storage import Store, ValueRejection
 from wikitune.tasks import dataset, qa
+from wikitune.tasks import plan as plans
 
 __all__ = ["BuildSummary", "SnapshotSummary", "build", "snapshot"]
 
@@ -37,7 +38,7 @@ class BuildSummary(BaseModel):
 
     @property
     def retrain_due(self) -> bool:
-        return self.changed_since_champion >= self.threshold
+        return plans.retrain_due(self.changed_since_champion, self.threshold)
 
     @property
     def changed(self) -> bool:

@@ -1,5 +1,6 @@
-"""What a retrain covers: the whole snapshot or, on the champion's adapter, a delta (the rows
-fresh to it, a replay of stable ones and general rows), why, and the rows that follow."""
+"""When a retrain is due, and what it covers: the whole snapshot or, on the champion's adapter,
+a delta (the rows fresh to it, a replay of stable ones and general rows), why, and the rows
+that follow."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from wikitune.tasks.snapshots import SnapshotManifest
 if TYPE_CHECKING:
     from datasets import Dataset
 
-__all__ = ["TrainingPlan", "plan_training", "training_rows"]
+__all__ = ["TrainingPlan", "plan_training", "retrain_due", "training_rows"]
+
+
+def retrain_due(changed_since_champion: int, threshold: int) -> bool:
+    """Whether enough QA pairs were added or changed since the champion's snapshot to retrain:
+    the one rule the build, the cycle, the poll and ``wikitune status`` go by."""
+    return changed_since_champion >= threshold
 
 
 class TrainingPlan(BaseModel):
