@@ -237,6 +237,14 @@ def _wiki_errors() -> tuple[type[Exception], ...]:
     return (LoginFailed, RequestFailed, ApiError, ValueError)
 
 
+def _training_errors() -> tuple[type[Exception], ...]:
+    """Errors of a training or an evaluation whose message says everything: one line."""
+    from wikitune.tasks.snapshots import SnapshotUnavailable
+    from wikitune.tasks.train import TrainingFailed
+
+    return (TrainingFailed, SnapshotUnavailable)
+
+
 @app.command()
 def sync(
     api_url: ApiUrlOption = None,
@@ -398,8 +406,6 @@ def run(
     evaluate and promote. The source options are needed on the first run only."""
     from wikitune.blocks.recipe import TrainingRecipe
     from wikitune.flows.pipeline import RetrainDeploymentFailed, pipeline
-    from wikitune.tasks.snapshots import SnapshotUnavailable
-    from wikitune.tasks.train import TrainingFailed
 
     settings = load_settings(home)
     source = _wiki_source(
@@ -413,14 +419,7 @@ def run(
         _need_prefect_server("--retrain-deployment", "has the deployment")
     summary = _run_flow(
         pipeline,
-        (
-            *_wiki_errors(),
-            TrainingFailed,
-            SnapshotUnavailable,
-            LookupError,
-            OSError,
-            RetrainDeploymentFailed,
-        ),
+        (*_wiki_errors(), *_training_errors(), LookupError, OSError, RetrainDeploymentFailed),
         source=source,
         retrain_when="always" if force else when.value,
         base_model=base_model,
@@ -497,8 +496,6 @@ def train(
     from wikitune.blocks.recipe import TrainingRecipe
     from wikitune.flows.retrain import retrain
     from wikitune.storage import Store
-    from wikitune.tasks.snapshots import SnapshotUnavailable
-    from wikitune.tasks.train import TrainingFailed
 
     settings = load_settings(home)
     if recipe_block:
@@ -509,7 +506,7 @@ def train(
         raise _fail(f"no training recipe block {recipe_block!r}: {error}") from None
     result = _run_flow(
         retrain,
-        (TrainingFailed, SnapshotUnavailable, ValueError, OSError),
+        (*_training_errors(), ValueError, OSError),
         snapshot=snapshot,
         base_model=base_model,
         recipe=chosen,
@@ -537,12 +534,11 @@ def evaluate(run: RunOption, home: HomeOption = None) -> None:
     """Score a trained adapter against the champion (or the bare base) and print the decision;
     the registry is not changed."""
     from wikitune.flows.retrain import evaluate_candidate
-    from wikitune.tasks.snapshots import SnapshotUnavailable
 
     settings = load_settings(home)
     evaluation = _run_flow(
         evaluate_candidate,
-        (LookupError, ValueError, SnapshotUnavailable),
+        (LookupError, ValueError, *_training_errors()),
         run_id=run,
         home=str(settings.home),
     )
@@ -554,13 +550,11 @@ def promote(run: RunOption, home: HomeOption = None) -> None:
     """Evaluate a trained adapter, register it as a version, and make it champion if it wins."""
     from wikitune.deployments.locks import PromotionsLockMissing
     from wikitune.flows.retrain import promote_candidate
-    from wikitune.tasks.snapshots import SnapshotUnavailable
-    from wikitune.tasks.train import TrainingFailed
 
     settings = load_settings(home)
     promotion = _run_flow(
         promote_candidate,
-        (LookupError, ValueError, TrainingFailed, SnapshotUnavailable, PromotionsLockMissing),
+        (LookupError, ValueError, *_training_errors(), PromotionsLockMissing),
         run_id=run,
         home=str(settings.home),
     )
@@ -1014,8 +1008,6 @@ def demo(
     from wikitune.flows.phases import PHASES
     from wikitune.localwiki import mediawiki_installed
     from wikitune.tasks.promotion import Promotion
-    from wikitune.tasks.snapshots import SnapshotUnavailable
-    from wikitune.tasks.train import TrainingFailed
 
     if not mediawiki_installed():
         raise _fail("the demo needs Debian's mediawiki and php-cli packages: run scripts/setup.sh")
@@ -1040,7 +1032,7 @@ def demo(
 
     outcome = _run_reported(
         run_demo,
-        (*_wiki_errors(), TrainingFailed, SnapshotUnavailable, LookupError, OSError),
+        (*_wiki_errors(), *_training_errors(), LookupError, OSError),
         home=settings.home,
         report=report,
         explain=explain,

@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wikitune.config import is_tracking_server
-from wikitune.mlflow.registry import RegistryLock, file_lock
+
+if TYPE_CHECKING:
+    from wikitune.mlflow.registry import RegistryLock
 
 __all__ = [
     "LEASE_SECONDS",
@@ -63,6 +66,8 @@ def promotions_lock(tracking_uri: str, home_lock: Path) -> RegistryLock:
     file) for a local registry, the Prefect server's ``wikitune-promotions`` limit for a
     tracking server. Strict: a shared registry without a reachable limit fails the move."""
     if not is_tracking_server(tracking_uri):
+        from wikitune.mlflow.registry import file_lock
+
         return file_lock(home_lock)
     from prefect.settings import PREFECT_API_URL
 

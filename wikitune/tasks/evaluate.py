@@ -65,9 +65,10 @@ def _snapshot_location(
     from wikitune.mlflow import exchange
 
     location = params["snapshot_location"]
-    if "://" in location or Path(location).is_dir():
-        return location
-    published = exchange.published_snapshot(tracking_uri, source, params["snapshot_id"])
+    try:
+        return snapshots.resolve_snapshot(location, snapshots_dir, tracking_uri)
+    except snapshots.SnapshotUnavailable:
+        published = exchange.published_snapshot(tracking_uri, source, params["snapshot_id"])
     if published is None:
         raise snapshots.SnapshotUnavailable(
             f"snapshot {params['snapshot_id']} is at {location} on the machine that trained on"
@@ -95,14 +96,8 @@ def _remembered_probe_answers(
         tokenizer,
         [row["messages"] for row in probes],
         max_new_tokens=PROBE_TOKENS,
-        generate=lambda prompts: models.generate_answers(
-            model,
-            tokenizer,
-            prompts,
-            batch_size=batch_size,
-            max_new_tokens=PROBE_TOKENS,
-            description=f"{name or adapter}: general probes",
-            adapters=[adapter] * len(prompts),
+        generate=lambda prompts: probe_answers(
+            name or adapter, model, tokenizer, prompts, batch_size=batch_size, adapter=adapter
         ),
     )
 
@@ -155,14 +150,16 @@ def evaluate_run(
     probes = [row for row in probes if row["lang"] in languages] or probes
     # Both models answer in the weights' own dtype, whatever precision the candidate trained
     # in: the server answers that way, and bf16 answers change with what shares their batch.
-    log.info("evaluating %s, answering in %s", run_id, models.answer_precision(base))
+    precision = models.answer_precision(base)
+    log.info("evaluating %s, answering in %s", run_id, precision)
     base_digest = params.get("base_model_digest", "")
+    cache_key = base_digest if precision == "fp32" else f"{base_digest}+{precision}"
     base_answers = None
     if probes:
         with model.disable_adapter():
             base_answers = basecache.base_answers(
                 workdir.parent / "base-probe-answers",
-                base_digest,
+                cache_key,
                 tokenizer,
                 [row["messages"] for row in probes],
                 max_new_tokens=PROBE_TOKENS,
@@ -175,7 +172,7 @@ def evaluate_run(
         with model.disable_adapter():
             base_general_loss = basecache.once_per_base(
                 workdir.parent / "base-general-loss",
-                base_digest,
+                cache_key,
                 tokenizer,
                 general,
                 lambda: assistant_loss(
@@ -206,16 +203,14 @@ def evaluate_run(
         general_rows=general,
         probe_rows=probes,
         base_probe_answers=base_answers,
+        known_probe_answers=known,
         base_general_loss=base_general_loss,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
     )
     if current is None:
         candidate_scores, champion_scores = score(
-            {"candidate": "candidate", "base": models.BARE_BASE},
-            model,
-            tokenizer,
-            known_probe_answers=known,
+            {"candidate": "candidate", "base": models.BARE_BASE}, model, tokenizer
         )
     else:
         name = registry.registered_model_name(source)
@@ -229,16 +224,11 @@ def evaluate_run(
             if base_answers is not None and current.run_id:
                 known[champion_name] = remembered(current.run_id, "champion", champion_name)
             candidate_scores, champion_scores = score(
-                {"candidate": "candidate", champion_name: "champion"},
-                model,
-                tokenizer,
-                known_probe_answers=known,
+                {"candidate": "candidate", champion_name: "champion"}, model, tokenizer
             )
         else:
             # A champion on another base answers with its own base, tokenizer and template.
-            (candidate_scores,) = score(
-                {"candidate": None}, model, tokenizer, known_probe_answers=known
-            )
+            (candidate_scores,) = score({"candidate": None}, model, tokenizer)
             other = models.load_base_model(
                 basemodel.base_of_run(facts, models_dir), device=device, quantize=quantize
             )

@@ -472,9 +472,10 @@ def probe_answers(
     probes: Sequence[list[dict[str, str]]],
     *,
     batch_size: int = 32,
+    adapter: str | None = None,
 ) -> list[str]:
     """Greedy answers to the general probes' conversations (their reference answers are not
-    shown)."""
+    shown), by ``model`` as it is or by its PEFT adapter ``adapter``."""
     return models.generate_answers(
         model,
         tokenizer,
@@ -482,6 +483,7 @@ def probe_answers(
         batch_size=batch_size,
         max_new_tokens=PROBE_TOKENS,
         description=f"{name}: general probes",
+        adapters=None if adapter is None else [adapter] * len(probes),
     )
 
 
