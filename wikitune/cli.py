@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from wikitune.config import load_settings
@@ -1040,10 +1041,11 @@ def demo(
     )
     if outcome.question:
         console.print(
-            f"[bold]held-out question about the edit:[/] {outcome.question}\n"
-            f"  champion: {outcome.answer}\n  wiki now:  {outcome.expected}\n"
+            f"[bold]held-out question about the edit:[/] {escape(outcome.question)}\n"
+            f"  champion: {escape(outcome.answer)}\n  wiki now:  {escape(outcome.expected)}\n"
             f"  (asked through the OpenAI-compatible API at {outcome.served_by})",
             highlight=False,
+            soft_wrap=True,  # a long answer stays one line, as `wikitune ask` prints it
         )
     table = Table(title="seconds per phase")
     table.add_column("phase")
