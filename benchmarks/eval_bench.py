@@ -1,7 +1,10 @@
 """Evaluation speed: questions per second of batched greedy answering against one question at a
-time, on the same model and questions, as a ratio in one run.
+time, on the same model and questions, as a ratio in one run; with ``--probes``, the packaged
+SmolLM2 answering the shipped general probes (32 tokens each, as the evaluation does) in batches
+of 32 rows against batches of 64.
 
     .venv/bin/python benchmarks/eval_bench.py [--questions 64] [--batch-size 16] [--size tiny]
+    .venv/bin/python benchmarks/eval_bench.py --probes
 """
 
 from __future__ import annotations
@@ -14,8 +17,34 @@ from pathlib import Path
 
 from train_bench import make_data  # the same synthetic snapshot as the training benchmark
 
+from wikitune.config import load_settings
+from wikitune.tasks import basemodel
 from wikitune.tasks import model as models
-from wikitune.tasks.dataset import load_general, split_general
+from wikitune.tasks.dataset import load_general, load_general_probes, split_general
+from wikitune.tasks.scoring import PROBE_TOKENS
+
+
+def probes() -> None:
+    """The packaged SmolLM2's probe answers in batches of 32 rows, then of 64, in one process."""
+    base = basemodel.resolve_base_model("smollm2-135m-instruct", load_settings().models_dir)
+    model = models.load_base_model(base.path, device="cpu", quantize=False)
+    tokenizer = models.load_tokenizer(base.path)
+    conversations = [row["messages"] for row in load_general_probes()]
+    models.generate_answers(model, tokenizer, conversations[:4], max_new_tokens=4)  # warm-up
+    seconds, answers = {}, {}
+    for batch_size in (32, 64):
+        started = time.perf_counter()
+        answers[batch_size] = models.generate_answers(
+            model, tokenizer, conversations, batch_size=batch_size, max_new_tokens=PROBE_TOKENS
+        )
+        seconds[batch_size] = time.perf_counter() - started
+    same = sum(a == b for a, b in zip(answers[32], answers[64], strict=True))
+    precision = models.answer_precision(model)
+    print(f"{len(conversations)} general probes, SmolLM2-135M-Instruct in {precision}")
+    for batch_size, took in seconds.items():
+        print(f"batches of {batch_size}: {took:.1f} s")
+    ratio = seconds[32] / seconds[64]
+    print(f"ratio 64/32 rows a batch: {ratio:.2f}x; same answers {same}/{len(conversations)}")
 
 
 def main() -> None:
@@ -23,7 +52,11 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--size", default="tiny", choices=sorted(models.MODEL_SIZES))
+    parser.add_argument("--probes", action="store_true", help="time SmolLM2's probe batches")
     args = parser.parse_args()
+    if args.probes:
+        probes()
+        return
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         snapshot = Path(make_data(tmp, 40))

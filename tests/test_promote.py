@@ -162,6 +162,9 @@ def test_promote_reject_rollback_and_ask(
         first_metrics["candidate_general_agreement"], abs=one_probe
     )
     assert cached.stat().st_mtime_ns == cached_at  # the base's answers came from the cache
+    # Version 1's general loss was kept when it was the candidate, per training run.
+    assert len(list((home / "runs" / "evaluations" / "adapter-general-loss").glob("*"))) == 2
+    assert second["champion_general_loss"] == first_metrics["candidate_general_loss"]
     # The gate's reference is the bare base's general loss, kept once per base and eval set.
     (loss_file,) = (home / "runs" / "evaluations" / "base-general-loss").glob("*.json")
     base_loss = client.get_run(damaged.run_id).data.metrics["base_general_loss"]

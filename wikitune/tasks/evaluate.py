@@ -17,6 +17,7 @@ from wikitune.tasks.decision import Decision, Margins, decide
 from wikitune.tasks.scoring import (
     PROBE_TOKENS,
     answer_table,
+    as_adapter,
     assistant_loss,
     probe_answers,
     score_models,
@@ -102,6 +103,35 @@ def _remembered_probe_answers(
     )
 
 
+def _remembered_general_loss(
+    cache_dir: Path,
+    run_id: str,
+    adapter: str,
+    name: str | None = None,
+    *,
+    model: Any,
+    tokenizer: Any,
+    general: Sequence[dict[str, Any]],
+    batch_size: int,
+) -> float:
+    """The loss of ``adapter`` (of ``model``), trained by run ``run_id``, on the general eval
+    rows: computed once per run, computing precision and rows, and kept in ``cache_dir``."""
+
+    def compute() -> float:
+        with as_adapter(model, adapter):
+            return assistant_loss(
+                model,
+                tokenizer,
+                [row["messages"] for row in general],
+                batch_size=batch_size,
+                description=f"{name or adapter}: general loss",
+            )
+
+    return basecache.once_per_base(
+        cache_dir, f"run:{run_id}+{models.answer_precision(model)}", tokenizer, general, compute
+    )
+
+
 def evaluate_run(
     run_id: str,
     *,
@@ -110,6 +140,7 @@ def evaluate_run(
     margins: Margins,
     device: str | None = None,
     batch_size: int = 32,
+    answer_batch_size: int = 64,
     max_new_tokens: int = 64,
     ui_url: str | None = None,
     snapshots_dir: Path | None = None,
@@ -164,7 +195,7 @@ def evaluate_run(
                 [row["messages"] for row in probes],
                 max_new_tokens=PROBE_TOKENS,
                 generate=lambda prompts: probe_answers(
-                    "base", model, tokenizer, prompts, batch_size=batch_size
+                    "base", model, tokenizer, prompts, batch_size=answer_batch_size
                 ),
             )
     base_general_loss = None
@@ -183,17 +214,26 @@ def evaluate_run(
                     description="base: general loss",
                 ),
             )
-    # An adapter's probe answers are kept per training run: a champion's were worked out when
-    # it was the candidate.
+    # An adapter's probe answers and general loss are kept per training run: a champion's were
+    # worked out when it was the candidate.
     remembered = partial(
         _remembered_probe_answers,
         workdir.parent / "adapter-probe-answers",
         model=model,
         tokenizer=tokenizer,
         probes=probes,
+        batch_size=answer_batch_size,
+    )
+    remembered_loss = partial(
+        _remembered_general_loss,
+        workdir.parent / "adapter-general-loss",
+        model=model,
+        tokenizer=tokenizer,
+        general=general,
         batch_size=batch_size,
     )
     known = {"candidate": remembered(run_id, "candidate")} if base_answers is not None else {}
+    known_losses = {"candidate": remembered_loss(run_id, "candidate")} if general else {}
     # Both models answer the same questions with the same settings; where they share the
     # base, in the same batches (the champion as a second adapter of the loaded base).
     eval_rows = list(data.splits["eval"])
@@ -204,8 +244,10 @@ def evaluate_run(
         probe_rows=probes,
         base_probe_answers=base_answers,
         known_probe_answers=known,
+        known_general_losses=known_losses,
         base_general_loss=base_general_loss,
         batch_size=batch_size,
+        answer_batch_size=answer_batch_size,
         max_new_tokens=max_new_tokens,
     )
     if current is None:
@@ -223,6 +265,10 @@ def evaluate_run(
             model.load_adapter(held.adapter_dir, adapter_name="champion")
             if base_answers is not None and current.run_id:
                 known[champion_name] = remembered(current.run_id, "champion", champion_name)
+            if general and current.run_id:
+                known_losses[champion_name] = remembered_loss(
+                    current.run_id, "champion", champion_name
+                )
             candidate_scores, champion_scores = score(
                 {"candidate": "candidate", champion_name: "champion"}, model, tokenizer
             )

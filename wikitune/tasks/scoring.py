@@ -497,8 +497,10 @@ def score_models(
     probe_rows: Sequence[dict[str, Any]] = (),
     base_probe_answers: Sequence[str] | None = None,
     known_probe_answers: Mapping[str, Sequence[str]] | None = None,
+    known_general_losses: Mapping[str, float] | None = None,
     base_general_loss: float | None = None,
     batch_size: int = 32,
+    answer_batch_size: int = 64,
     max_new_tokens: int = 64,
 ) -> list[ModelScores]:
     """Scores of each entrant (a name, and the PEFT adapter of ``model`` it is: ``BARE_BASE``
@@ -508,8 +510,10 @@ def score_models(
     ``max_new_tokens``): a longer one cannot match, and a rambling model would otherwise cost
     the whole budget on every question. With the bare base's answers to ``probe_rows``, the
     share an entrant answers alike is its general agreement; the bare base's own probe answers
-    and ``base_general_loss``, and ``known_probe_answers`` (by entrant name), when given, are not
-    computed again."""
+    and ``base_general_loss``, and ``known_probe_answers`` and ``known_general_losses`` (by
+    entrant name), when given, are not computed again. Losses take ``batch_size`` rows at a time,
+    answers ``answer_batch_size`` (all entrants together): generation pays per step, so wider
+    batches of short answers cost less per row."""
     if None in entrants.values() and len(entrants) > 1:
         raise ValueError("entrants without an adapter name cannot share batches")
     names = list(entrants)
@@ -524,7 +528,7 @@ def score_models(
         tokenizer,
         conversations,
         adapters,
-        batch_size=batch_size,
+        batch_size=answer_batch_size,
         max_new_tokens=min(max_new_tokens, longest + 8),
         description=f"{' and '.join(names)}: answering eval questions",
     )
@@ -541,7 +545,7 @@ def score_models(
             tokenizer,
             [row["messages"] for row in probe_rows],
             [adapters[i] for i in asked],
-            batch_size=batch_size,
+            batch_size=answer_batch_size,
             max_new_tokens=PROBE_TOKENS,
             description=f"{' and '.join(names[i] for i in asked)}: general probes",
         )
@@ -571,7 +575,11 @@ def score_models(
             general_rows,
             probe_answers=probe_sets[i],
             probe_key=key,
-            base_general_loss=base_general_loss,
+            general_loss=(
+                base_general_loss
+                if adapter == models.BARE_BASE
+                else (known_general_losses or {}).get(name)
+            ),
             batch_size=batch_size,
         )
         for i, (name, adapter) in enumerate(zip(names, adapters, strict=True))
@@ -589,14 +597,14 @@ def _answer_each(
     description: str,
 ) -> list[list[str]]:
     """Each adapter's greedy answers to ``conversations``: one pass with them all in the same
-    batches (or ``model`` as it is, for a single ``None``)."""
+    batches of ``batch_size`` rows (or ``model`` as it is, for a single ``None``)."""
     if not adapters:
         return []
     answers = models.generate_answers(
         model,
         tokenizer,
         [conv for _ in adapters for conv in conversations],
-        batch_size=batch_size * len(adapters),
+        batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         description=description,
         adapters=(
@@ -610,7 +618,7 @@ def _answer_each(
 
 
 @contextmanager
-def _as_adapter(model: Any, adapter: str | None) -> Iterator[None]:
+def as_adapter(model: Any, adapter: str | None) -> Iterator[None]:
     """``model`` computing as ``adapter`` (``BARE_BASE``: with its adapters disabled)."""
     if adapter is None:
         yield
@@ -633,10 +641,11 @@ def _scores(
     *,
     probe_answers: list[str] | None,
     probe_key: _ProbeKey | None,
-    base_general_loss: float | None,
+    general_loss: float | None,
     batch_size: int,
 ) -> ModelScores:
-    """One entrant's numbers from its answers, with its losses computed here."""
+    """One entrant's numbers from its answers, with its losses computed here (its general loss
+    when not given)."""
     conversations = [row["messages"] for row in eval_rows]
     references = [conv[-1]["content"] for conv in conversations]
     em = [exact_match(a, r) for a, r in zip(answers, references, strict=True)]
@@ -664,14 +673,13 @@ def _scores(
         leakage = wiki_leakage(probe_answers, base, probe_key.markers)
         probes, retention_probes = len(probe_answers), probe_key.base_right
     general = [row["messages"] for row in general_rows]
-    with _as_adapter(model, adapter):
+    with as_adapter(model, adapter):
         wiki_loss = assistant_loss(
             model, tokenizer, conversations, batch_size=batch_size, description=f"{name}: wiki loss"
         )
-        general_loss = None
-        if general and adapter == models.BARE_BASE and base_general_loss is not None:
-            general_loss = base_general_loss
-        elif general:
+        if not general:
+            general_loss = None
+        elif general_loss is None:
             general_loss = assistant_loss(
                 model,
                 tokenizer,
