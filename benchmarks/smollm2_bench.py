@@ -35,8 +35,8 @@ ARMS = {"lora": ("lora", "fp32"), "lora-bf16": ("lora", "bf16"), "qlora-nf4": ("
 def child(arm: str, base: str, snapshot: str, steps: int, out: Path) -> None:
     """Train ``steps`` steps of ``arm``; write real tokens per second to ``out``."""
     method, precision = ARMS[arm]
-    recipe = TrainingRecipe.from_file("smollm2-135m-cpu").model_copy(
-        update={"max_steps": steps, "logging_steps": steps}
+    recipe = TrainingRecipe.from_file("smollm2-135m-cpu").replace(
+        max_steps=steps, logging_steps=steps
     )
     data = snapshots.read_snapshot(snapshot)
     tokenizer = models.load_tokenizer(base)

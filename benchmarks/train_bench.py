@@ -60,7 +60,7 @@ def run(
     )
     real = total = 0
     for step, batch in enumerate(trainer.get_train_dataloader()):
-        if step == recipe.max_steps:
+        if step == recipe.sft["max_steps"]:
             break
         total += batch["input_ids"].numel()
         mask = batch.get("attention_mask")

@@ -129,3 +129,53 @@ def test_the_default_recipe_follows_the_resolved_base_and_the_device(tmp_path: P
     assert "trains on a CPU" in recipe_origin(str(other), None, "cpu")
     assert default_recipe("Qwen/Qwen2.5-7B-Instruct", "cuda") == TrainingRecipe()
     assert "7B model on one GPU" in recipe_origin("Qwen/Qwen2.5-7B-Instruct", None, "cuda")
+
+
+@pytest.mark.unit
+def test_a_recipes_sft_and_lora_sections_go_to_trl_and_peft_and_are_checked_by_them(
+    tmp_path: Path,
+) -> None:
+    """A recipe's ``sft:`` and ``lora:`` sections reach SFTConfig and LoraConfig as they are,
+    over wikitune's defaults; those classes reject what they do not know, naming the file; what
+    wikitune sets itself is refused; the flat names of older recipes are still read."""
+    from wikitune.blocks.recipe import TrainingRecipe, packaged_recipes
+    from wikitune.tasks import train as training
+
+    for name in packaged_recipes():
+        TrainingRecipe.from_file(name).check(name)
+    path = tmp_path / "recipe.yaml"
+    path.write_text("lora:\n  r: 4\n  use_rslora: true\nsft:\n  max_grad_norm: 0.5\n")
+    recipe = TrainingRecipe.from_file(path)
+    config = training._sft_config(recipe, "cpu", tmp_path / "out", {"wiki": []}, "packed")
+    assert config.max_grad_norm == 0.5 and config.learning_rate == 2e-4  # a default kept
+    assert config.save_steps == config.eval_steps == 50
+    peft_model = training.prepare_model(
+        str(_tiny_base(tmp_path)), recipe, method="lora", device="cpu", init_adapter=None
+    )
+    lora = peft_model.peft_config["default"]
+    assert lora.r == 4 and lora.use_rslora and lora.lora_alpha == 32
+    assert recipe.params()["lora_r"] == 4 and recipe.params()["max_grad_norm"] == 0.5
+
+    path.write_text("sft:\n  learning_rat: 0.1\n")
+    with pytest.raises(ValueError, match=r"recipe\.yaml: sft: .*'learning_rat'"):
+        TrainingRecipe.from_file(path)
+    path.write_text("lora:\n  rank: 4\n")
+    with pytest.raises(ValueError, match=r"recipe\.yaml: lora: .*'rank'"):
+        TrainingRecipe.from_file(path)
+    path.write_text("sft:\n  bf16: true\n")
+    with pytest.raises(ValueError, match="sft: bf16 is set by wikitune"):
+        TrainingRecipe.from_file(path)
+    path.write_text("lora_r: 8\nnum_train_epochs: 1\nwarmup_ratio: 0.1\n")
+    old = TrainingRecipe.from_file(path)
+    assert old.lora["r"] == 8 and old.sft["num_train_epochs"] == 1
+    assert old.sft["warmup_steps"] == 0.1
+    assert old.replace(max_steps=3).sft["max_steps"] == 3
+    assert TrainingRecipe(delta_num_train_epochs=1).for_scope("delta").sft["num_train_epochs"] == 1
+
+
+def _tiny_base(tmp_path: Path) -> Path:
+    """A tiny model built here, untrained: enough to put an adapter on."""
+    from wikitune.tasks.dataset import load_general
+
+    texts = [m["content"] for row in load_general()[:20] for m in row["messages"]]
+    return models.make_base_model(tmp_path / "base", texts, size="tiny", pretrain_steps=0)

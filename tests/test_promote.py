@@ -764,8 +764,8 @@ def test_a_champion_on_another_base_is_not_warm_started(
     assert first.promotion is not None and first.promotion.champion_version == "1"
     assert first.warm_start == "the bare base model (no champion yet)"
 
-    recipe = TrainingRecipe.from_file("smollm2-135m-cpu").model_copy(
-        update={"max_steps": 3, "eval_steps": 3, "sample_generations": 2}
+    recipe = TrainingRecipe.from_file("smollm2-135m-cpu").replace(
+        max_steps=3, eval_steps=3, sample_generations=2
     )
     other = retrain(
         snapshot=world["snapshot"].path,

@@ -262,7 +262,7 @@ def test_self_distilled_general_rows_train_on_the_bases_own_answers(
 
     # Another recipe on the same base reads the kept answers instead of generating them.
     monkeypatch.setattr(models, "generate_answers", None)
-    _train_on_world(world, tmp_path, recipe.model_copy(update={"seed": 7, "sample_generations": 0}))
+    _train_on_world(world, tmp_path, recipe.replace(seed=7, sample_generations=0))
 
 
 def test_the_distillation_term_keeps_the_general_rows_near_the_base(

@@ -104,18 +104,18 @@ TOY_MARGINS = {"WIKITUNE_PROMOTE_MIN_RETENTION": "0", "WIKITUNE_PROMOTE_MAX_LEAK
 TOY_RECIPE = {
     # The plumbing tests' numbers were measured in fp32; bf16 is measured on SmolLM2 first.
     "precision": "fp32",
-    "num_train_epochs": 12,
-    "learning_rate": 0.005,
-    "lora_r": 32,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "max_length": 128,
-    "per_device_train_batch_size": 2,
-    "per_device_eval_batch_size": 16,
-    "gradient_accumulation_steps": 1,
-    "eval_steps": 200,
-    "logging_steps": 50,
     "sample_generations": 8,
+    "lora": {"r": 32, "lora_alpha": 32, "lora_dropout": 0.0},
+    "sft": {
+        "num_train_epochs": 12,
+        "learning_rate": 0.005,
+        "max_length": 128,
+        "per_device_train_batch_size": 2,
+        "per_device_eval_batch_size": 16,
+        "gradient_accumulation_steps": 1,
+        "eval_steps": 200,
+        "logging_steps": 50,
+    },
 }
 EDITED = ("星野灯", "agency", "晨星社二期")  # the fact the demo's edit changes
 

@@ -1,6 +1,7 @@
-"""The training recipe as a Prefect Block: LoRA shape, optimiser and schedule, batching, and
-where training starts from. Defaults suit a 7B model on one 24–32 GB GPU; loaded from a YAML or
-JSON file with ``TrainingRecipe.from_file`` or from a saved block with ``TrainingRecipe.load``."""
+"""The training recipe as a Prefect Block: wikitune's own choices, and the ``sft:`` and ``lora:``
+sections that go as they are to TRL's ``SFTConfig`` and PEFT's ``LoraConfig``. Defaults suit a
+7B model on one 24–32 GB GPU; loaded from a YAML or JSON file with ``TrainingRecipe.from_file``
+or from a saved block with ``TrainingRecipe.load``."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from typing import Any, Literal
 
 import yaml
 from prefect.blocks.core import Block
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 __all__ = [
     "CPU_RECIPE",
+    "LORA_DEFAULTS",
+    "SFT_DEFAULTS",
     "TrainingRecipe",
     "chosen_recipe",
     "default_recipe",
@@ -38,12 +41,69 @@ def packaged_recipes() -> list[str]:
     )
 
 
+SFT_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4,
+    "lr_scheduler_type": "cosine",
+    # transformers 5 has no warmup_ratio: a warmup_steps below 1 is the share of all steps.
+    "warmup_steps": 0.03,
+    "weight_decay": 0.0,
+    "num_train_epochs": 3.0,
+    "max_steps": -1,
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 8,
+    "gradient_accumulation_steps": 4,
+    "max_length": 1024,
+    "seed": 42,
+    "eval_steps": 50,
+    "logging_steps": 10,
+    "save_total_limit": 2,
+}
+"""The ``sft:`` section's defaults (7B on one GPU); a recipe's own keys override them."""
+
+LORA_DEFAULTS: dict[str, Any] = {
+    "r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "target_modules": "all-linear",
+}
+"""The ``lora:`` section's defaults."""
+
+# What wikitune decides itself: the device and precision, how rows are batched and their loss
+# masked, when it evaluates and saves (with its eval sets and early stopping), where it writes.
+SFT_SET_BY_WIKITUNE = frozenset(
+    {
+        *("output_dir", "use_cpu", "bf16", "fp16", "packing", "padding_free"),
+        *("pad_to_multiple_of", "packing_strategy", "assistant_only_loss"),
+        *("completion_only_loss", "eval_strategy", "save_strategy", "save_steps"),
+        *("load_best_model_at_end", "metric_for_best_model", "greater_is_better"),
+        *("report_to", "data_seed", "disable_tqdm", "dataloader_num_workers"),
+    }
+)
+LORA_SET_BY_WIKITUNE = frozenset({"task_type"})
+
+# Recipes before the sft:/lora: sections named these at the top level; they are still read.
+_FLAT_NAMES: dict[str, tuple[str, str]] = {
+    "lora_r": ("lora", "r"),
+    "lora_alpha": ("lora", "lora_alpha"),
+    "lora_dropout": ("lora", "lora_dropout"),
+    "target_modules": ("lora", "target_modules"),
+    "warmup_ratio": ("sft", "warmup_steps"),
+    **{name: ("sft", name) for name in (*SFT_DEFAULTS, "gradient_checkpointing")},
+}
+
+
 class TrainingRecipe(Block):
-    """How to train an adapter on a snapshot.
+    """How to train an adapter on a snapshot: wikitune's own choices (quantization, precision,
+    where training starts, full or delta retrains, the general replay, the checkpoint kept),
+    and two sections passed as they are to the libraries that train: ``sft:`` to TRL's
+    ``SFTConfig`` and ``lora:`` to PEFT's ``LoraConfig`` (alignment-handbook's way), each over
+    wikitune's defaults and validated by that class.
 
     Examples:
-        >>> recipe = TrainingRecipe(lora_r=8, num_train_epochs=1)
+        >>> recipe = TrainingRecipe(lora={"r": 8}, sft={"num_train_epochs": 1})
         >>> recipe = TrainingRecipe.from_file("recipe.yaml")
+        >>> recipe.replace(max_steps=10).sft["max_steps"]
+        10
     """
 
     _block_type_name = "wikitune training recipe"
@@ -60,27 +120,18 @@ class TrainingRecipe(Block):
         " bf16, or a CPU with AVX512-BF16 or AMX), fp32 elsewhere (on CUDA without bf16: fp16);"
         " bf16 or fp32 force it. The adapter's master weights stay fp32 on CPU either way.",
     )
-    lora_r: int = Field(default=16, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(default=32, ge=1, description="LoRA alpha (scale = alpha / r).")
-    lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        default="all-linear",
-        description="Modules that get LoRA: a list of names or all-linear.",
+    sft: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of TRL's SFTConfig (learning_rate, num_train_epochs,"
+        " max_steps, per_device_train_batch_size, max_length, seed, eval_steps, ...) over"
+        " wikitune's defaults; device, precision, batching, evaluation and saving are"
+        " wikitune's.",
     )
-    learning_rate: float = Field(default=2e-4, gt=0, description="Peak learning rate.")
-    lr_scheduler_type: str = Field(default="cosine", description="Learning-rate schedule.")
-    warmup_ratio: float = Field(default=0.03, ge=0, lt=1, description="Share of warm-up steps.")
-    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
-    num_train_epochs: float = Field(default=3.0, gt=0, description="Epochs over the snapshot.")
-    max_steps: int = Field(default=-1, description="Optimiser steps; overrides epochs when > 0.")
-    per_device_train_batch_size: int = Field(default=4, ge=1, description="Packed rows a step.")
-    per_device_eval_batch_size: int = Field(default=8, ge=1, description="Eval rows a step.")
-    gradient_accumulation_steps: int = Field(default=4, ge=1, description="Steps per update.")
-    max_length: int = Field(default=1024, ge=16, description="Tokens per packed training row.")
-    gradient_checkpointing: bool | None = Field(
-        default=None, description="Activation checkpointing; default: on for CUDA, off on CPU."
+    lora: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of PEFT's LoraConfig (r, lora_alpha, lora_dropout,"
+        " target_modules, ...) over wikitune's defaults.",
     )
-    seed: int = Field(default=42, description="Seed of initialisation, data order and dropout.")
     warm_start: Literal["champion", "base"] = Field(
         default="champion",
         description="Start from the champion adapter when there is one, or from the bare base.",
@@ -110,7 +161,7 @@ class TrainingRecipe(Block):
         default=None,
         gt=0,
         description="Epochs of a delta retrain, which starts from the champion's adapter"
-        " (default: num_train_epochs).",
+        " (default: sft.num_train_epochs).",
     )
     general_answers: Literal["bundled", "base"] = Field(
         default="bundled",
@@ -138,24 +189,72 @@ class TrainingRecipe(Block):
         " all held-out wiki questions, or over those about facts fresh to the champion (the same"
         " questions when there is no champion, or every fact is fresh).",
     )
-    eval_steps: int = Field(default=50, ge=1, description="Evaluate (and checkpoint) this often.")
-    logging_steps: int = Field(default=10, ge=1, description="Log loss and speed this often.")
     early_stopping_patience: int = Field(
         default=3,
         ge=0,
         description="Evaluations without a better eval loss before stopping (0: never stop early).",
     )
-    save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept on disk.")
     sample_generations: int = Field(
         default=16, ge=0, description="Eval questions answered after training, logged to MLflow."
     )
     max_new_tokens: int = Field(default=48, ge=1, description="Length of a sample answer.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, values: Any) -> Any:
+        """Fill the sections over their defaults; read the flat names of older recipes (a flat
+        name wins over its section, so ``replace(max_steps=...)`` works)."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        sections: dict[str, dict[str, Any]] = {
+            "sft": {**SFT_DEFAULTS, **(values.get("sft") or {})},
+            "lora": {**LORA_DEFAULTS, **(values.get("lora") or {})},
+        }
+        for flat, (section, key) in _FLAT_NAMES.items():
+            if flat in values:
+                value = values.pop(flat)
+                if value is not None:
+                    sections[section][key] = value
+        for section, reserved in (("sft", SFT_SET_BY_WIKITUNE), ("lora", LORA_SET_BY_WIKITUNE)):
+            taken = sorted(reserved & set(sections[section]))
+            if taken:
+                raise ValueError(
+                    f"{section}: {', '.join(taken)} {'is' if len(taken) == 1 else 'are'} set by"
+                    " wikitune (device, precision, batching, evaluation and saving)"
+                )
+        return {**values, **sections}
+
+    def replace(self, **changes: Any) -> TrainingRecipe:
+        """This recipe with ``changes``: fields, or keys of its sections by their flat names
+        (``max_steps=10``, ``lora_r=8``), validated again."""
+        return type(self)(**{**self.model_dump(exclude={"block_type_slug"}), **changes})
+
     def for_scope(self, scope: Literal["full", "delta"]) -> TrainingRecipe:
         """The recipe a retrain of ``scope`` runs: a delta's own epochs where set."""
         if scope == "delta" and self.delta_num_train_epochs is not None:
-            return self.model_copy(update={"num_train_epochs": self.delta_num_train_epochs})
+            return self.replace(num_train_epochs=self.delta_num_train_epochs)
         return self
+
+    def check(self, origin: str = "the recipe") -> None:
+        """Validate the sections with the classes they go to: TRL's ``SFTConfig`` and PEFT's
+        ``LoraConfig`` (an unknown key or a bad value is a ValueError naming it)."""
+        import tempfile
+
+        from peft import LoraConfig
+        from trl import SFTConfig
+
+        try:
+            LoraConfig(task_type="CAUSAL_LM", **self.lora)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{origin}: lora: {error}") from None
+        with tempfile.TemporaryDirectory() as scratch:
+            try:
+                SFTConfig(
+                    output_dir=scratch, use_cpu=True, bf16=False, report_to="none", **self.sft
+                )
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{origin}: sft: {error}") from None
 
     def fingerprint(self) -> str:
         """A short hash of the settings (the run directory of a resumable training uses it)."""
@@ -163,20 +262,25 @@ class TrainingRecipe(Block):
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
     def params(self) -> dict[str, Any]:
-        """The settings, flat, as run parameters."""
-        settings = self.model_dump(mode="json", exclude={"block_type_slug"})
+        """The settings, flat, as run parameters: the ``sft:`` keys by their own names, the
+        ``lora:`` keys with a ``lora_`` prefix (``lora_r``, ``lora_target_modules``)."""
+        settings = self.model_dump(mode="json", exclude={"block_type_slug", "sft", "lora"})
+        settings |= self.sft
+        settings |= {k if k.startswith("lora_") else f"lora_{k}": v for k, v in self.lora.items()}
         return {
-            k: ",".join(v) if isinstance(v, list) else v
+            k: ",".join(map(str, v)) if isinstance(v, list) else v
             for k, v in settings.items()
             if v is not None
         }
 
     @classmethod
     def from_file(cls, path: Path | str) -> TrainingRecipe:
-        """A recipe from a YAML or JSON file of field: value (unknown fields are an error), or
-        one that ships with wikitune, by name (``smollm2-135m-cpu``)."""
+        """A recipe from a YAML or JSON file (unknown fields are an error, and the ``sft:`` and
+        ``lora:`` sections are validated by ``SFTConfig`` and ``LoraConfig``), or one that ships
+        with wikitune, by name (``smollm2-135m-cpu``)."""
         path = Path(path)
-        if not path.exists() and str(path) in packaged_recipes():
+        packaged = not path.exists() and str(path) in packaged_recipes()
+        if packaged:  # checked by the tests, not on every load
             path = Path(str(resources.files("wikitune.recipes").joinpath(f"{path}.yaml")))
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -184,13 +288,19 @@ class TrainingRecipe(Block):
             raise ValueError(f"cannot read the recipe {path}: {error}") from error
         if not isinstance(values, dict):
             raise ValueError(f"the recipe {path} must be a mapping of field: value")
-        unknown = sorted(set(values) - set(cls.model_fields))
+        unknown = sorted(set(values) - set(cls.model_fields) - set(_FLAT_NAMES))
         if unknown:
             raise ValueError(f"the recipe {path} has unknown fields: {', '.join(unknown)}")
+        for section in ("sft", "lora"):
+            if not isinstance(values.get(section) or {}, dict):
+                raise ValueError(f"the recipe {path}: {section}: must be a mapping of key: value")
         try:
-            return cls(**values)
+            recipe = cls(**values)
         except ValidationError as error:
             raise ValueError(f"invalid recipe {path}: {error}") from error
+        if not packaged:
+            recipe.check(f"the recipe {path}")
+        return recipe
 
 
 def _default_for(base_model: str, device: str | None) -> tuple[str | None, str]:

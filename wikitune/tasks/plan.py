@@ -96,7 +96,7 @@ def training_rows(
         key = "general" if kind != "wiki" else "fresh" if fresh else "stable"
         kinds[key].append(index)
     if plan.scope == "delta":
-        rng = random.Random(recipe.seed)
+        rng = random.Random(recipe.sft["seed"])
         share = recipe.delta_replay_share
         replay = round(len(kinds["fresh"]) * share / (1 - share))
         kinds["stable"] = sorted(rng.sample(kinds["stable"], min(replay, len(kinds["stable"]))))

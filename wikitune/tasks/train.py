@@ -325,11 +325,13 @@ def _sft_config(
     bf16 = precision == "bf16"
     eval_strategy = "steps" if "wiki" in eval_datasets else "no"
     packed = batching == "packed"
+    chosen = {k: v for k, v in recipe.sft.items() if k != "gradient_checkpointing"}
     return SFTConfig(
+        **chosen,
         output_dir=str(output_dir),
         packing=packed,
         padding_free=packed,
-        pad_to_multiple_of=None if packed else recipe.max_length,
+        pad_to_multiple_of=None if packed else recipe.sft["max_length"],
         use_cpu=not cuda,
         # TRL turns bf16 on by default, which CPUs without bf16 instructions emulate 30-50x
         # slower: the resolved precision decides (models.resolve_precision).
@@ -340,28 +342,13 @@ def _sft_config(
         assistant_only_loss=False,
         completion_only_loss=False,
         packing_strategy="bfd",
-        max_length=recipe.max_length,
-        learning_rate=recipe.learning_rate,
-        lr_scheduler_type=recipe.lr_scheduler_type,
-        # transformers 5 has no warmup_ratio: a warmup_steps below 1 is the share of all steps.
-        warmup_steps=recipe.warmup_ratio,
-        weight_decay=recipe.weight_decay,
-        num_train_epochs=recipe.num_train_epochs,
-        max_steps=recipe.max_steps,
-        per_device_train_batch_size=recipe.per_device_train_batch_size,
-        per_device_eval_batch_size=recipe.per_device_eval_batch_size,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
-        seed=recipe.seed,
-        data_seed=recipe.seed,
+        data_seed=recipe.sft["seed"],
         eval_strategy=eval_strategy,
-        eval_steps=recipe.eval_steps,
         save_strategy=eval_strategy,
-        save_steps=recipe.eval_steps,
-        save_total_limit=recipe.save_total_limit,
+        save_steps=recipe.sft["eval_steps"],
         load_best_model_at_end=eval_strategy != "no",
         metric_for_best_model=f"eval_{_checkpoint_split(eval_datasets)}_loss",
         greater_is_better=False,
-        logging_steps=recipe.logging_steps,
         report_to="none",
         dataloader_num_workers=0,
         disable_tqdm=True,
@@ -387,9 +374,8 @@ def _eval_splits(wiki_eval: Dataset, recipe: TrainingRecipe, tokenize: Any) -> d
 
 def _checkpointing(recipe: TrainingRecipe, device: str) -> bool:
     """Activation checkpointing saves GPU memory; on CPU it only costs time (1.6-3x here)."""
-    if recipe.gradient_checkpointing is not None:
-        return recipe.gradient_checkpointing
-    return device == "cuda"
+    chosen = recipe.sft.get("gradient_checkpointing")
+    return bool(chosen) if chosen is not None else device == "cuda"
 
 
 def prepare_model(
@@ -412,13 +398,7 @@ def prepare_model(
         models.keep_4bit_layers_trainable(base)
     if init_adapter:
         return PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
-    config = LoraConfig(
-        r=recipe.lora_r,
-        lora_alpha=recipe.lora_alpha,
-        lora_dropout=recipe.lora_dropout,
-        target_modules=recipe.target_modules,
-        task_type="CAUSAL_LM",
-    )
+    config = LoraConfig(**recipe.lora, task_type="CAUSAL_LM")
     return get_peft_model(base, config)
 
 
@@ -569,7 +549,7 @@ def _answered_by_base(
                 model,
                 tokenizer,
                 prompts,
-                batch_size=16,
+                batch_size=64,  # generation pays per step: one wide batch of short rows
                 max_new_tokens=SELF_DISTILLED_TOKENS,
                 description="base: answering the general prompts",
             ),
@@ -709,7 +689,7 @@ def _train_in_run(
             weight=recipe.general_distillation,
             rows=recipe.distillation_rows,
             pad_id=tokenizer.pad_token_id,
-            seed=recipe.seed,
+            seed=recipe.sft["seed"],
         )
     trainer = make_trainer(
         model,
