@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wikitune.tasks.decision import Margins
@@ -31,6 +31,21 @@ def is_tracking_server(tracking_uri: str) -> bool:
 def _margin(name: str) -> Any:
     """A setting of the promotion margin ``name``: a copy of the decision rule's own field."""
     return copy(Margins.model_fields[name])
+
+
+class Machine(BaseModel):
+    """Where a worker runs a step, from its own settings, with no secret in it: its
+    directories, the tracking server and the device. Flows read the settings once and give
+    this to their tasks as a parameter."""
+
+    home: Path
+    tracking_uri: str
+    mlflow_ui_url: str | None = None
+    device: str | None = None
+    snapshots_dir: Path
+    runs_dir: Path
+    models_dir: Path
+    registry_lock: Path
 
 
 class Settings(BaseSettings):
@@ -201,6 +216,19 @@ class Settings(BaseSettings):
         """The promotions' lock of a local registry (a tracking server's is on the Prefect
         server: ``deployments.locks``)."""
         return self.home / "registry.lock"
+
+    def machine(self) -> Machine:
+        """What this worker's tasks need of these settings (no secrets)."""
+        return Machine(
+            home=self.home,
+            tracking_uri=self.tracking_uri,
+            mlflow_ui_url=self.mlflow_ui_url,
+            device=self.device,
+            snapshots_dir=self.snapshots_dir,
+            runs_dir=self.runs_dir,
+            models_dir=self.models_dir,
+            registry_lock=self.registry_lock,
+        )
 
     def margins(self) -> Margins:
         """The promotion margins (WIKITUNE_PROMOTE_*): what a flow run given none decides with,

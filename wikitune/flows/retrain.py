@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
 from wikitune.blocks.recipe import TrainingRecipe, chosen_recipe, recipe_origin
-from wikitune.config import Settings, is_tracking_server, load_settings
+from wikitune.config import Machine, Settings, is_tracking_server, load_settings
 from wikitune.deployments.locks import promotions_lock
 from wikitune.flows.naming import artifact_key
 from wikitune.flows.runtime import (
@@ -49,18 +49,17 @@ class RetrainResult(training.TrainResult):
 
 
 @task(name="evaluate-candidate", cache_policy=NO_CACHE)
-def evaluate_task(run_id: str, home: str, margins: Margins | None = None) -> evaluation.Evaluation:
+def evaluate_task(run_id: str, machine: Machine, margins: Margins) -> evaluation.Evaluation:
     """Score the candidate and the champion on the same questions; publish the table."""
-    settings = load_settings(home)
     result = evaluation.evaluate_run(
         run_id,
-        tracking_uri=settings.tracking_uri,
-        workdir=settings.runs_dir / "evaluations" / run_id,
-        margins=margins or settings.margins(),
-        device=settings.device,
-        ui_url=settings.mlflow_ui_url,
-        snapshots_dir=settings.snapshots_dir,
-        models_dir=settings.models_dir,
+        tracking_uri=machine.tracking_uri,
+        workdir=machine.runs_dir / "evaluations" / run_id,
+        margins=margins,
+        device=machine.device,
+        ui_url=machine.mlflow_ui_url,
+        snapshots_dir=machine.snapshots_dir,
+        models_dir=machine.models_dir,
     )
     decision = result.decision
     verdict = "promote" if decision.promote else "reject"
@@ -80,16 +79,15 @@ def evaluate_task(run_id: str, home: str, margins: Margins | None = None) -> eva
 
 
 @task(name="promote-candidate", cache_policy=NO_CACHE)
-def promote_task(result: evaluation.Evaluation, home: str) -> promotions.Promotion:
+def promote_task(result: evaluation.Evaluation, machine: Machine) -> promotions.Promotion:
     """Register the candidate; move the champion alias if it won and nobody moved it first."""
-    settings = load_settings(home)
     promotion = promotions.promote(
         result,
-        tracking_uri=settings.tracking_uri,
-        lock=promotions_lock(settings.tracking_uri, settings.registry_lock),
+        tracking_uri=machine.tracking_uri,
+        lock=promotions_lock(machine.tracking_uri, machine.registry_lock),
     )
     run_logger().info("version %s of %s: %s", promotion.version, result.source, promotion.outcome)
-    link = registry.version_link(settings.mlflow_ui_url, result.source, promotion.version)
+    link = registry.version_link(machine.mlflow_ui_url, result.source, promotion.version)
     decision = result.decision
     markdown_artifact(
         key=artifact_key("promotion", result.source),
@@ -115,15 +113,15 @@ def evaluate_candidate(
     run_id: str, margins: Margins | None = None, home: str | None = None
 ) -> evaluation.Evaluation:
     """Score a trained adapter against the champion; the registry is not changed."""
-    return step(evaluate_task, run_id, str(load_settings(home).home), margins)
+    settings = load_settings(home)
+    return step(evaluate_task, run_id, settings.machine(), margins or settings.margins())
 
 
 def _evaluate_and_promote(
-    run_id: str, home: str, margins: Margins | None = None
+    run_id: str, settings: Settings, margins: Margins | None = None
 ) -> promotions.Promotion:
     """Evaluate and promote a trained adapter, unless its run is already a decided version:
     then that decision, with nothing evaluated or registered again."""
-    settings = load_settings(home)
     try:
         run = tracking.get_run(settings.tracking_uri, run_id)
     except LookupError:
@@ -139,8 +137,9 @@ def _evaluate_and_promote(
             known.outcome,
         )
         return known
-    evaluated = step(evaluate_task, run_id, home, margins)
-    return step(promote_task, evaluated, home)  # type: ignore[no-any-return]
+    machine = settings.machine()
+    evaluated = step(evaluate_task, run_id, machine, margins or settings.margins())
+    return step(promote_task, evaluated, machine)  # type: ignore[no-any-return]
 
 
 @flow(name="promote", flow_run_name="promote-{run_id}")
@@ -149,7 +148,7 @@ def promote_candidate(
 ) -> promotions.Promotion:
     """Evaluate a trained adapter, register it, and make it champion if it wins (a run that
     is already a version keeps its decision). ``margins`` default to WIKITUNE_PROMOTE_*."""
-    return _evaluate_and_promote(run_id, str(load_settings(home).home), margins)
+    return _evaluate_and_promote(run_id, load_settings(home), margins)
 
 
 def _starting_point(
@@ -362,7 +361,7 @@ def retrain(
     )
     promotion = None
     if promote:
-        promotion = _evaluate_and_promote(result.run_id, str(settings.home), margins)
+        promotion = _evaluate_and_promote(result.run_id, settings, margins)
     outcome = RetrainResult(**result.model_dump(), promotion=promotion)
     if flow_run.id and is_tracking_server(settings.tracking_uri):
         # For a parent flow run on another machine, which cannot read this worker's results.
