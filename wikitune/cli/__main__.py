@@ -1,0 +1,5 @@
+"""``python -m wikitune.cli``."""
+
+from wikitune.cli import app
+
+app()
