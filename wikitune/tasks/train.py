@@ -595,40 +595,19 @@ def _train_in_run(
     plan: TrainingPlan,
     callbacks: list[TrainerCallback],
 ) -> TrainResult:
-    try:
-        tokenizer = models.load_tokenizer(base.path)
-        fmt = chat.chat_format(tokenizer)
-        model = prepare_model(
-            base.path, recipe, method=method, device=device, init_adapter=init_adapter
-        )
-    except Exception as error:  # transformers and safetensors raise many kinds here
-        start = f"adapter {init_adapter} on " if init_adapter else ""
-        raise TrainingFailed(
-            f"cannot load the {start}base model {base.spec}: {type(error).__name__}: {error}"
-        ) from error
-    # Training, evaluation and inference all render with this template (saved with the adapter).
-    tokenizer.chat_template = fmt.template
-    log.info("chat template: %s", fmt.describe())
-    checkpoints = run_dir / "checkpoints"
-    resume = _last_checkpoint(checkpoints)
-    chosen, train_counts = training_rows(
-        data.splits["train"], plan, recipe, data.manifest.general_share
-    )
-    if recipe.general_answers == "base":
-        with models.computing_in(precision, device):
-            chosen = _answered_by_base(
-                chosen,
-                model,
-                tokenizer,
-                cache_dir=run_dir.parent / "base-answers",
-                base=base,
-                precision=precision,
-            )
-    log.info(
-        "%s retrain (%s): %s",
-        plan.scope,
-        plan.reason,
-        ", ".join(f"{n} {k.split('_')[1]}" for k, n in train_counts.items()),
+    """Inside the active MLflow run: load, choose the rows, log what trains on what, train,
+    save and log the adapter, and write the result beside it."""
+    model, tokenizer, fmt = _load_for_training(base, recipe, method, device, init_adapter)
+    rows, train_counts = _training_mix(
+        data,
+        plan,
+        recipe,
+        model,
+        tokenizer,
+        base=base,
+        precision=precision,
+        device=device,
+        cache_dir=run_dir.parent / "base-answers",
     )
     tracking.log_params(
         {
@@ -640,15 +619,8 @@ def _train_in_run(
             **fmt.params(),
             "init_adapter": init_adapter or "base",
             "warm_start": warm_start or ("champion" if init_adapter else "base"),
-            "snapshot_id": data.id,
-            "snapshot_digest": data.digest,
-            "snapshot_location": data.location,
-            "mapping_digest": data.manifest.mapping_digest,
-            "training_scope": plan.scope,
-            "training_scope_reason": plan.reason,
-            "delta_streak": plan.delta_streak,
+            **_snapshot_params(data, plan),
             **train_counts,
-            **{f"snapshot_{k}": v for k, v in data.manifest.counts.items()},
             "wikitune_version": __version__,
             "trainable_parameters": model.get_nb_trainable_parameters()[0],
         }
@@ -656,54 +628,20 @@ def _train_in_run(
     tracking.log_snapshot_inputs(
         data.splits, location=data.location, snapshot_id=data.id, digest=data.digest
     )
-
-    train_rows = chosen.select_columns(["messages"])
-    train_split = chat.tokenize_rows(train_rows, tokenizer, fmt)
-    # The wiki eval loss picks the checkpoint and stops early; the general loss is the
-    # evaluation's to measure (once, on the kept adapter), not every few steps here.
-    wiki_eval = data.splits.get("eval")
-    has_eval = wiki_eval is not None and len(wiki_eval) > 0
-    eval_splits = (
-        _eval_splits(
-            wiki_eval,
-            recipe,
-            lambda rows: chat.tokenize_rows(rows.select_columns(["messages"]), tokenizer, fmt),
-        )
-        if has_eval
-        else {}
-    )
-    trainer_callbacks = [
-        _metrics_callback(),
-        progress.trainer_callback(f"training on {data.id}"),
-        *callbacks,
-    ]
-    if has_eval and recipe.early_stopping_patience:
-        trainer_callbacks.append(_early_stopping(recipe.early_stopping_patience))
-    distillation = None
-    if recipe.general_distillation > 0:
-        # The whole general pool where the snapshot has it (older ones: the mix's general rows),
-        # with its bundled answers: the term compares distributions, so any fluent answer does.
-        general = data.splits.get("general_pool") or chosen.filter(lambda r: r["kind"] != "wiki")
-        distillation = Distillation(
-            [chat.encode(tokenizer, fmt, row["messages"]) for row in general],
-            weight=recipe.general_distillation,
-            rows=recipe.distillation_rows,
-            pad_id=tokenizer.pad_token_id,
-            seed=recipe.sft["seed"],
-        )
-    trainer = make_trainer(
+    checkpoints = run_dir / "checkpoints"
+    resume = _last_checkpoint(checkpoints)
+    trainer = _trainer_for(
+        data,
+        rows,
         model,
         tokenizer,
+        fmt,
         recipe,
         device=device,
-        output_dir=checkpoints,
-        train_dataset=train_split,
-        eval_datasets=eval_splits,
-        callbacks=trainer_callbacks,
         precision=precision,
-        distillation=distillation,
+        output_dir=checkpoints,
+        callbacks=callbacks,
     )
-
     if resume is not None:
         log.info("resuming training from %s", resume)
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -716,28 +654,7 @@ def _train_in_run(
         shutil.rmtree(adapter_dir)
     trainer.model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
-
-    samples = _sample_rows(data.splits["eval"], recipe.sample_generations) if has_eval else []
-    if samples:
-        with models.computing_in(precision, device):
-            answers = models.generate_answers(
-                trainer.model,
-                tokenizer,
-                [row["messages"] for row in samples],
-                max_new_tokens=recipe.max_new_tokens,
-            )
-        tracking.log_sample_generations(
-            [
-                {
-                    "question": row["messages"][-2]["content"],
-                    "reference": row["messages"][-1]["content"],
-                    "answer": answer,
-                    "fresh": bool(row.get("fresh")),
-                    "exact": answer == row["messages"][-1]["content"],
-                }
-                for row, answer in zip(samples, answers, strict=True)
-            ]
-        )
+    _log_samples(data, trainer.model, tokenizer, recipe, precision=precision, device=device)
     model_uri = tracking.log_adapter(
         trainer.model,
         tokenizer,
@@ -766,6 +683,167 @@ def _train_in_run(
     )
     (run_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2) + "\n")
     return result
+
+
+def _load_for_training(
+    base: basemodel.ResolvedBase,
+    recipe: TrainingRecipe,
+    method: Method,
+    device: str,
+    init_adapter: str | None,
+) -> tuple[Any, Any, chat.ChatFormat]:
+    """The model with its adapter, the tokenizer with the template that training, evaluation
+    and inference all render with (saved with the adapter), and that chat format."""
+    try:
+        tokenizer = models.load_tokenizer(base.path)
+        fmt = chat.chat_format(tokenizer)
+        model = prepare_model(
+            base.path, recipe, method=method, device=device, init_adapter=init_adapter
+        )
+    except Exception as error:  # transformers and safetensors raise many kinds here
+        start = f"adapter {init_adapter} on " if init_adapter else ""
+        raise TrainingFailed(
+            f"cannot load the {start}base model {base.spec}: {type(error).__name__}: {error}"
+        ) from error
+    tokenizer.chat_template = fmt.template
+    log.info("chat template: %s", fmt.describe())
+    return model, tokenizer, fmt
+
+
+def _training_mix(
+    data: SnapshotData,
+    plan: TrainingPlan,
+    recipe: TrainingRecipe,
+    model: Any,
+    tokenizer: Any,
+    *,
+    base: basemodel.ResolvedBase,
+    precision: models.Precision,
+    device: str,
+    cache_dir: Path,
+) -> tuple[Dataset, dict[str, int]]:
+    """The rows this training runs on (the plan's mix, general rows answered by the base where
+    the recipe says so) and how many of each kind."""
+    rows, counts = training_rows(data.splits["train"], plan, recipe, data.manifest.general_share)
+    if recipe.general_answers == "base":
+        with models.computing_in(precision, device):
+            rows = _answered_by_base(
+                rows, model, tokenizer, cache_dir=cache_dir, base=base, precision=precision
+            )
+    log.info(
+        "%s retrain (%s): %s",
+        plan.scope,
+        plan.reason,
+        ", ".join(f"{n} {k.split('_')[1]}" for k, n in counts.items()),
+    )
+    return rows, counts
+
+
+def _snapshot_params(data: SnapshotData, plan: TrainingPlan) -> dict[str, Any]:
+    """The run's params that say what it trained on: the snapshot, and the plan's scope."""
+    return {
+        "snapshot_id": data.id,
+        "snapshot_digest": data.digest,
+        "snapshot_location": data.location,
+        "mapping_digest": data.manifest.mapping_digest,
+        "training_scope": plan.scope,
+        "training_scope_reason": plan.reason,
+        "delta_streak": plan.delta_streak,
+        **{f"snapshot_{k}": v for k, v in data.manifest.counts.items()},
+    }
+
+
+def _trainer_for(
+    data: SnapshotData,
+    rows: Dataset,
+    model: Any,
+    tokenizer: Any,
+    fmt: chat.ChatFormat,
+    recipe: TrainingRecipe,
+    *,
+    device: str,
+    precision: models.Precision,
+    output_dir: Path,
+    callbacks: list[TrainerCallback],
+) -> Any:
+    """The trainer: the rows tokenized, the wiki eval loss picking the checkpoint and stopping
+    early (the general loss is the evaluation's to measure, once, on the kept adapter), and the
+    distillation term where the recipe has one."""
+
+    def tokenize(split: Dataset) -> Any:
+        return chat.tokenize_rows(split.select_columns(["messages"]), tokenizer, fmt)
+
+    train_split = tokenize(rows)
+    wiki_eval = data.splits.get("eval")
+    has_eval = wiki_eval is not None and len(wiki_eval) > 0
+    eval_splits = _eval_splits(wiki_eval, recipe, tokenize) if has_eval else {}
+    trainer_callbacks = [
+        _metrics_callback(),
+        progress.trainer_callback(f"training on {data.id}"),
+        *callbacks,
+    ]
+    if has_eval and recipe.early_stopping_patience:
+        trainer_callbacks.append(_early_stopping(recipe.early_stopping_patience))
+    distillation = None
+    if recipe.general_distillation > 0:
+        # The whole general pool where the snapshot has it (older ones: the mix's general rows),
+        # with its bundled answers: the term compares distributions, so any fluent answer does.
+        general = data.splits.get("general_pool") or rows.filter(lambda r: r["kind"] != "wiki")
+        distillation = Distillation(
+            [chat.encode(tokenizer, fmt, row["messages"]) for row in general],
+            weight=recipe.general_distillation,
+            rows=recipe.distillation_rows,
+            pad_id=tokenizer.pad_token_id,
+            seed=recipe.sft["seed"],
+        )
+    return make_trainer(
+        model,
+        tokenizer,
+        recipe,
+        device=device,
+        output_dir=output_dir,
+        train_dataset=train_split,
+        eval_datasets=eval_splits,
+        callbacks=trainer_callbacks,
+        precision=precision,
+        distillation=distillation,
+    )
+
+
+def _log_samples(
+    data: SnapshotData,
+    model: Any,
+    tokenizer: Any,
+    recipe: TrainingRecipe,
+    *,
+    precision: models.Precision,
+    device: str,
+) -> None:
+    """A few eval questions (fresh facts first) answered by the trained adapter, logged to the
+    run as a table."""
+    eval_split = data.splits.get("eval")
+    if eval_split is None or not len(eval_split) or not recipe.sample_generations:
+        return
+    samples = _sample_rows(eval_split, recipe.sample_generations)
+    with models.computing_in(precision, device):
+        answers = models.generate_answers(
+            model,
+            tokenizer,
+            [row["messages"] for row in samples],
+            max_new_tokens=recipe.max_new_tokens,
+        )
+    tracking.log_sample_generations(
+        [
+            {
+                "question": row["messages"][-2]["content"],
+                "reference": row["messages"][-1]["content"],
+                "answer": answer,
+                "fresh": bool(row.get("fresh")),
+                "exact": answer == row["messages"][-1]["content"],
+            }
+            for row, answer in zip(samples, answers, strict=True)
+        ]
+    )
 
 
 def _version(distribution: str) -> str:
