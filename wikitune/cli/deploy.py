@@ -42,6 +42,16 @@ NightlyWhenOption = Annotated[
 ]
 
 
+RetrainBaseOption = Annotated[
+    str | None,
+    typer.Option(help="Base model of the retrains (default: $WIKITUNE_BASE_MODEL here)."),
+]
+RetrainRecipeOption = Annotated[
+    Path | None,
+    typer.Option(help="Training recipe, YAML or packaged name (default: the base's)."),
+]
+
+
 def _deploy_plan(
     settings: Any,
     source: Any,
@@ -124,14 +134,8 @@ def deploy(
     sync_minutes: SyncMinutesOption = 15,
     nightly_cron: NightlyCronOption = "0 2 * * *",
     nightly_retrain_when: NightlyWhenOption = "new-data",
-    base_model: Annotated[
-        str | None,
-        typer.Option(help="Base model of the retrains (default: $WIKITUNE_BASE_MODEL here)."),
-    ] = None,
-    recipe: Annotated[
-        Path | None,
-        typer.Option(help="Training recipe, YAML or packaged name (default: the base's)."),
-    ] = None,
+    base_model: RetrainBaseOption = None,
+    recipe: RetrainRecipeOption = None,
     api_url: ApiUrlOption = None,
     category: CategoryOption = None,
     namespace: NamespaceOption = None,
@@ -186,14 +190,8 @@ def up(
     sync_minutes: SyncMinutesOption = 15,
     nightly_cron: NightlyCronOption = "0 2 * * *",
     nightly_retrain_when: NightlyWhenOption = "new-data",
-    base_model: Annotated[
-        str | None,
-        typer.Option(help="Base model of the retrains (default: $WIKITUNE_BASE_MODEL here)."),
-    ] = None,
-    recipe: Annotated[
-        Path | None,
-        typer.Option(help="Training recipe, YAML or packaged name (default: the base's)."),
-    ] = None,
+    base_model: RetrainBaseOption = None,
+    recipe: RetrainRecipeOption = None,
     api_url: ApiUrlOption = None,
     category: CategoryOption = None,
     namespace: NamespaceOption = None,
