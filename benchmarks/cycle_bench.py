@@ -122,8 +122,8 @@ def in_process(home: Path, base: Path) -> tuple[float, dict[str, float]]:
     """The same cycle as one in-process flow (Prefect's ephemeral mode, server warmed up)."""
     from prefect import flow
 
-    from wikitune.blocks.recipe import TrainingRecipe
     from wikitune.flows.pipeline import pipeline
+    from wikitune.tasks.recipe import TrainingRecipe
 
     flow(lambda: None, name="warm-up")()  # start the ephemeral server outside the timing
     since = datetime.now(UTC)

@@ -23,11 +23,11 @@ from typing import Any
 
 from train_bench import make_data  # the same synthetic pages and snapshot as train_bench
 
-from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.config import load_settings
 from wikitune.tasks import basemodel, chat, snapshots
 from wikitune.tasks import model as models
 from wikitune.tasks import train as training
+from wikitune.tasks.recipe import TrainingRecipe
 
 ARMS = {"lora": ("lora", "fp32"), "lora-bf16": ("lora", "bf16"), "qlora-nf4": ("qlora-nf4", "fp32")}
 

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from build_bench import page  # the same synthetic VTuber pages as the build benchmark
 
-from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.storage import Store, SyncBatch
 from wikitune.tasks import chat, snapshots
 from wikitune.tasks import model as models
 from wikitune.tasks import train as training
 from wikitune.tasks.dataset import load_general, make_snapshot
 from wikitune.tasks.qa import build_pairs, load_mapping
+from wikitune.tasks.recipe import TrainingRecipe
 
 
 def make_data(tmp: Path, pages: int) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from helpers import TEST_RECIPE, cli
 
+from wikitune.blocks.recipe import TrainingRecipeBlock
 from wikitune.blocks.source import WikiSource
 from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
 from wikitune.flows.build import build, snapshot
@@ -127,14 +128,16 @@ def world(
     assert made.returncode == 0, made.stderr
     recipe = root / "recipe.yaml"
     recipe.write_text(json.dumps(TEST_RECIPE))
+    # Trained with the recipe saved as a Prefect Block, as one edited in the UI would be.
+    TrainingRecipeBlock(**TEST_RECIPE).save("test-recipe", overwrite=True)
     trained = cli(
         "train",
         "--snapshot",
         snap.id,
         "--base-model",
         str(root / "base"),
-        "--recipe",
-        str(recipe),
+        "--recipe-block",
+        "test-recipe",
         home=home,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]

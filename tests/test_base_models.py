@@ -113,7 +113,7 @@ def test_a_broken_gguf_file_says_so(tmp_path: Path) -> None:
 def test_the_default_recipe_follows_the_resolved_base_and_the_device(tmp_path: Path) -> None:
     """The packaged SmolLM2 gets its own recipe however it is named; a base without one gets
     the CPU recipe on a CPU and the 7B defaults on a GPU, and the origin says which."""
-    from wikitune.blocks.recipe import CPU_RECIPE, TrainingRecipe, default_recipe, recipe_origin
+    from wikitune.tasks.recipe import CPU_RECIPE, TrainingRecipe, default_recipe, recipe_origin
 
     own = TrainingRecipe.from_file("smollm2-135m-cpu")
     gguf = basemodel.packaged_gguf(SMOLLM2)
@@ -138,8 +138,8 @@ def test_a_recipes_sft_and_lora_sections_go_to_trl_and_peft_and_are_checked_by_t
     """A recipe's ``sft:`` and ``lora:`` sections reach SFTConfig and LoraConfig as they are,
     over wikitune's defaults; those classes reject what they do not know, naming the file; what
     wikitune sets itself is refused; the flat names of older recipes are still read."""
-    from wikitune.blocks.recipe import TrainingRecipe, packaged_recipes
     from wikitune.tasks import train as training
+    from wikitune.tasks.recipe import TrainingRecipe, packaged_recipes
 
     for name in packaged_recipes():
         TrainingRecipe.from_file(name).check(name)

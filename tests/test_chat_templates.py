@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from helpers import TEST_RECIPE
 
-from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.tasks import answer, basemodel, chat
 from wikitune.tasks import model as models
 from wikitune.tasks import train as training
+from wikitune.tasks.recipe import TrainingRecipe
 
 
 def _qwen25_base(world: dict[str, Any], root: Path) -> Path:

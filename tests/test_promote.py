@@ -22,7 +22,6 @@ import pytest
 import requests
 from helpers import TEST_RECIPE, cli, mlflow_client
 
-from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.demo import TOY_MARGINS
 from wikitune.localwiki import free_port
 from wikitune.mlflow import registry
@@ -31,6 +30,7 @@ from wikitune.tasks import model as models
 from wikitune.tasks import plan as plans
 from wikitune.tasks import train as training
 from wikitune.tasks.decision import Margins, decide
+from wikitune.tasks.recipe import TrainingRecipe
 from wikitune.tasks.snapshots import SnapshotManifest
 
 

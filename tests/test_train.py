@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from helpers import TEST_RECIPE, cli, mlflow_client
 
-from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.tasks import model as models
 from wikitune.tasks import train as training
+from wikitune.tasks.recipe import TrainingRecipe
 
 
 def test_training_lowers_eval_loss_and_logs_the_run(world: dict[str, Any]) -> None:

@@ -135,8 +135,8 @@ class DemoOutcome:
 
 def training_precision(base_model: str, settings: Settings) -> str:
     """In words, the precision the demo's retrains compute in on this machine, and why."""
-    from wikitune.blocks.recipe import TrainingRecipe, chosen_recipe
     from wikitune.tasks import model
+    from wikitune.tasks.recipe import TrainingRecipe, chosen_recipe
 
     if base_model == TOY:
         recipe = TrainingRecipe(**TOY_RECIPE)
@@ -207,12 +207,12 @@ def run_demo(
     evaluate, promote) on ``base_model`` (``toy``: a tiny model built from the wiki's text);
     edit the wiki and run it again, so a second candidate meets the first champion; ask the
     champion a held-out question about the edited fact."""
-    from wikitune.blocks.recipe import TrainingRecipe
     from wikitune.blocks.source import WikiSource
     from wikitune.config import load_settings
     from wikitune.flows.pipeline import pipeline
     from wikitune.flows.sync import sync
     from wikitune.tasks import model
+    from wikitune.tasks.recipe import TrainingRecipe
 
     settings = load_settings(home)
     if base_model == TOY:

@@ -1,6 +1,6 @@
 """Prefect Block classes, editable in the Prefect UI."""
 
-from wikitune.blocks.recipe import TrainingRecipe
+from wikitune.blocks.recipe import TrainingRecipeBlock
 from wikitune.blocks.source import WikiSource
 
-__all__ = ["TrainingRecipe", "WikiSource"]
+__all__ = ["TrainingRecipeBlock", "WikiSource"]

@@ -68,9 +68,9 @@ def _deploy_plan(
     (the one the store recorded when none is given) and the deployments' options."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from wikitune.blocks.recipe import chosen_recipe, recipe_origin
     from wikitune.deployments import DeployOptions
     from wikitune.storage import Store
+    from wikitune.tasks.recipe import chosen_recipe, recipe_origin
 
     try:
         ZoneInfo(timezone)

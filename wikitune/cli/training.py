@@ -84,8 +84,8 @@ def run(
 ) -> None:
     """One whole cycle: sync, build, and when enough changed (or --force) snapshot, retrain,
     evaluate and promote. The source options are needed on the first run only."""
-    from wikitune.blocks.recipe import TrainingRecipe
     from wikitune.flows.pipeline import RetrainDeploymentFailed, pipeline
+    from wikitune.tasks.recipe import TrainingRecipe
 
     settings = load_settings(home)
     source = wiki_source(
@@ -173,7 +173,7 @@ def train(
 ) -> None:
     """Train a LoRA adapter on a snapshot (QLoRA where 4-bit runs) and log it to MLflow;
     `wikitune promote --run ID` then evaluates and registers it."""
-    from wikitune.blocks.recipe import TrainingRecipe
+    from wikitune.blocks.recipe import TrainingRecipeBlock
     from wikitune.flows.retrain import retrain
     from wikitune.storage import Store
 
@@ -181,7 +181,7 @@ def train(
     if recipe_block:
         need_prefect_server("--recipe-block", "holds the block")
     try:
-        chosen = TrainingRecipe.load(recipe_block) if recipe_block else None
+        chosen = TrainingRecipeBlock.load(recipe_block).recipe() if recipe_block else None
     except ValueError as error:
         raise fail(f"no training recipe block {recipe_block!r}: {error}") from None
     result = run_flow(

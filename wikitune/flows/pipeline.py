@@ -15,7 +15,6 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.blocks.source import WikiSource
 from wikitune.config import is_tracking_server, load_settings, source_slug
 from wikitune.flows.build import BuildSummary, SnapshotSummary, build, snapshot
@@ -34,6 +33,7 @@ from wikitune.mlflow import exchange, registry
 from wikitune.storage import PageChange, Store
 from wikitune.tasks.champion import follow_champion
 from wikitune.tasks.decision import Margins
+from wikitune.tasks.recipe import TrainingRecipe
 
 __all__ = [
     "DATASET_READY",

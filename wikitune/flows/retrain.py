@@ -17,7 +17,6 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
-from wikitune.blocks.recipe import TrainingRecipe, chosen_recipe, recipe_origin
 from wikitune.config import Machine, Settings, is_tracking_server, load_settings
 from wikitune.deployments.locks import promotions_lock
 from wikitune.flows.naming import artifact_key
@@ -36,6 +35,7 @@ from wikitune.tasks import promotion as promotions
 from wikitune.tasks import train as training
 from wikitune.tasks.decision import Margins
 from wikitune.tasks.plan import plan_training
+from wikitune.tasks.recipe import TrainingRecipe, chosen_recipe, recipe_origin
 
 __all__ = ["RetrainResult", "evaluate_candidate", "promote_candidate", "retrain"]
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
-from wikitune.blocks.recipe import TrainingRecipe
+from wikitune.tasks.recipe import TrainingRecipe
 from wikitune.tasks.snapshots import SnapshotManifest
 
 if TYPE_CHECKING:

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from wikitune import __version__, progress
-from wikitune.blocks.recipe import TrainingRecipe
 from wikitune.mlflow import tracking
 from wikitune.tasks import basecache, basemodel, chat
 from wikitune.tasks import model as models
 from wikitune.tasks.plan import TrainingPlan, training_rows
+from wikitune.tasks.recipe import TrainingRecipe
 from wikitune.tasks.snapshots import SnapshotData, SnapshotUnavailable, read_snapshot
 
 if TYPE_CHECKING:
