@@ -135,7 +135,7 @@ def run_arm(
     base_general_loss = float("nan")
     # The packaged recipe, with a delta retrain in every cycle of the delta arm and none in full's.
     packaged = default_recipe(BASE)
-    settings = packaged.model_dump(exclude={"block_type_slug"})
+    settings = packaged.model_dump()
     settings |= {"full_retrain_every": 0 if arm == "delta" else 1, **overrides}
     recipe = type(packaged)(**settings)
     with LocalWiki(home / "wiki") as wiki:

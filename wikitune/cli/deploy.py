@@ -105,7 +105,7 @@ def _deploy_plan(
         nightly_cron=nightly_cron,
         nightly_retrain_when=nightly_retrain_when,
         base_model=base,
-        recipe=chosen.model_dump(mode="json", exclude={"block_type_slug"}),
+        recipe=chosen.model_dump(mode="json"),
         recipe_origin=recipe_origin(base, path, settings.device),
         retrain_threshold=settings.retrain_threshold,
         margins=settings.margins().model_dump(),
