@@ -126,10 +126,10 @@ def run_arm(
     cycles: int,
     overrides: dict[str, Any],
 ) -> None:
-    from wikitune.blocks.source import WikiSource
     from wikitune.flows import runtime
     from wikitune.flows.pipeline import pipeline
     from wikitune.tasks.recipe import default_recipe
+    from wikitune.tasks.source import WikiSource
 
     pages = {title: list(fields) for title, *fields in SAMPLE_VTUBERS}
     base_general_loss = float("nan")

@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from wikitune.blocks.source import WikiSource
 from wikitune.localwiki import LocalWiki
 from wikitune.storage import Store
 from wikitune.tasks.mediawiki import MediaWikiClient
+from wikitune.tasks.source import WikiSource
 from wikitune.tasks.sync import apply_recent_changes, full_listing, retention_gap
 
 CATEGORY = "Category:VTuber"

@@ -15,13 +15,13 @@ import pytest
 from helpers import TEST_RECIPE, cli
 
 from wikitune.blocks.recipe import TrainingRecipeBlock
-from wikitune.blocks.source import WikiSource
 from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, sample_page
 from wikitune.flows.build import build, snapshot
 from wikitune.flows.sync import sync
 from wikitune.localwiki import LocalWiki, mediawiki_installed
 from wikitune.tasks import basemodel
 from wikitune.tasks import train as training
+from wikitune.tasks.source import WikiSource
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

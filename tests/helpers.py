@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from wikitune.blocks.source import WikiSource
 from wikitune.demo import TOY_RECIPE
 from wikitune.flows.sync import SyncSummary, sync
 from wikitune.localwiki import LocalWiki
 from wikitune.storage import Store
+from wikitune.tasks.source import WikiSource
 
 CATEGORY = "Category:VTuber"
 

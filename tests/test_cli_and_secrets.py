@@ -129,9 +129,9 @@ def test_private_wiki_needs_the_bot_password(
     # A saved source block carries its password as a Prefect secret field.
     from pydantic import SecretStr
 
-    from wikitune.blocks.source import WikiSource
+    from wikitune.blocks.source import WikiSourceBlock
 
-    WikiSource(
+    WikiSourceBlock(
         api_url=wiki.api_url,
         categories=[CATEGORY],
         name="private",

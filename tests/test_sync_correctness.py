@@ -105,8 +105,8 @@ def test_categorize_rows_are_followed(wiki_factory, home: Path) -> None:
 
 
 def test_scope_by_namespace(wiki: LocalWiki, home: Path) -> None:
-    from wikitune.blocks.source import WikiSource
     from wikitune.flows.sync import sync
+    from wikitune.tasks.source import WikiSource
 
     wiki.edit("Help:One", "help")
     wiki.edit("Help:Two", "help two")

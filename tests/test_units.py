@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from wikitune.blocks.source import WikiSource
 from wikitune.config import load_settings, source_slug
 from wikitune.storage import Store, StoredPage, SyncBatch, SyncState
 from wikitune.storage.schema import MIGRATIONS
 from wikitune.tasks.mediawiki import RcRow, describe_request
+from wikitune.tasks.source import WikiSource
 from wikitune.tasks.sync import touched_by
 
 pytestmark = pytest.mark.unit
@@ -47,6 +47,30 @@ def test_source_spec_leaves_the_password_out() -> None:
     assert "s" * 32 not in repr(source)
     with pytest.raises(ValueError, match="at least one category or namespace"):
         WikiSource(api_url="https://wiki.example.org/w/api.php")
+
+
+def test_the_blocks_wrap_plain_models_and_domain_code_imports_no_prefect() -> None:
+    """Sync, training and evaluation take plain models; a Block carries the same fields and
+    gives the plain model back, with its secret."""
+    import subprocess
+    import sys
+
+    domain = "wikitune.tasks.sync, wikitune.tasks.train, wikitune.tasks.evaluate"
+    check = f"import sys, {domain}; print(sorted(m for m in sys.modules if 'prefect' in m))"
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stdout[-500:]
+
+    from wikitune.blocks import TrainingRecipeBlock, WikiSourceBlock
+    from wikitune.tasks.recipe import TrainingRecipe
+
+    block = WikiSourceBlock(
+        api_url="https://w.example/api.php", categories=["VTuber"], bot_password=SecretStr("pw")
+    )
+    plain = block.plain()
+    assert type(plain) is WikiSource and plain.categories == ["Category:VTuber"]
+    assert plain.bot_password is not None and plain.bot_password.get_secret_value() == "pw"
+    recipe = TrainingRecipeBlock(lora_r=8).recipe()
+    assert type(recipe) is TrainingRecipe and recipe.lora["r"] == 8
 
 
 def test_touched_by_follows_moves_deletes_templates_and_categorize_rows() -> None:

@@ -207,12 +207,12 @@ def run_demo(
     evaluate, promote) on ``base_model`` (``toy``: a tiny model built from the wiki's text);
     edit the wiki and run it again, so a second candidate meets the first champion; ask the
     champion a held-out question about the edited fact."""
-    from wikitune.blocks.source import WikiSource
     from wikitune.config import load_settings
     from wikitune.flows.pipeline import pipeline
     from wikitune.flows.sync import sync
     from wikitune.tasks import model
     from wikitune.tasks.recipe import TrainingRecipe
+    from wikitune.tasks.source import WikiSource
 
     settings = load_settings(home)
     if base_model == TOY:

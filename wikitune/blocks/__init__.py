@@ -1,6 +1,6 @@
-"""Prefect Block classes, editable in the Prefect UI."""
+"""Prefect Block classes, editable in the Prefect UI: each wraps a plain model of ``tasks``."""
 
 from wikitune.blocks.recipe import TrainingRecipeBlock
-from wikitune.blocks.source import WikiSource
+from wikitune.blocks.source import WikiSourceBlock
 
-__all__ = ["TrainingRecipeBlock", "WikiSource"]
+__all__ = ["TrainingRecipeBlock", "WikiSourceBlock"]

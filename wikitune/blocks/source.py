@@ -1,135 +1,23 @@
-"""The wiki source as a Prefect Block: where the wiki is, what part of it is in scope, and how to
-talk to it politely. Editable in the Prefect UI; also built from CLI options."""
+"""The wiki source as a Prefect Block, editable in the Prefect UI: the same fields as
+``tasks.source.WikiSource``, which the sync takes (``plain()``)."""
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlsplit
-
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator, model_validator
 
-from wikitune import __version__
-from wikitune.config import Settings
-from wikitune.tasks.mediawiki import MediaWikiClient
+from wikitune.tasks.source import WikiSource
 
-__all__ = ["DEFAULT_USER_AGENT", "WikiSource"]
-
-DEFAULT_USER_AGENT = (
-    f"wikitune/{__version__} (https://github.com/wikitune/wikitune; set-your-contact@example.org)"
-)
+__all__ = ["WikiSourceBlock"]
 
 
-class WikiSource(Block):
-    """A MediaWiki and the part of it wikitune follows.
-
-    Scope is the members of ``categories`` in ``namespaces`` (in the wiki's content namespaces,
-    usually only 0, when no namespace is set: a category's articles, not its subcategories or
-    files), or every page of ``namespaces`` when no category is set. Redirects are never in
-    scope.
+class WikiSourceBlock(Block, WikiSource):
+    """A wiki source saved on the Prefect server (its bot password, if any, kept as a secret).
 
     Examples:
-        >>> source = WikiSource(api_url="https://wiki.example.org/api.php",
-        ...                     categories=["Category:VTuber"], bot_user="Me@wikitune")
-        >>> client = source.get_client()
+        >>> WikiSourceBlock(api_url="https://wiki.example.org/api.php",
+        ...                 categories=["Category:VTuber"]).save("my-wiki")
+        >>> source = WikiSourceBlock.load("my-wiki").plain()
     """
 
     _block_type_name = "wikitune wiki source"
     _description = "A MediaWiki api.php, the categories/namespaces in scope, and etiquette."
-
-    api_url: str = Field(description="The wiki's api.php URL.")
-    name: str = Field(
-        default="",
-        description="Key of this source in the store (default: the api.php host and path).",
-    )
-    categories: list[str] = Field(
-        default_factory=list, description='Categories in scope, e.g. "Category:VTuber".'
-    )
-    namespaces: list[int] = Field(
-        default_factory=list,
-        description=(
-            "Namespace numbers in scope (alone), or of the categories' members to follow"
-            " (default: the wiki's content namespaces)."
-        ),
-    )
-    user_agent: str = Field(
-        default=DEFAULT_USER_AGENT,
-        description="User-Agent naming the tool and a contact, as wiki operators ask.",
-    )
-    request_interval: float = Field(
-        default=0.0, ge=0, description="Seconds to wait between requests (1.0 for strict wikis)."
-    )
-    bot_user: str | None = Field(
-        default=None, description='Bot-password user, "User@appid" (Special:BotPasswords).'
-    )
-    bot_password: SecretStr | None = Field(
-        default=None,
-        description="The bot password. Left empty, WIKITUNE_BOT_PASSWORD is used.",
-    )
-    bot_password_secret: str | None = Field(
-        default=None,
-        description="Name of a Prefect Secret block holding the bot password, instead.",
-    )
-
-    @field_validator("categories")
-    @classmethod
-    def _category_prefix(cls, categories: list[str]) -> list[str]:
-        return [c if ":" in c else f"Category:{c}" for c in categories]
-
-    @model_validator(mode="after")
-    def _defaults(self) -> WikiSource:
-        if not self.categories and not self.namespaces:
-            raise ValueError("a wiki source needs at least one category or namespace in scope")
-        parts = urlsplit(self.api_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"api_url must be an http(s) URL to api.php, got {self.api_url!r}")
-        if not self.name:
-            self.name = parts.netloc + parts.path
-        return self
-
-    def spec(self) -> dict[str, Any]:
-        """The settings to remember in the store: everything but the secrets."""
-        return self.model_dump(
-            mode="json", exclude={"bot_password", "block_type_slug"}, exclude_none=True
-        )
-
-    def resolve_password(self) -> SecretStr | None:
-        """The bot password from the block, WIKITUNE_BOT_PASSWORD, or the named Prefect Secret."""
-        if self.bot_password is not None:
-            return self.bot_password
-        from_settings = Settings().bot_password
-        if from_settings is not None:
-            return from_settings
-        if self.bot_password_secret:
-            from prefect.blocks.system import Secret
-
-            return SecretStr(str(Secret.load(self.bot_password_secret).get()))
-        return None
-
-    def get_client(
-        self,
-        *,
-        maxlag: int = 5,
-        retries: int = 5,
-        backoff_seconds: float = 1.0,
-        timeout: float = 60,
-    ) -> MediaWikiClient:
-        """A client for this wiki, logged in when a bot user is set."""
-        client = MediaWikiClient(
-            self.api_url,
-            user_agent=self.user_agent,
-            request_interval=self.request_interval,
-            maxlag=maxlag,
-            retries=retries,
-            backoff_seconds=backoff_seconds,
-            timeout=timeout,
-        )
-        if self.bot_user:
-            password = self.resolve_password()
-            if password is None:
-                raise ValueError(
-                    f"bot user {self.bot_user!r} is set but no password: set"
-                    " WIKITUNE_BOT_PASSWORD or bot_password_secret"
-                )
-            client.login(self.bot_user, password)
-        return client

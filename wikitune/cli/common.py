@@ -228,11 +228,13 @@ def wiki_source(
     source_block: str | None,
 ) -> Any:
     """The wiki source the options describe, or None to use the one the store recorded."""
-    from wikitune.blocks.source import WikiSource
+    from wikitune.tasks.source import WikiSource
 
     if source_block:
+        from wikitune.blocks.source import WikiSourceBlock
+
         need_prefect_server("--source-block", "holds the block")
-        return WikiSource.load(source_block)
+        return WikiSourceBlock.load(source_block).plain()
     if api_url:
         options: dict[str, Any] = {
             "api_url": api_url,

@@ -231,9 +231,9 @@ def up(
         nonlocal source
         with temporary_settings({PREFECT_API_URL: record.prefect_api_url}):
             if source_block:
-                from wikitune.blocks.source import WikiSource
+                from wikitune.blocks.source import WikiSourceBlock
 
-                source = WikiSource.load(source_block)
+                source = WikiSourceBlock.load(source_block).plain()
             deployed.append(apply(source, plan))
 
     try:

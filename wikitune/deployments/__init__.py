@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from wikitune.blocks.source import WikiSource
 from wikitune.config import source_slug
 from wikitune.deployments import locks
+from wikitune.tasks.source import WikiSource
 
 __all__ = [
     "GPU_RETRAIN",
@@ -89,8 +89,10 @@ def _source_parameter(source: WikiSource | None) -> tuple[dict[str, Any], str | 
     lets a person edit; without a source, the flows use the one the store recorded."""
     if source is None:
         return {}, None
+    from wikitune.blocks.source import WikiSourceBlock
+
     block_name = source_slug(source.name)
-    source.save(block_name, overwrite=True)
+    WikiSourceBlock(**source.model_dump()).save(block_name, overwrite=True)
     return {"source": block_name}, block_name
 
 

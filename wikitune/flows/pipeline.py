@@ -15,7 +15,6 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from wikitune.blocks.source import WikiSource
 from wikitune.config import is_tracking_server, load_settings, source_slug
 from wikitune.flows.build import BuildSummary, SnapshotSummary, build, snapshot
 from wikitune.flows.naming import (
@@ -34,6 +33,7 @@ from wikitune.storage import PageChange, Store
 from wikitune.tasks.champion import follow_champion
 from wikitune.tasks.decision import Margins
 from wikitune.tasks.recipe import TrainingRecipe
+from wikitune.tasks.source import WikiSource
 
 __all__ = [
     "DATASET_READY",

@@ -7,9 +7,8 @@ from typing import Literal
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
-from wikitune.blocks.source import WikiSource
 from wikitune.config import Settings, load_settings
 from wikitune.flows.naming import (
     PAGE_ROWS,
@@ -23,6 +22,7 @@ from wikitune.flows.runtime import markdown_artifact, run_logger, step
 from wikitune.storage import PageChange, Store
 from wikitune.tasks import sync as sync_tasks
 from wikitune.tasks.mediawiki import MediaWikiClient
+from wikitune.tasks.source import WikiSource
 
 __all__ = ["SyncSummary", "resolve_source", "sync"]
 
@@ -55,7 +55,9 @@ def resolve_source(store: Store, source: WikiSource | str | None) -> WikiSource:
     """The given source, or the saved ``wikitune wiki source`` block of that name (either is
     recorded in the store for later runs), or the one the store recorded."""
     if isinstance(source, str):
-        source = WikiSource.load(source)
+        from wikitune.blocks.source import WikiSourceBlock
+
+        source = WikiSourceBlock.load(source).plain()
     if source is not None:
         store.record_source(source.name, source.spec())
         return source
@@ -64,9 +66,26 @@ def resolve_source(store: Store, source: WikiSource | str | None) -> WikiSource:
     return WikiSource(**spec)
 
 
+def bot_password(source: WikiSource, settings: Settings) -> SecretStr | None:
+    """The source's bot password: its own, else WIKITUNE_BOT_PASSWORD, else the Prefect Secret
+    block it names (none without a bot user)."""
+    if not source.bot_user:
+        return None
+    if source.bot_password is not None:
+        return source.bot_password
+    if settings.bot_password is not None:
+        return settings.bot_password
+    if source.bot_password_secret:
+        from prefect.blocks.system import Secret
+
+        return SecretStr(str(Secret.load(source.bot_password_secret).get()))
+    return None
+
+
 def open_client(source: WikiSource, settings: Settings) -> MediaWikiClient:
     """A polite client for the source, logged in with the bot password when one is set."""
     return source.get_client(
+        password=bot_password(source, settings),
         maxlag=settings.maxlag,
         retries=settings.http_retries,
         backoff_seconds=settings.http_backoff_seconds,

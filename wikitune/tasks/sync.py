@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 
-from wikitune.blocks.source import WikiSource
 from wikitune.storage import PageChange, PageFailure, Store, StoredPage, SyncBatch, SyncState
 from wikitune.tasks.mediawiki import (
     BATCH_SIZE,
@@ -32,6 +31,7 @@ from wikitune.tasks.mediawiki import (
     resolve_titles,
     transcluding_pages,
 )
+from wikitune.tasks.source import WikiSource
 
 __all__ = [
     "SyncCounts",
