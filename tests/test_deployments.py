@@ -234,7 +234,8 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     # What trains is on the deployment page: the base, the recipe, the source block by name.
     for shown in (nightly, api.deployment("retrain/gpu")):
         assert shown["parameters"]["base_model"] == services["base"]
-        assert shown["parameters"]["recipe"]["learning_rate"] == TEST_RECIPE["learning_rate"]
+        shown_sft = shown["parameters"]["recipe"]["sft"]  # as it goes to TRL's SFTConfig
+        assert shown_sft["learning_rate"] == TEST_RECIPE["sft"]["learning_rate"]
     assert nightly["parameters"]["source"] == sync_deployment["parameters"]["source"] == SOURCE
     # And what decides: the retrain threshold and the promotion margins, from deploy's settings.
     assert sync_deployment["parameters"]["retrain_threshold"] == 120
