@@ -162,7 +162,8 @@ def _worker_on_another_machine(
 ) -> subprocess.Popen[bytes]:
     """A `gpu` worker as on a second machine: its own WIKITUNE_HOME and PREFECT_HOME, and, in a
     mount namespace of its own, an empty tmpfs over the first machine's home, which it cannot
-    see; it reaches the first machine through the Prefect and MLflow servers only."""
+    see; it reaches the first machine through the Prefect and MLflow servers only, and learns
+    the MLflow server's URL from the deployment's parameters, not from its environment."""
     machine.mkdir()
     worker_env = {
         **{
@@ -170,11 +171,10 @@ def _worker_on_another_machine(
             for k, v in os.environ.items()
             if not k.startswith("PREFECT_") and k != "WIKITUNE_HOME"
         },
-        **env,
+        **{k: v for k, v in env.items() if k != "WIKITUNE_MLFLOW_TRACKING_URI"},
         "WIKITUNE_HOME": str(machine),
         "PREFECT_HOME": str(machine / "prefect"),
         "PREFECT_API_URL": prefect_api,
-        "WIKITUNE_MLFLOW_TRACKING_URI": mlflow,
         "WIKITUNE_MLFLOW_UI_URL": mlflow,
         "PYTHONWARNINGS": "ignore::FutureWarning",
     }
@@ -242,6 +242,10 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert nightly["parameters"]["retrain_threshold"] == 120
     margins = nightly["parameters"]["margins"]
     assert api.deployment("retrain/gpu")["parameters"]["margins"] == margins
+    # And where runs and versions go: the MLflow server `up` started, which the gpu worker on
+    # the other machine has in no environment variable.
+    assert nightly["parameters"]["tracking_uri"] == services["mlflow"]
+    assert api.deployment("retrain/gpu")["parameters"]["tracking_uri"] == services["mlflow"]
     assert margins["max_leakage"] == float(TOY_MARGINS["WIKITUNE_PROMOTE_MAX_LEAKAGE"])
     assert set(margins) == {"min_gain", "stable_tolerance", "min_retention", "max_leakage"}
     assert "wikitune.dataset.ready" in nightly["description"]

@@ -244,11 +244,13 @@ class Settings(BaseSettings):
         return self.home / "mlartifacts"
 
 
-def load_settings(home: Path | str | None = None) -> Settings:
-    """Settings from the environment, with ``home`` overriding ``WIKITUNE_HOME`` when given."""
-    if home is None:
-        return Settings()
-    return Settings(home=Path(home))
+def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, with ``home`` overriding ``WIKITUNE_HOME`` and each
+    override that is not None its setting (a flow's parameters over a worker's environment)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if home is not None:
+        given["home"] = Path(home)
+    return Settings(**given)
 
 
 def _prefect_api() -> str:

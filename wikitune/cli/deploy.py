@@ -23,7 +23,7 @@ from wikitune.cli.common import (
     fail,
     wiki_source,
 )
-from wikitune.config import load_settings
+from wikitune.config import is_tracking_server, load_settings
 
 TimezoneOption = Annotated[
     str, typer.Option(help="Time zone of the schedules (IANA name, e.g. Asia/Shanghai).")
@@ -108,6 +108,7 @@ def _deploy_plan(
         recipe=chosen.model_dump(mode="json"),
         recipe_origin=recipe_origin(base, path, settings.device),
         retrain_threshold=settings.retrain_threshold,
+        tracking_uri=settings.tracking_uri if is_tracking_server(settings.tracking_uri) else None,
         margins=settings.margins().model_dump(),
     )
 
@@ -229,6 +230,7 @@ def up(
 
     def deploy_before_workers(record: services.Services) -> None:
         nonlocal source
+        plan.tracking_uri = record.mlflow_url  # the tracking server just started
         with temporary_settings({PREFECT_API_URL: record.prefect_api_url}):
             if source_block:
                 from wikitune.blocks.source import WikiSourceBlock

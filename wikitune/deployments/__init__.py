@@ -48,6 +48,8 @@ class DeployOptions(BaseModel):
     """Pairs changed since the champion's snapshot that make a retrain due."""
     margins: dict[str, float] | None = None
     """The promotion margins (``decision.Margins``) the retrains decide with."""
+    tracking_uri: str | None = None
+    """The MLflow tracking server the cycles and retrains use (a URL; none for a local file)."""
 
 
 class Applied(BaseModel):
@@ -121,13 +123,21 @@ def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Ap
     # a worker's environment.
     model = {k: v for k, v in (("base_model", options.base_model), ("recipe", options.recipe)) if v}
     decides = {"margins": options.margins} if options.margins else {}
+    tracks = {"tracking_uri": options.tracking_uri} if options.tracking_uri else {}
     due = (
         {"retrain_threshold": options.retrain_threshold}
         if options.retrain_threshold is not None
         else {}
     )
     resource = f"wikitune.source.{source_slug(source.name)}" if source else "wikitune.*"
-    cycle = {**source_parameter, "retrain_deployment": GPU_RETRAIN, **model, **due, **decides}
+    cycle = {
+        **source_parameter,
+        "retrain_deployment": GPU_RETRAIN,
+        **model,
+        **due,
+        **decides,
+        **tracks,
+    }
     deployments = [
         pipeline.to_deployment(
             SYNC.split("/")[1],
@@ -176,7 +186,7 @@ def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Ap
         retrain.to_deployment(
             GPU_RETRAIN.split("/")[1],
             work_pool_name="gpu",
-            parameters={**model, **decides},
+            parameters={**model, **decides, **tracks},
             description=(
                 "Train a QLoRA adapter on a snapshot (its directory or URL), evaluate it against"
                 " the champion on the same held-out questions, register it in MLflow and move"

@@ -340,6 +340,7 @@ def pipeline(
     full: bool = False,
     retrain_threshold: int | None = None,
     margins: Margins | None = None,
+    tracking_uri: str | None = None,
     home: str | None = None,
 ) -> CycleSummary:
     """One cycle: sync the wiki, build QA pairs, then retrain according to ``retrain_when``,
@@ -358,9 +359,11 @@ def pipeline(
     promoted by ``margins`` (default WIKITUNE_PROMOTE_*). The run ends Completed
     with the outcome as its message (``promoted v3: ...``, ``rejected v3: ...``, ``not due``)
     and the cycle's markdown artifact; a failed retrain fails the run and changes nothing.
+    ``tracking_uri`` (a deployment's parameter) names the MLflow tracking server over the
+    worker's WIKITUNE_MLFLOW_TRACKING_URI, and goes to the retrain.
     """
     logger = run_logger()
-    settings = load_settings(home)
+    settings = load_settings(home, mlflow_tracking_uri=tracking_uri)
     home = str(settings.home)
     synced = step(sync, source=source, home=home)
     name_run_after(synced.source)
@@ -412,6 +415,8 @@ def pipeline(
                 parameters["full"] = True
             if margins is not None:
                 parameters["margins"] = margins
+            if is_tracking_server(settings.tracking_uri):
+                parameters["tracking_uri"] = settings.tracking_uri
             result = _retrain_on_deployment(
                 retrain_deployment,
                 parameters,
@@ -427,6 +432,7 @@ def pipeline(
                 recipe=recipe,
                 full=full,
                 margins=margins,
+                tracking_uri=tracking_uri,
                 home=home,
             )
         with Store(settings.store_path) as store:

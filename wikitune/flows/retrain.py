@@ -276,6 +276,7 @@ def retrain(
     promote: bool = True,
     margins: Margins | None = None,
     full: bool = False,
+    tracking_uri: str | None = None,
     home: str | None = None,
 ) -> RetrainResult:
     """Train a LoRA adapter (QLoRA where 4-bit runs) on ``snapshot`` (an id under the snapshots
@@ -286,8 +287,9 @@ def retrain(
     On the champion's adapter it trains on the pairs fresh to the champion, a replay sample of
     stable pairs and general rows (a delta retrain); on the whole snapshot when there is no
     champion on this base, the mapping changed, ``full`` is set, or the recipe's
-    ``full_retrain_every`` says so."""
-    settings = load_settings(home)
+    ``full_retrain_every`` says so. ``tracking_uri`` (a deployment's parameter) names the
+    MLflow tracking server over the worker's WIKITUNE_MLFLOW_TRACKING_URI."""
+    settings = load_settings(home, mlflow_tracking_uri=tracking_uri)
     logger = run_logger()
     base_spec = base_model or settings.base_model
     if recipe is None:
