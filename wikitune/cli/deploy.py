@@ -108,9 +108,21 @@ def _deploy_plan(
         recipe=chosen.model_dump(mode="json"),
         recipe_origin=recipe_origin(base, path, settings.device),
         retrain_threshold=settings.retrain_threshold,
-        tracking_uri=settings.tracking_uri if is_tracking_server(settings.tracking_uri) else None,
+        tracking_uri=_tracking_server(settings),
         margins=settings.margins().model_dump(),
     )
+
+
+def _tracking_server(settings: Any) -> str | None:
+    """The MLflow server the deployments name: this shell's WIKITUNE_MLFLOW_TRACKING_URI, else
+    the one `up` runs for this home (so a deploy from a shell without it changes nothing),
+    else none (a local file, which no other machine can use)."""
+    from wikitune import services
+
+    if is_tracking_server(settings.tracking_uri):
+        return str(settings.tracking_uri)
+    record = services.running(settings)
+    return record.mlflow_url if record is not None else None
 
 
 def _print_applied(applied: Any, ui_url: str | None) -> None:
