@@ -26,7 +26,7 @@ def demo(
     base_model: Annotated[
         str,
         typer.Option(
-            help="smollm2-135m-instruct (a real instruct model, about 15 minutes on 2 cores),"
+            help="smollm2-135m-instruct (a real instruct model, about 13 minutes on 2 cores),"
             " toy (a tiny model built from the wiki, a few minutes), or any other base."
         ),
     ] = "smollm2-135m-instruct",
