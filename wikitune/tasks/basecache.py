@@ -13,13 +13,19 @@ from typing import Any, TypeVar, cast
 
 from wikitune.tasks import chat
 
-__all__ = ["base_answers", "once_per_base"]
+__all__ = ["base_answers", "cache_key", "once_per_base"]
 
 T = TypeVar("T")
 
 
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, ensure_ascii=False).encode()).hexdigest()[:24]
+
+
+def cache_key(digest: str, precision: str) -> str:
+    """The key of a base's answers and numbers computed in ``precision``: its digest alone in
+    fp32 (as caches were keyed before other precisions), else the digest and the precision."""
+    return digest if precision == "fp32" else f"{digest}+{precision}"
 
 
 def _write_json(path: Path, value: Any) -> None:

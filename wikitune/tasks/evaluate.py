@@ -80,7 +80,7 @@ def _snapshot_location(
 
 def _remembered_probe_answers(
     cache_dir: Path,
-    run_id: str,
+    key: str,
     adapter: str,
     name: str | None = None,
     *,
@@ -89,11 +89,11 @@ def _remembered_probe_answers(
     probes: Sequence[dict[str, Any]],
     batch_size: int,
 ) -> list[str]:
-    """The answers of ``adapter`` (of ``model``), trained by run ``run_id``, to the probes:
-    generated once per run, answering precision and prompt, and kept in ``cache_dir``."""
+    """The answers of ``adapter`` (of ``model``) to the probes: generated once per ``key`` (a
+    training run and answering precision) and prompt, and kept in ``cache_dir``."""
     return basecache.base_answers(
         cache_dir,
-        f"run:{run_id}+{models.answer_precision(model)}",
+        key,
         tokenizer,
         [row["messages"] for row in probes],
         max_new_tokens=PROBE_TOKENS,
@@ -105,7 +105,7 @@ def _remembered_probe_answers(
 
 def _remembered_general_loss(
     cache_dir: Path,
-    run_id: str,
+    key: str,
     adapter: str,
     name: str | None = None,
     *,
@@ -114,8 +114,9 @@ def _remembered_general_loss(
     general: Sequence[dict[str, Any]],
     batch_size: int,
 ) -> float:
-    """The loss of ``adapter`` (of ``model``), trained by run ``run_id``, on the general eval
-    rows: computed once per run, computing precision and rows, and kept in ``cache_dir``."""
+    """The loss of ``adapter`` (of ``model``; ``BARE_BASE``: the bare base) on the general eval
+    rows: computed once per ``key`` (a base or a training run, and the computing precision)
+    and rows, and kept in ``cache_dir``."""
 
     def compute() -> float:
         with as_adapter(model, adapter):
@@ -127,9 +128,7 @@ def _remembered_general_loss(
                 description=f"{name or adapter}: general loss",
             )
 
-    return basecache.once_per_base(
-        cache_dir, f"run:{run_id}+{models.answer_precision(model)}", tokenizer, general, compute
-    )
+    return basecache.once_per_base(cache_dir, key, tokenizer, general, compute)
 
 
 def evaluate_run(
@@ -184,7 +183,7 @@ def evaluate_run(
     precision = models.answer_precision(base)
     log.info("evaluating %s, answering in %s", run_id, precision)
     base_digest = params.get("base_model_digest", "")
-    cache_key = base_digest if precision == "fp32" else f"{base_digest}+{precision}"
+    cache_key = basecache.cache_key(base_digest, precision)
     base_answers = None
     if probes:
         with model.disable_adapter():
@@ -198,24 +197,24 @@ def evaluate_run(
                     "base", model, tokenizer, prompts, batch_size=answer_batch_size
                 ),
             )
-    base_general_loss = None
-    if general:
-        with model.disable_adapter():
-            base_general_loss = basecache.once_per_base(
-                workdir.parent / "base-general-loss",
-                cache_key,
-                tokenizer,
-                general,
-                lambda: assistant_loss(
-                    model,
-                    tokenizer,
-                    [row["messages"] for row in general],
-                    batch_size=batch_size,
-                    description="base: general loss",
-                ),
-            )
+    loss_of = partial(
+        _remembered_general_loss,
+        model=model,
+        tokenizer=tokenizer,
+        general=general,
+        batch_size=batch_size,
+    )
+    base_general_loss = (
+        loss_of(workdir.parent / "base-general-loss", cache_key, models.BARE_BASE, "base")
+        if general
+        else None
+    )
+
     # An adapter's probe answers and general loss are kept per training run: a champion's were
     # worked out when it was the candidate.
+    def run_key(training_run: str) -> str:
+        return f"run:{training_run}+{precision}"
+
     remembered = partial(
         _remembered_probe_answers,
         workdir.parent / "adapter-probe-answers",
@@ -224,16 +223,11 @@ def evaluate_run(
         probes=probes,
         batch_size=answer_batch_size,
     )
-    remembered_loss = partial(
-        _remembered_general_loss,
-        workdir.parent / "adapter-general-loss",
-        model=model,
-        tokenizer=tokenizer,
-        general=general,
-        batch_size=batch_size,
+    remembered_loss = partial(loss_of, workdir.parent / "adapter-general-loss")
+    known = (
+        {"candidate": remembered(run_key(run_id), "candidate")} if base_answers is not None else {}
     )
-    known = {"candidate": remembered(run_id, "candidate")} if base_answers is not None else {}
-    known_losses = {"candidate": remembered_loss(run_id, "candidate")} if general else {}
+    known_losses = {"candidate": remembered_loss(run_key(run_id), "candidate")} if general else {}
     # Both models answer the same questions with the same settings; where they share the
     # base, in the same batches (the champion as a second adapter of the loaded base).
     eval_rows = list(data.splits["eval"])
@@ -264,10 +258,12 @@ def evaluate_run(
         if same_base(facts, params):
             model.load_adapter(held.adapter_dir, adapter_name="champion")
             if base_answers is not None and current.run_id:
-                known[champion_name] = remembered(current.run_id, "champion", champion_name)
+                known[champion_name] = remembered(
+                    run_key(current.run_id), "champion", champion_name
+                )
             if general and current.run_id:
                 known_losses[champion_name] = remembered_loss(
-                    current.run_id, "champion", champion_name
+                    run_key(current.run_id), "champion", champion_name
                 )
             candidate_scores, champion_scores = score(
                 {"candidate": "candidate", champion_name: "champion"}, model, tokenizer

@@ -541,7 +541,7 @@ def _answered_by_base(
     with model.disable_adapter():
         answers = basecache.base_answers(
             cache_dir,
-            base.digest if precision == "fp32" else f"{base.digest}+{precision}",
+            basecache.cache_key(base.digest, precision),
             tokenizer,
             [rows[i]["messages"] for i in general],
             max_new_tokens=SELF_DISTILLED_TOKENS,
