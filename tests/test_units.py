@@ -69,7 +69,7 @@ def test_the_blocks_wrap_plain_models_and_domain_code_imports_no_prefect() -> No
     plain = block.plain()
     assert type(plain) is WikiSource and plain.categories == ["Category:VTuber"]
     assert plain.bot_password is not None and plain.bot_password.get_secret_value() == "pw"
-    recipe = TrainingRecipeBlock(lora_r=8).recipe()
+    recipe = TrainingRecipeBlock(lora_r=8).plain()
     assert type(recipe) is TrainingRecipe and recipe.lora["r"] == 8
 
 

@@ -38,7 +38,6 @@ class Machine(BaseModel):
     directories, the tracking server and the device. Flows read the settings once and give
     this to their tasks as a parameter."""
 
-    home: Path
     tracking_uri: str
     mlflow_ui_url: str | None = None
     device: str | None = None
@@ -220,7 +219,6 @@ class Settings(BaseSettings):
     def machine(self) -> Machine:
         """What this worker's tasks need of these settings (no secrets)."""
         return Machine(
-            home=self.home,
             tracking_uri=self.tracking_uri,
             mlflow_ui_url=self.mlflow_ui_url,
             device=self.device,

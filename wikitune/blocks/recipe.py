@@ -1,5 +1,5 @@
 """The training recipe as a Prefect Block, editable in the Prefect UI: the same fields as
-``tasks.recipe.TrainingRecipe``, which training takes (``recipe()``)."""
+``tasks.recipe.TrainingRecipe``, which training takes (``plain()``)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,8 @@ class TrainingRecipeBlock(Block, TrainingRecipe):
 
     Examples:
         >>> TrainingRecipeBlock(sft={"num_train_epochs": 1}).save("short")
-        >>> recipe = TrainingRecipeBlock.load("short").recipe()
+        >>> recipe = TrainingRecipeBlock.load("short").plain()
     """
 
     _block_type_name = "wikitune training recipe"
     _description = "LoRA/QLoRA hyper-parameters for wikitune's retrain (defaults: 7B on one GPU)."
-
-    def recipe(self) -> TrainingRecipe:
-        """The recipe itself, as training takes it."""
-        return self.replace()

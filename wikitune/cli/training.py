@@ -181,7 +181,7 @@ def train(
     if recipe_block:
         need_prefect_server("--recipe-block", "holds the block")
     try:
-        chosen = TrainingRecipeBlock.load(recipe_block).recipe() if recipe_block else None
+        chosen = TrainingRecipeBlock.load(recipe_block).plain() if recipe_block else None
     except ValueError as error:
         raise fail(f"no training recipe block {recipe_block!r}: {error}") from None
     result = run_flow(

@@ -226,6 +226,10 @@ class TrainingRecipe(BaseModel):
         (``max_steps=10``, ``lora_r=8``), validated again."""
         return TrainingRecipe(**{**self.model_dump(include=_FIELDS), **changes})
 
+    def plain(self) -> TrainingRecipe:
+        """This recipe as the plain model (a Block that wraps it adds fields of its own)."""
+        return self.replace()
+
     def for_scope(self, scope: Literal["full", "delta"]) -> TrainingRecipe:
         """The recipe a retrain of ``scope`` runs: a delta's own epochs where set."""
         if scope == "delta" and self.delta_num_train_epochs is not None:
