@@ -50,6 +50,13 @@ RetrainRecipeOption = Annotated[
     Path | None,
     typer.Option(help="Training recipe, YAML or packaged name (default: the base's)."),
 ]
+RetrainDeviceOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Device of the gpu pool's retrains, cuda or cpu; the default recipe follows it"
+        " (default: $WIKITUNE_DEVICE here, else each worker's own)."
+    ),
+]
 
 
 def _deploy_plan(
@@ -61,6 +68,7 @@ def _deploy_plan(
     nightly_retrain_when: str,
     base_model: str | None,
     recipe: Path | None,
+    device: str | None,
     *,
     block_later: bool = False,
 ) -> tuple[Any, Any]:
@@ -93,10 +101,13 @@ def _deploy_plan(
                 source = resolve_source(store, None)
             except ValueError as error:  # several sources: say which to deploy
                 raise fail(f"{error}, or --source-block NAME") from None
+    device = device or settings.device
+    if device not in (None, "cuda", "cpu"):
+        raise fail(f"--device must be cuda or cpu, not {device!r}")
     base = base_model or settings.base_model
     try:
         path = recipe or settings.recipe_path
-        chosen = chosen_recipe(base, path, settings.device)
+        chosen = chosen_recipe(base, path, device)
     except ValueError as error:
         raise fail(str(error)) from None
     return source, DeployOptions(
@@ -106,7 +117,8 @@ def _deploy_plan(
         nightly_retrain_when=nightly_retrain_when,
         base_model=base,
         recipe=chosen.model_dump(mode="json"),
-        recipe_origin=recipe_origin(base, path, settings.device),
+        recipe_origin=recipe_origin(base, path, device),
+        device=device,
         retrain_threshold=settings.retrain_threshold,
         tracking_uri=_tracking_server(settings),
         margins=settings.margins().model_dump(),
@@ -149,6 +161,7 @@ def deploy(
     nightly_retrain_when: NightlyWhenOption = "new-data",
     base_model: RetrainBaseOption = None,
     recipe: RetrainRecipeOption = None,
+    device: RetrainDeviceOption = None,
     api_url: ApiUrlOption = None,
     category: CategoryOption = None,
     namespace: NamespaceOption = None,
@@ -180,6 +193,7 @@ def deploy(
         nightly_retrain_when,
         base_model,
         recipe,
+        device,
     )
     _print_applied(apply(source, plan), PREFECT_API_URL.value().removesuffix("/api"))
     console.print(f"retrains train {plan.base_model} with {plan.recipe_origin}")
@@ -205,6 +219,7 @@ def up(
     nightly_retrain_when: NightlyWhenOption = "new-data",
     base_model: RetrainBaseOption = None,
     recipe: RetrainRecipeOption = None,
+    device: RetrainDeviceOption = None,
     api_url: ApiUrlOption = None,
     category: CategoryOption = None,
     namespace: NamespaceOption = None,
@@ -236,6 +251,7 @@ def up(
         nightly_retrain_when,
         base_model,
         recipe,
+        device,
         block_later=source_block is not None,
     )
     deployed: list[Any] = []

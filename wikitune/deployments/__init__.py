@@ -50,6 +50,8 @@ class DeployOptions(BaseModel):
     """The promotion margins (``decision.Margins``) the retrains decide with."""
     tracking_uri: str | None = None
     """The MLflow tracking server the cycles and retrains use (a URL; none for a local file)."""
+    device: str | None = None
+    """What the gpu pool's retrains train on (``cuda`` or ``cpu``; none: each worker's own)."""
 
 
 class Applied(BaseModel):
@@ -124,6 +126,7 @@ def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Ap
     model = {k: v for k, v in (("base_model", options.base_model), ("recipe", options.recipe)) if v}
     decides = {"margins": options.margins} if options.margins else {}
     tracks = {"tracking_uri": options.tracking_uri} if options.tracking_uri else {}
+    on = {"device": options.device} if options.device else {}
     due = (
         {"retrain_threshold": options.retrain_threshold}
         if options.retrain_threshold is not None
@@ -186,7 +189,7 @@ def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Ap
         retrain.to_deployment(
             GPU_RETRAIN.split("/")[1],
             work_pool_name="gpu",
-            parameters={**model, **decides, **tracks},
+            parameters={**model, **decides, **tracks, **on},
             description=(
                 "Train a QLoRA adapter on a snapshot (its directory or URL), evaluate it against"
                 " the champion on the same held-out questions, register it in MLflow and move"
