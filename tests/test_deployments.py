@@ -30,6 +30,7 @@ from wikitune.demo import INFOBOX_TEMPLATE, SAMPLE_VTUBERS, TOY_MARGINS, sample_
 from wikitune.localwiki import LocalWiki, free_port
 from wikitune.mlflow.registry import registered_model_name
 from wikitune.services import tagged_processes
+from wikitune.tasks import basemodel
 
 SOURCE = "deploywiki"
 
@@ -95,10 +96,13 @@ class PrefectApi:
 def services(wiki: LocalWiki, world: dict[str, Any], tmp_path: Path) -> Iterator[dict[str, Any]]:
     """`wikitune up` on free ports against the test wiki; `down` however the test ends."""
     home = tmp_path / "home"
+    # The base is a directory only this machine has: the gpu worker gets it through MLflow.
+    shutil.copytree(world["root"] / "base", home / "base")
     env = {
-        "WIKITUNE_BASE_MODEL": str(world["root"] / "base"),
+        "WIKITUNE_BASE_MODEL": str(home / "base"),
         "WIKITUNE_RECIPE_PATH": str(world["recipe"]),
         "WIKITUNE_RETRAIN_THRESHOLD": "120",
+        "WIKITUNE_DEVICE": "cpu",
         **TOY_MARGINS,
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
@@ -246,6 +250,8 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     # the other machine has in no environment variable.
     assert nightly["parameters"]["tracking_uri"] == services["mlflow"]
     assert api.deployment("retrain/gpu")["parameters"]["tracking_uri"] == services["mlflow"]
+    # And on what the retrains train: the device deploy was given, not the worker's guess.
+    assert api.deployment("retrain/gpu")["parameters"]["device"] == "cpu"
     assert margins["max_leakage"] == float(TOY_MARGINS["WIKITUNE_PROMOTE_MAX_LEAKAGE"])
     assert set(margins) == {"min_gain", "stable_tolerance", "min_retention", "max_leakage"}
     assert "wikitune.dataset.ready" in nightly["description"]
@@ -333,6 +339,14 @@ def test_edit_burst_leads_to_event_retrain_and_new_version(
     assert (machine / "snapshots" / snapshot_id / "manifest.json").is_file()
     assert list((machine / "runs").glob(f"{snapshot_id}-*"))
     assert not list((services["home"] / "runs").glob(f"{snapshot_id}-*"))
+    # The base, which only the first machine's disk holds, came the same way, once per digest;
+    # the training run and its logged model name it so that any machine finds it again.
+    published = gpu_run["parameters"]["base_model"]
+    assert published.startswith("runs:/") and published.endswith("/base"), published
+    assert len(list((machine / "models" / "published").iterdir())) == 1
+    digest = basemodel.directory_digest(Path(services["base"]))
+    elsewhere = basemodel.resolve_base_model(published, tmp_path / "third", services["mlflow"])
+    assert elsewhere.digest == digest and Path(elsewhere.path, "config.json").is_file()
     shown = cli("models", home=services["home"], local=True)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "champion" in shown.stdout, shown.stdout

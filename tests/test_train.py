@@ -78,6 +78,10 @@ def test_training_lowers_eval_loss_and_logs_the_run(world: dict[str, Any]) -> No
     files = {p.name for p in local.rglob("*") if p.is_file()}
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
     assert str(world["root"] / "base") in (local / "MLmodel").read_text()
+    # Its metadata names the base as another machine finds it: the spec and the digest.
+    metadata = mlflow.models.get_model_info(result.model_uri).metadata
+    assert metadata["wikitune.base_model_spec"] == result.base_model_spec
+    assert metadata["wikitune.base_model_digest"] == result.base_model_digest
 
 
 def test_adapter_reloads_and_answers_trained_questions(world: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from wikitune.flows.runtime import finished, in_prefect_run, markdown_artifact, 
 from wikitune.flows.sync import SyncSummary, sync
 from wikitune.mlflow import exchange, registry
 from wikitune.storage import PageChange, Store
+from wikitune.tasks import basemodel
 from wikitune.tasks.champion import follow_champion
 from wikitune.tasks.decision import Margins
 from wikitune.tasks.recipe import TrainingRecipe
@@ -131,6 +132,16 @@ def publish_snapshot(tracking_uri: str, source: str, frozen: SnapshotSummary) ->
     if not is_tracking_server(tracking_uri):
         return frozen.path
     return exchange.publish_snapshot(tracking_uri, source, frozen.id, Path(frozen.path))
+
+
+@task(name="publish-base", cache_policy=NO_CACHE)
+def publish_base(tracking_uri: str, base_model: str, models_dir: Path) -> str:
+    """How a retrain worker finds the base: a local directory or ``.gguf`` file published to
+    the tracking server once per digest (the worker may not see this machine's disk); a
+    packaged name or hub id as it is."""
+    if not is_tracking_server(tracking_uri):
+        return base_model
+    return basemodel.shareable_spec(base_model, models_dir, tracking_uri)
 
 
 def _cycle_in_flight(source: str) -> str | None:
@@ -408,7 +419,12 @@ def pipeline(
                 )
             }
             if base_model:
-                parameters["base_model"] = base_model
+                parameters["base_model"] = step(
+                    publish_base,
+                    tracking_uri=settings.tracking_uri,
+                    base_model=base_model,
+                    models_dir=settings.models_dir,
+                )
             if recipe is not None:
                 parameters["recipe"] = recipe
             if full:

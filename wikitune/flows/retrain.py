@@ -292,10 +292,6 @@ def retrain(
     settings = load_settings(home, mlflow_tracking_uri=tracking_uri)
     logger = run_logger()
     base_spec = base_model or settings.base_model
-    if recipe is None:
-        path, on = recipe_file or settings.recipe_path, device or settings.device
-        recipe = chosen_recipe(base_spec, path, on)
-        logger.info("training %s with %s", base_spec, recipe_origin(base_spec, path, on))
     if deployment.id and not is_tracking_server(settings.tracking_uri):
         # A worker's own SQLite file would hide the run, the adapter and the outcome from the
         # flow run that started it and from every other machine.
@@ -306,7 +302,12 @@ def retrain(
         )
     location = snapshots.resolve_snapshot(snapshot, settings.snapshots_dir, settings.tracking_uri)
     manifest = snapshots.read_manifest(location)
-    base = basemodel.resolve_base_model(base_spec, settings.models_dir)
+    base = basemodel.resolve_base_model(base_spec, settings.models_dir, settings.tracking_uri)
+    if recipe is None:
+        # By what the base is, not how it is spelt: a published base is a directory here.
+        path, on = recipe_file or settings.recipe_path, device or settings.device
+        recipe = chosen_recipe(base.path, path, on)
+        logger.info("training %s with %s", base_spec, recipe_origin(base.path, path, on))
     init_adapter, warm_start, champion_tags = _starting_point(
         settings, recipe, base, manifest.source, manifest.id
     )

@@ -1,7 +1,8 @@
 """What the machines of one deployment hand each other through the MLflow server they all reach
 (it proxies artifacts): a snapshot's files, published by the machine that made it and fetched by
-the worker that trains on it, and a retrain's outcome, logged by the worker and read by the
-flow run that started it. Nothing here needs a disk the machines share."""
+the worker that trains on it; a base model that only the first machine has (a directory or a
+``.gguf`` file of its own), published once per digest; and a retrain's outcome, logged by the
+worker and read by the flow run that started it. Nothing here needs a disk the machines share."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from wikitune.tasks.snapshots import MANIFEST_FILE, SnapshotManifest
 
 __all__ = [
     "ARTIFACT_SCHEMES",
+    "fetch_base",
     "fetch_snapshot",
     "log_outcome",
     "outcome_of",
+    "publish_base",
     "publish_snapshot",
     "published_snapshot",
 ]
@@ -31,6 +34,10 @@ ARTIFACT_SCHEMES = ("runs:/", "mlflow-artifacts:/")
 """Snapshot references a worker resolves through the tracking server."""
 SNAPSHOT_TAG = "wikitune.snapshot_id"
 OUTCOME_ARTIFACT = "retrain_outcome.json"
+BASES_EXPERIMENT = "wikitune-bases"
+BASE_DIGEST_TAG = "wikitune.base_digest"
+BASE_SPEC_TAG = "wikitune.base_spec"
+BASE_ARTIFACT = "base"
 
 
 def _snapshots_experiment(source: str) -> str:
@@ -112,6 +119,65 @@ def _same_snapshot(directory: Path, manifest: SnapshotManifest) -> bool:
     return held.digest == manifest.digest and all(
         (directory / name).is_file() for name in manifest.files.values()
     )
+
+
+def publish_base(tracking_uri: str, spec: str, directory: Path, digest: str) -> str:
+    """A base model's directory as the artifacts of a run in ``wikitune-bases``, once per
+    digest (every source and cycle shares it); the ``runs:/`` URI another machine fetches it
+    by, which is what the retrain is then given as its base."""
+    use_tracking(tracking_uri)
+    client = MlflowClient()
+    found = client.get_experiment_by_name(BASES_EXPERIMENT)
+    experiment = found.experiment_id if found else client.create_experiment(BASES_EXPERIMENT)
+    published = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`{BASE_DIGEST_TAG}` = '{digest}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    if published:
+        return f"runs:/{published[0].info.run_id}/{BASE_ARTIFACT}"
+    run = client.create_run(
+        experiment,
+        run_name=f"base-{Path(spec).name}-{digest.split(':')[-1][:12]}",
+        tags={BASE_DIGEST_TAG: digest, BASE_SPEC_TAG: spec},
+    )
+    try:
+        client.log_artifacts(run.info.run_id, str(directory), BASE_ARTIFACT)
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id)
+    return f"runs:/{run.info.run_id}/{BASE_ARTIFACT}"
+
+
+def fetch_base(tracking_uri: str, uri: str, models_dir: Path) -> tuple[Path, str]:
+    """The base published at ``uri`` (``runs:/<run>/base``) and its digest: a directory under
+    ``models_dir/published``, named by the digest and downloaded once."""
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    use_tracking(tracking_uri)
+    if not uri.startswith("runs:/"):
+        raise ValueError(f"a published base is a runs:/ URI, not {uri!r}")
+    run_id, _ = RunsArtifactRepository.parse_runs_uri(uri)
+    digest = MlflowClient().get_run(run_id).data.tags.get(BASE_DIGEST_TAG)
+    if not digest:
+        raise ValueError(f"run {run_id} of {uri} records no base digest ({BASE_DIGEST_TAG})")
+    published = models_dir / "published"
+    target = published / digest.replace(":", "-")
+    if target.is_dir():  # only ever made by the rename below, so complete
+        return target, digest
+    published.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fetching-", dir=published))
+    try:
+        files = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(staging)))
+        try:
+            os.replace(files, target)
+        except OSError:  # another run fetched it first
+            if not target.is_dir():
+                raise
+        return target, digest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def log_outcome(

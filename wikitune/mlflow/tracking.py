@@ -194,18 +194,22 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
 
 
 def log_adapter(
-    model: Any, tokenizer: Any, *, base_model: str, pip_requirements: Sequence[str]
+    model: Any, tokenizer: Any, *, base: Mapping[str, str], pip_requirements: Sequence[str]
 ) -> str:
-    """Log the PEFT adapter as a `transformers` model of the active run. A local base model is
-    referenced by its absolute path, a hub base by its id; its weights are never copied.
-    Returns the model URI."""
-    base_path = os.path.abspath(base_model) if Path(base_model).is_dir() else None
+    """Log the PEFT adapter as a `transformers` model of the active run; its base's weights
+    are never copied. MLflow references a local base by its path on this machine, a hub base by
+    its id; the model's metadata names the base as any machine finds it (``base.params()``: the
+    spec, e.g. a packaged name or a base published to the tracking server, and the digest), for
+    ``mlflow.transformers.load_model(uri, base_model_path=...)`` elsewhere. Returns the model
+    URI."""
+    where = base["base_model"]
     info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},
         name=ADAPTER_ARTIFACT,
         task="text-generation",
-        base_model_path=base_path,
+        base_model_path=os.path.abspath(where) if Path(where).is_dir() else None,
         pip_requirements=list(pip_requirements),
+        metadata={f"wikitune.{key}": value for key, value in base.items()},
     )
     mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     return info.model_uri

