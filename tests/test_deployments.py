@@ -177,6 +177,7 @@ def _worker_on_another_machine(
         },
         **{k: v for k, v in env.items() if k != "WIKITUNE_MLFLOW_TRACKING_URI"},
         "WIKITUNE_HOME": str(machine),
+        "WIKITUNE_MODELS_DIR": str(machine / "models"),
         "PREFECT_HOME": str(machine / "prefect"),
         "PREFECT_API_URL": prefect_api,
         "WIKITUNE_MLFLOW_UI_URL": mlflow,
