@@ -3,6 +3,8 @@ errors reported in one line, and the log file."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import sys
@@ -203,6 +205,49 @@ BotUserOption = Annotated[
 SourceBlockOption = Annotated[
     str | None, typer.Option(help="Name of a saved 'wikitune wiki source' Prefect block.")
 ]
+
+
+_SOURCE_OPTIONS: dict[str, Any] = {
+    "api_url": ApiUrlOption,
+    "category": CategoryOption,
+    "namespace": NamespaceOption,
+    "name": NameOption,
+    "user_agent": UserAgentOption,
+    "request_interval": IntervalOption,
+    "bot_user": BotUserOption,
+    "source_block": SourceBlockOption,
+}
+
+
+def takes_wiki_source(command: Callable[..., T]) -> Callable[..., T]:
+    """Give a command the wiki source options (``--api-url``, ``--category``, ...,
+    ``--source-block``), declared once, here. The command takes ``source``: what they describe
+    (:func:`wiki_source`), None for the source the store recorded. A command that declares
+    ``source_block`` itself gets that name as it is and loads the block when it can (``up``,
+    whose Prefect server is not up yet)."""
+    own = inspect.signature(command, eval_str=True)
+    keeps_block = "source_block" in own.parameters
+    added = {k: v for k, v in _SOURCE_OPTIONS.items() if not (keeps_block and k == "source_block")}
+    options = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=option)
+        for name, option in added.items()
+    ]
+    kept = [p for name, p in own.parameters.items() if name != "source"]
+    # Typer lists options in this order: the source's before --home, which ends every command.
+    at = next((i for i, p in enumerate(kept) if p.name == "home"), len(kept))
+    parameters = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in [*kept[:at], *options, *kept[at:]]
+    ]
+
+    @functools.wraps(command)
+    def with_source(**kwargs: Any) -> T:
+        given = {name: kwargs.pop(name) for name in added}
+        block = None if keeps_block else given.pop("source_block")
+        return command(source=wiki_source(**given, source_block=block), **kwargs)
+
+    with_source.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
+    with_source.__annotations__ = {p.name: p.annotation for p in parameters}
+    return with_source
 
 
 def need_prefect_server(option: str, what: str) -> None:

@@ -9,19 +9,12 @@ import typer
 from rich.table import Table
 
 from wikitune.cli.common import (
-    ApiUrlOption,
-    BotUserOption,
-    CategoryOption,
     HomeOption,
-    IntervalOption,
-    NameOption,
-    NamespaceOption,
     SourceBlockOption,
-    UserAgentOption,
     app,
     console,
     fail,
-    wiki_source,
+    takes_wiki_source,
 )
 from wikitune.config import is_tracking_server, load_settings
 
@@ -154,6 +147,7 @@ def _print_applied(applied: Any, ui_url: str | None) -> None:
 
 
 @app.command()
+@takes_wiki_source
 def deploy(
     timezone: TimezoneOption = "UTC",
     sync_minutes: SyncMinutesOption = 15,
@@ -162,14 +156,7 @@ def deploy(
     base_model: RetrainBaseOption = None,
     recipe: RetrainRecipeOption = None,
     device: RetrainDeviceOption = None,
-    api_url: ApiUrlOption = None,
-    category: CategoryOption = None,
-    namespace: NamespaceOption = None,
-    name: NameOption = None,
-    user_agent: UserAgentOption = None,
-    request_interval: IntervalOption = None,
-    bot_user: BotUserOption = None,
-    source_block: SourceBlockOption = None,
+    source: Any = None,
     home: HomeOption = None,
 ) -> None:
     """Apply the work pools (cpu; gpu with limit 1), the 15-minute sync, the nightly retrain and
@@ -181,9 +168,6 @@ def deploy(
     settings = load_settings(home)
     if not PREFECT_API_URL.value():
         raise fail("deploy needs a Prefect server: set PREFECT_API_URL, or run `wikitune up`")
-    source = wiki_source(
-        api_url, category, namespace, name, user_agent, request_interval, bot_user, source_block
-    )
     source, plan = _deploy_plan(
         settings,
         source,
@@ -200,6 +184,7 @@ def deploy(
 
 
 @app.command()
+@takes_wiki_source
 def up(
     prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server and UI.")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow server and UI.")] = 5000,
@@ -220,13 +205,7 @@ def up(
     base_model: RetrainBaseOption = None,
     recipe: RetrainRecipeOption = None,
     device: RetrainDeviceOption = None,
-    api_url: ApiUrlOption = None,
-    category: CategoryOption = None,
-    namespace: NamespaceOption = None,
-    name: NameOption = None,
-    user_agent: UserAgentOption = None,
-    request_interval: IntervalOption = None,
-    bot_user: BotUserOption = None,
+    source: Any = None,
     source_block: SourceBlockOption = None,
     home: HomeOption = None,
 ) -> None:
@@ -239,9 +218,6 @@ def up(
     from wikitune.deployments import apply
 
     settings = load_settings(home)
-    source = wiki_source(
-        api_url, category, namespace, name, user_agent, request_interval, bot_user, None
-    )
     source, plan = _deploy_plan(
         settings,
         source,

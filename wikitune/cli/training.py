@@ -4,23 +4,15 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from wikitune.cli.common import (
-    ApiUrlOption,
     BaseModelOption,
-    BotUserOption,
-    CategoryOption,
     HomeOption,
-    IntervalOption,
-    NameOption,
-    NamespaceOption,
     RecipeOption,
     RunOption,
-    SourceBlockOption,
-    UserAgentOption,
     app,
     console,
     counts_table,
@@ -29,9 +21,9 @@ from wikitune.cli.common import (
     need_prefect_server,
     progress_bars,
     run_flow,
+    takes_wiki_source,
     training_errors,
     wiki_errors,
-    wiki_source,
 )
 from wikitune.config import load_settings
 
@@ -53,6 +45,7 @@ class RetrainWhenChoice(StrEnum):
 
 
 @app.command()
+@takes_wiki_source
 def run(
     force: Annotated[
         bool, typer.Option("--force", help="Retrain even below the retrain threshold.")
@@ -72,14 +65,7 @@ def run(
         str | None,
         typer.Option(help='Retrain as this deployment (e.g. "retrain/gpu") instead of in-process.'),
     ] = None,
-    api_url: ApiUrlOption = None,
-    category: CategoryOption = None,
-    namespace: NamespaceOption = None,
-    name: NameOption = None,
-    user_agent: UserAgentOption = None,
-    request_interval: IntervalOption = None,
-    bot_user: BotUserOption = None,
-    source_block: SourceBlockOption = None,
+    source: Any = None,
     home: HomeOption = None,
 ) -> None:
     """One whole cycle: sync, build, and when enough changed (or --force) snapshot, retrain,
@@ -88,9 +74,6 @@ def run(
     from wikitune.tasks.recipe import TrainingRecipe
 
     settings = load_settings(home)
-    source = wiki_source(
-        api_url, category, namespace, name, user_agent, request_interval, bot_user, source_block
-    )
     try:
         chosen = TrainingRecipe.from_file(recipe) if recipe else None
     except ValueError as error:

@@ -11,38 +11,24 @@ import typer
 from rich.table import Table
 
 from wikitune.cli.common import (
-    ApiUrlOption,
-    BotUserOption,
-    CategoryOption,
     HomeOption,
-    IntervalOption,
-    NameOption,
-    NamespaceOption,
-    SourceBlockOption,
     SourceOption,
-    UserAgentOption,
     app,
     console,
     counts_table,
     fail,
     one_line,
     run_flow,
+    takes_wiki_source,
     wiki_errors,
-    wiki_source,
 )
 from wikitune.config import load_settings
 
 
 @app.command()
+@takes_wiki_source
 def sync(
-    api_url: ApiUrlOption = None,
-    category: CategoryOption = None,
-    namespace: NamespaceOption = None,
-    name: NameOption = None,
-    user_agent: UserAgentOption = None,
-    request_interval: IntervalOption = None,
-    bot_user: BotUserOption = None,
-    source_block: SourceBlockOption = None,
+    source: Any = None,
     reconcile: Annotated[
         bool, typer.Option("--reconcile", help="Re-list the whole scope before applying changes.")
     ] = False,
@@ -50,10 +36,6 @@ def sync(
 ) -> None:
     """Bring the store level with the wiki: a backfill the first time, recent changes after."""
     from wikitune.flows.sync import sync as sync_flow
-
-    source = wiki_source(
-        api_url, category, namespace, name, user_agent, request_interval, bot_user, source_block
-    )
 
     settings = load_settings(home)
     summary = run_flow(
