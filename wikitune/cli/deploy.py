@@ -118,6 +118,22 @@ def _deploy_plan(
     )
 
 
+def _share_base(plan: Any, settings: Any) -> None:
+    """With a tracking server, a base only this machine has (a directory, a ``.gguf`` file) is
+    published to it once per digest and the deployments name it by ``runs:/`` URI, which a
+    ``gpu`` worker on any machine fetches (``basemodel.shareable_spec``)."""
+    from wikitune.tasks import basemodel
+
+    if not plan.base_model or not plan.tracking_uri:
+        return
+    try:
+        shared = basemodel.shareable_spec(plan.base_model, settings.models_dir, plan.tracking_uri)
+    except basemodel.BaseModelError as error:
+        raise fail(str(error)) from None
+    if shared != plan.base_model and shared.startswith("runs:/"):
+        plan.base_published_from, plan.base_model = plan.base_model, shared
+
+
 def _tracking_server(settings: Any) -> str | None:
     """The MLflow server the deployments name: this shell's WIKITUNE_MLFLOW_TRACKING_URI, else
     the one `up` runs for this home (so a deploy from a shell without it changes nothing),
@@ -128,6 +144,12 @@ def _tracking_server(settings: Any) -> str | None:
         return str(settings.tracking_uri)
     record = services.running(settings)
     return record.mlflow_url if record is not None else None
+
+
+def _print_trains(plan: Any) -> None:
+    published = f" (published as {plan.base_model})" if plan.base_published_from else ""
+    base = plan.base_published_from or plan.base_model
+    console.print(f"retrains train {base}{published} with {plan.recipe_origin}", soft_wrap=True)
 
 
 def _print_applied(applied: Any, ui_url: str | None) -> None:
@@ -179,8 +201,9 @@ def deploy(
         recipe,
         device,
     )
+    _share_base(plan, settings)
     _print_applied(apply(source, plan), PREFECT_API_URL.value().removesuffix("/api"))
-    console.print(f"retrains train {plan.base_model} with {plan.recipe_origin}")
+    _print_trains(plan)
 
 
 @app.command()
@@ -235,6 +258,7 @@ def up(
     def deploy_before_workers(record: services.Services) -> None:
         nonlocal source
         plan.tracking_uri = record.mlflow_url  # the tracking server just started
+        _share_base(plan, settings)
         with temporary_settings({PREFECT_API_URL: record.prefect_api_url}):
             if source_block:
                 from wikitune.blocks.source import WikiSourceBlock
@@ -261,7 +285,7 @@ def up(
         f"started: {', '.join(s.name for s in record.services)} (logs in {settings.home / 'logs'})"
     )
     _print_applied(applied, record.prefect_ui_url)
-    console.print(f"retrains train {plan.base_model} with {plan.recipe_origin}")
+    _print_trains(plan)
     console.print(f"Prefect UI: {record.prefect_ui_url}")
     console.print(f"MLflow UI:  {record.mlflow_url}")
     if record.serve_url:

@@ -40,6 +40,9 @@ class DeployOptions(BaseModel):
     nightly_cron: str = "0 2 * * *"
     nightly_retrain_when: str = "new-data"
     base_model: str | None = None
+    base_published_from: str | None = None
+    """The local base (a directory or ``.gguf`` file) that ``base_model`` (``runs:/...``) was
+    published from, for workers on other machines (``basemodel.shareable_spec``)."""
     recipe: dict[str, Any] | None = None
     """The training recipe's fields, shown and editable as the deployments' parameter."""
     recipe_origin: str = ""
@@ -104,7 +107,10 @@ def _trains_with(options: DeployOptions) -> str:
     if not options.base_model:
         return ""
     origin = f" with {options.recipe_origin}" if options.recipe_origin else ""
-    return f" Trains `{options.base_model}`{origin}; the `recipe` parameter holds its fields."
+    base = f"`{options.base_model}`"
+    if options.base_published_from:
+        base = f"`{options.base_published_from}` (published to MLflow as {base})"
+    return f" Trains {base}{origin}; the `recipe` parameter holds its fields."
 
 
 def apply(source: WikiSource | None, options: DeployOptions | None = None) -> Applied:

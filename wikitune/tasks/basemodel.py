@@ -345,6 +345,8 @@ def shareable_spec(spec: str, models_dir: Path, tracking_uri: str) -> str:
     file published once to the tracking server (``runs:/<run>/base``)."""
     from wikitune.mlflow import exchange
 
+    if spec.startswith("runs:/"):
+        return spec
     if (name := packaged_name(spec)) is not None:
         return name
     base = resolve_base_model(spec, models_dir, tracking_uri)
