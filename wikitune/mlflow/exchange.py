@@ -40,12 +40,27 @@ BASE_SPEC_TAG = "wikitune.base_spec"
 BASE_ARTIFACT = "base"
 
 
-def _snapshots_experiment(source: str) -> str:
-    """The experiment holding a source's published snapshots, apart from its training runs."""
+def _experiment(name: str) -> str:
+    """The id of the experiment ``name``, created when there is none."""
     client = MlflowClient()
-    name = f"{experiment_name(source)}-snapshots"
     found = client.get_experiment_by_name(name)
     return found.experiment_id if found else client.create_experiment(name)
+
+
+def _publish(
+    experiment: str, run_name: str, tags: Mapping[str, str], directory: Path, artifact_path: str
+) -> str:
+    """``directory``'s files as the artifacts of a new finished run (failed if the upload
+    fails, so that no search finds it); their ``runs:/`` URI."""
+    client = MlflowClient()
+    run = client.create_run(experiment, run_name=run_name, tags=dict(tags))
+    try:
+        client.log_artifacts(run.info.run_id, str(directory), artifact_path)
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id)
+    return f"runs:/{run.info.run_id}/{artifact_path}"
 
 
 def publish_snapshot(tracking_uri: str, source: str, snapshot_id: str, directory: Path) -> str:
@@ -54,19 +69,13 @@ def publish_snapshot(tracking_uri: str, source: str, snapshot_id: str, directory
     published = published_snapshot(tracking_uri, source, snapshot_id)
     if published:
         return published
-    client = MlflowClient()
-    run = client.create_run(
-        _snapshots_experiment(source),
-        run_name=f"snapshot-{snapshot_id}",
-        tags={SNAPSHOT_TAG: snapshot_id},
+    return _publish(
+        _experiment(f"{experiment_name(source)}-snapshots"),
+        f"snapshot-{snapshot_id}",
+        {SNAPSHOT_TAG: snapshot_id},
+        directory,
+        snapshot_id,
     )
-    try:
-        client.log_artifacts(run.info.run_id, str(directory), snapshot_id)
-    except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
-        raise
-    client.set_terminated(run.info.run_id)
-    return f"runs:/{run.info.run_id}/{snapshot_id}"
 
 
 def published_snapshot(tracking_uri: str, source: str, snapshot_id: str) -> str | None:
@@ -126,28 +135,21 @@ def publish_base(tracking_uri: str, spec: str, directory: Path, digest: str) -> 
     digest (every source and cycle shares it); the ``runs:/`` URI another machine fetches it
     by, which is what the retrain is then given as its base."""
     use_tracking(tracking_uri)
-    client = MlflowClient()
-    found = client.get_experiment_by_name(BASES_EXPERIMENT)
-    experiment = found.experiment_id if found else client.create_experiment(BASES_EXPERIMENT)
-    published = client.search_runs(
+    experiment = _experiment(BASES_EXPERIMENT)
+    published = MlflowClient().search_runs(
         [experiment],
         filter_string=f"tags.`{BASE_DIGEST_TAG}` = '{digest}' and attributes.status = 'FINISHED'",
         max_results=1,
     )
     if published:
         return f"runs:/{published[0].info.run_id}/{BASE_ARTIFACT}"
-    run = client.create_run(
+    return _publish(
         experiment,
-        run_name=f"base-{Path(spec).name}-{digest.split(':')[-1][:12]}",
-        tags={BASE_DIGEST_TAG: digest, BASE_SPEC_TAG: spec},
+        f"base-{Path(spec).name}-{digest.split(':')[-1][:12]}",
+        {BASE_DIGEST_TAG: digest, BASE_SPEC_TAG: spec},
+        directory,
+        BASE_ARTIFACT,
     )
-    try:
-        client.log_artifacts(run.info.run_id, str(directory), BASE_ARTIFACT)
-    except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
-        raise
-    client.set_terminated(run.info.run_id)
-    return f"runs:/{run.info.run_id}/{BASE_ARTIFACT}"
 
 
 def fetch_base(tracking_uri: str, uri: str, models_dir: Path) -> tuple[Path, str]:
