@@ -252,6 +252,39 @@ def test_a_run_trained_elsewhere_finds_its_base_here_by_spec_and_digest(tmp_path
         basemodel.base_of_run({"base_model": elsewhere}, tmp_path / "models")
 
 
+def test_a_base_goes_to_other_machines_as_they_can_find_it(tmp_path: Path) -> None:
+    """A packaged name and a published base go as they are (no server is asked); a published
+    base cannot be resolved without a tracking server, and the error says so."""
+    from wikitune.tasks import basemodel
+
+    nowhere = "http://127.0.0.1:9"  # asked, it would refuse: these must not ask it
+    packaged = "smollm2-135m-instruct"
+    assert basemodel.shareable_spec(packaged, tmp_path, nowhere) == packaged
+    published = "runs:/0123456789abcdef/base"
+    assert basemodel.shareable_spec(published, tmp_path, nowhere) == published
+    with pytest.raises(basemodel.BaseModelError, match="on a tracking server, and none is set"):
+        basemodel.resolve_base_model(published, tmp_path)
+
+
+def test_the_wiki_source_options_are_declared_once_and_given_to_four_commands(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from wikitune.cli import app
+
+    runner = CliRunner()
+    for command in ("sync", "run", "deploy", "up"):
+        shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, shown.output
+        for option in ("--api-url", "--category", "--bot-user", "--source-block", "--home"):
+            assert option in shown.output, (command, option)
+    # The options reach the command as one source: half a source is refused, by name.
+    refused = runner.invoke(app, ["sync", "--category", "Category:X", "--home", str(tmp_path)])
+    assert refused.exit_code == 1
+    assert "--category, --namespace and --bot-user need --api-url" in refused.output
+
+
 def test_a_retrain_is_due_at_the_threshold() -> None:
     from wikitune.tasks.plan import retrain_due
 
