@@ -119,9 +119,9 @@ def _deploy_plan(
 
 
 def _share_base(plan: Any, settings: Any) -> None:
-    """With a tracking server, a base only this machine has (a directory, a ``.gguf`` file) is
-    published to it once per digest and the deployments name it by ``runs:/`` URI, which a
-    ``gpu`` worker on any machine fetches (``basemodel.shareable_spec``)."""
+    """With a tracking server, the deployments name the base as a ``gpu`` worker on any machine
+    finds it (``basemodel.shareable_spec``): one only this machine has (a directory, a ``.gguf``
+    file) by the ``runs:/`` URI it is published at, once per digest."""
     from wikitune.tasks import basemodel
 
     if not plan.base_model or not plan.tracking_uri:
@@ -130,8 +130,9 @@ def _share_base(plan: Any, settings: Any) -> None:
         shared = basemodel.shareable_spec(plan.base_model, settings.models_dir, plan.tracking_uri)
     except basemodel.BaseModelError as error:
         raise fail(str(error)) from None
-    if shared != plan.base_model and shared.startswith("runs:/"):
-        plan.base_published_from, plan.base_model = plan.base_model, shared
+    if shared.startswith("runs:/") and shared != plan.base_model:
+        plan.base_published_from = plan.base_model
+    plan.base_model = shared
 
 
 def _tracking_server(settings: Any) -> str | None:

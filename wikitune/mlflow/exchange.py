@@ -154,8 +154,10 @@ def publish_base(tracking_uri: str, spec: str, directory: Path, digest: str) -> 
 
 def fetch_base(tracking_uri: str, uri: str, models_dir: Path) -> tuple[Path, str]:
     """The base published at ``uri`` (``runs:/<run>/base``) and its digest: a directory under
-    ``models_dir/published``, named by the digest and downloaded once."""
+    ``models_dir/published``, named by the digest, downloaded and checked against it once."""
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    from wikitune.tasks.basemodel import directory_digest
 
     use_tracking(tracking_uri)
     if not uri.startswith("runs:/"):
@@ -166,12 +168,14 @@ def fetch_base(tracking_uri: str, uri: str, models_dir: Path) -> tuple[Path, str
         raise ValueError(f"run {run_id} of {uri} records no base digest ({BASE_DIGEST_TAG})")
     published = models_dir / "published"
     target = published / digest.replace(":", "-")
-    if target.is_dir():  # only ever made by the rename below, so complete
+    if target.is_dir():  # only ever made by the rename below, so complete and checked
         return target, digest
     published.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".fetching-", dir=published))
     try:
         files = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(staging)))
+        if (held := directory_digest(files)) != digest:
+            raise ValueError(f"the files of {uri} have digest {held}, not the {digest} published")
         try:
             os.replace(files, target)
         except OSError:  # another run fetched it first
