@@ -200,6 +200,7 @@ def test_promote_reject_rollback_and_ask(
         models.load_base_model(result.base_model, device="cpu", quantize=True),
         result.adapter_dir,
     )
+    assert not models.merges_exactly(tuned)  # a 4-bit base answers with the adapter beside it
     rows = [
         json.loads(line)
         for line in (Path(world["snapshot"].path) / "train.jsonl").read_text().splitlines()
@@ -212,12 +213,14 @@ def test_promote_reject_rollback_and_ask(
     assert asked.stdout.strip() == known[1]
 
 
-def test_adapters_of_one_base_answer_in_shared_batches_as_each_answers_alone(
+def test_an_adapter_merged_to_answer_answers_as_beside_the_base_and_leaves_it_as_it_was(
     world: dict[str, Any],
 ) -> None:
-    """The evaluation's mixed-adapter batches: the candidate and the bare base (or the champion)
-    answer in the same batches exactly what each answers alone."""
+    """The evaluation answers with an adapter merged into the base's fp32 weights
+    (``scoring.as_adapter``): the same answers as the adapter computed beside the base, and
+    afterwards the weights and the bare base's answers are as they were."""
     from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
 
     result: training.TrainResult = world["result"]
     tokenizer = models.load_tokenizer(result.adapter_dir)
@@ -228,18 +231,22 @@ def test_adapters_of_one_base_answer_in_shared_batches_as_each_answers_alone(
     )
     rows = (Path(world["snapshot"].path) / "eval.jsonl").read_text().splitlines()
     questions = [json.loads(line)["messages"] for line in rows][:12]
-    alone = models.generate_answers(tuned, tokenizer, questions, batch_size=4)
+    beside = models.generate_answers(tuned, tokenizer, questions, batch_size=4)
     with tuned.disable_adapter():
         bare = models.generate_answers(tuned, tokenizer, questions, batch_size=4)
-    assert alone != bare  # the adapter is seen, or the test proves nothing
-    shared = models.generate_answers(
-        tuned,
-        tokenizer,
-        questions + questions,
-        batch_size=8,
-        adapters=["tuned"] * len(questions) + [models.BARE_BASE] * len(questions),
-    )
-    assert shared == alone + bare
+    assert beside != bare  # the adapter is seen, or the test proves nothing
+    weights = {n: p.detach().clone() for n, p in tuned.named_parameters() if "base_layer" in n}
+    layers = [m for m in tuned.modules() if isinstance(m, LoraLayer)]
+    assert models.merges_exactly(tuned)
+    with scoring.as_adapter(tuned, "tuned"):
+        assert all(layer.merged for layer in layers)
+        merged = models.generate_answers(tuned, tokenizer, questions, batch_size=4)
+    assert merged == beside
+    assert not any(layer.merged for layer in layers)
+    after = dict(tuned.named_parameters())
+    assert max((after[n].detach() - w).abs().max().item() for n, w in weights.items()) < 1e-6
+    with tuned.disable_adapter():
+        assert models.generate_answers(tuned, tokenizer, questions, batch_size=4) == bare
 
 
 @pytest.fixture(scope="module")

@@ -91,15 +91,18 @@ def _remembered_probe_answers(
 ) -> list[str]:
     """The answers of ``adapter`` (of ``model``) to the probes: generated once per ``key`` (a
     training run and answering precision) and prompt, and kept in ``cache_dir``."""
+
+    def generate(prompts: list[list[dict[str, str]]]) -> list[str]:
+        with as_adapter(model, adapter):
+            return probe_answers(name or adapter, model, tokenizer, prompts, batch_size=batch_size)
+
     return basecache.base_answers(
         cache_dir,
         key,
         tokenizer,
         [row["messages"] for row in probes],
         max_new_tokens=PROBE_TOKENS,
-        generate=lambda prompts: probe_answers(
-            name or adapter, model, tokenizer, prompts, batch_size=batch_size, adapter=adapter
-        ),
+        generate=generate,
     )
 
 
@@ -229,7 +232,7 @@ def evaluate_run(
     )
     known_losses = {"candidate": remembered_loss(run_key(run_id), "candidate")} if general else {}
     # Both models answer the same questions with the same settings; where they share the
-    # base, in the same batches (the champion as a second adapter of the loaded base).
+    # base, the champion as a second adapter of the loaded base.
     eval_rows = list(data.splits["eval"])
     score = partial(
         score_models,

@@ -37,6 +37,7 @@ __all__ = [
     "load_tokenizer",
     "make_base_model",
     "make_base_model_for_wiki",
+    "merges_exactly",
     "resolve_precision",
 ]
 
@@ -420,7 +421,20 @@ def load_base_model(path: str, *, device: str, quantize: bool) -> PreTrainedMode
 
 
 BARE_BASE = "__base__"
-"""The adapter name PEFT's mixed-adapter batches give the base model without any adapter."""
+"""The name the evaluation gives the base model computing without any of its adapters."""
+
+
+def merges_exactly(model: Any) -> bool:
+    """Whether a LoRA adapter merged into ``model``'s adapted weights and unmerged again leaves
+    them as they were, to fp32 rounding (1.2e-7 at most on SmolLM2): their weights are fp32. A
+    bf16 weight would round each time, and a 4-bit one be quantized again."""
+    import torch
+
+    return all(
+        module.weight.dtype == torch.float32
+        for name, module in model.named_modules()
+        if name.endswith(".base_layer") and hasattr(module, "weight")
+    )
 
 
 def generate_answers(
@@ -431,14 +445,11 @@ def generate_answers(
     batch_size: int = 16,
     max_new_tokens: int = 48,
     description: str = "answering",
-    adapters: Sequence[str] | None = None,
 ) -> list[str]:
     """Greedy answers to the last user turn of each conversation (trailing assistant turns
     dropped), rendered as training rendered them (``chat.render_prompt``) and stopped at the
     template's end-of-turn token; ``batch_size`` at a time, left-padded, prompts of like length
-    together (a batch pads to its longest prompt). ``adapters`` names, per conversation, the PEFT
-    adapter that answers it (``BARE_BASE`` for none): several adapters of one base answer in
-    the same batches, sharing the base's matmuls."""
+    together (a batch pads to its longest prompt)."""
     import torch
 
     from wikitune.tasks import chat
@@ -464,11 +475,6 @@ def generate_answers(
                     padding=True,
                     add_special_tokens=False,
                 ).to(device)
-                mixed = (
-                    {"adapter_names": [adapters[i] for i in order[start : start + batch_size]]}
-                    if adapters is not None
-                    else {}
-                )
                 with torch.inference_mode():
                     output = model.generate(
                         **batch,
@@ -476,7 +482,6 @@ def generate_answers(
                         do_sample=False,
                         eos_token_id=stop,
                         pad_token_id=tokenizer.pad_token_id,
-                        **mixed,
                     )
                 new_tokens = output[:, batch["input_ids"].shape[1] :]
                 answers += [
