@@ -77,14 +77,15 @@ def test_run_does_a_whole_cycle_and_retrains_when_due_or_forced(
     assert qa["changed_since_champion"] == 0
     champion_snapshot = qa["champion_snapshot"]
 
-    # An edit, then a candidate that loses (no gain can reach a margin of 1): its changes stay due.
+    # An edit, then a candidate that loses (a gain is a difference of shares, at most 1, so none
+    # reaches a margin of 1.5): its changes stay due.
     _, name, debut, _, fans, language, platform = SAMPLE_VTUBERS[0]
     wiki.edit(name, sample_page(name, debut, "Harbor Live", fans, language, platform))
     wiki.run_jobs()
-    lost = _run_local("run", "--force", *model, home=home, WIKITUNE_PROMOTE_MIN_GAIN="1")
+    lost = _run_local("run", "--force", *model, home=home, WIKITUNE_PROMOTE_MIN_GAIN="1.5")
     assert lost.returncode == 0, lost.stderr[-3000:]
     assert "version 2: rejected; champion is version 1" in lost.stdout
-    assert re.search(r"rejected v2: fresh facts .* < margin 1", lost.stdout), lost.stdout
+    assert re.search(r"rejected v2: fresh facts .* < margin 1\.5", lost.stdout), lost.stdout
     qa = _qa(home)
     assert qa["champion_snapshot"] == champion_snapshot != qa["last_trained_snapshot"]
     assert qa["changed_since_champion"] > 0 and qa["changed_since_last_retrain"] == 0
