@@ -51,20 +51,22 @@ class PrefectApi:
     def __init__(self, url: str) -> None:
         self.url = url
         # The server answers 503 when its SQLite database is busy (a training on the same two
-        # cores); Prefect's own client retries those, and so does this one.
+        # cores); Prefect's own client retries those, and so does this one. Prefect 3.8's
+        # server can also hold SQLite's lock for a whole minute while workers poll
+        # (`mark_work_queues_ready`, PrefectHQ/prefect#23051): a request waits that out.
         retry = Retry(
-            total=5, backoff_factor=1, status_forcelist=(502, 503, 504), allowed_methods=None
+            total=5, backoff_factor=2, status_forcelist=(502, 503, 504), allowed_methods=None
         )
         self.session = requests.Session()
         self.session.mount("http://", HTTPAdapter(max_retries=retry))
 
     def get(self, path: str) -> Any:
-        response = self.session.get(f"{self.url}{path}", timeout=10)
+        response = self.session.get(f"{self.url}{path}", timeout=30)
         response.raise_for_status()
         return response.json()
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        response = self.session.post(f"{self.url}{path}", json=body, timeout=10)
+        response = self.session.post(f"{self.url}{path}", json=body, timeout=30)
         response.raise_for_status()
         return response.json()
 
