@@ -13,6 +13,7 @@ the evaluation answers, ``scoring.as_adapter``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -54,24 +55,17 @@ def adapters() -> None:
         started = time.perf_counter()
         answers[merged] = []
         for name in ("first", "second"):
-            if merged:
-                with as_adapter(model, name):
-                    answers[merged] += _probe_answers(model, tokenizer, conversations)
-            else:
-                model.set_adapter(name)
-                answers[merged] += _probe_answers(model, tokenizer, conversations)
+            model.set_adapter(name)
+            with as_adapter(model, name) if merged else contextlib.nullcontext():
+                answers[merged] += models.generate_answers(
+                    model, tokenizer, conversations, batch_size=64, max_new_tokens=PROBE_TOKENS
+                )
         seconds[merged] = time.perf_counter() - started
     same = sum(a == b for a, b in zip(answers[False], answers[True], strict=True))
     print(f"{len(conversations)} general probes, two adapters of SmolLM2-135M-Instruct in fp32")
     print(f"beside the base: {seconds[False]:.1f} s; merged into it: {seconds[True]:.1f} s")
     print(f"ratio merged/beside: {seconds[False] / seconds[True]:.2f}x faster;", end=" ")
     print(f"same answers {same}/{len(answers[True])}")
-
-
-def _probe_answers(model: Any, tokenizer: Any, conversations: list[Any]) -> list[str]:
-    return models.generate_answers(
-        model, tokenizer, conversations, batch_size=64, max_new_tokens=PROBE_TOKENS
-    )
 
 
 def probes() -> None:

@@ -553,36 +553,43 @@ def score_models(
                         [row["messages"] for row in probe_rows],
                         batch_size=answer_batch_size,
                     )
-            wiki_loss = assistant_loss(
+            losses = _losses(
+                name,
                 model,
                 tokenizer,
                 conversations,
+                general,
+                general_loss=(
+                    base_general_loss if adapter == models.BARE_BASE else known_losses.get(name)
+                ),
                 batch_size=batch_size,
-                description=f"{name}: wiki loss",
             )
-            general_loss = (
-                base_general_loss if adapter == models.BARE_BASE else known_losses.get(name)
-            )
-            if general and general_loss is None:
-                general_loss = assistant_loss(
-                    model,
-                    tokenizer,
-                    general,
-                    batch_size=batch_size,
-                    description=f"{name}: general loss",
-                )
         scores.append(
-            _scores(
-                name,
-                eval_rows,
-                answers,
-                probe_answers=probe_set,
-                probe_key=key,
-                wiki_loss=wiki_loss,
-                general_loss=general_loss if general else None,
-            )
+            _scores(name, eval_rows, answers, probe_answers=probe_set, probe_key=key, **losses)
         )
     return scores
+
+
+def _losses(
+    name: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[list[dict[str, str]]],
+    general: Sequence[list[dict[str, str]]],
+    *,
+    general_loss: float | None,
+    batch_size: int,
+) -> dict[str, Any]:
+    """An entrant's wiki loss on the eval conversations and its loss on the ``general`` ones
+    (``general_loss`` when already known; none without general conversations)."""
+    wiki_loss = assistant_loss(
+        model, tokenizer, conversations, batch_size=batch_size, description=f"{name}: wiki loss"
+    )
+    if general and general_loss is None:
+        general_loss = assistant_loss(
+            model, tokenizer, general, batch_size=batch_size, description=f"{name}: general loss"
+        )
+    return {"wiki_loss": wiki_loss, "general_loss": general_loss if general else None}
 
 
 @contextmanager
