@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from wikitune.serving.engine import Batcher, Closed, Finished, GenerationRequest
 from wikitune.serving.follow import Follower
+from wikitune.tasks import model as models
 
 __all__ = ["ChatRequest", "GoingLive", "ask_server", "create_app", "serving_in_thread", "wait_live"]
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_000_000
 MAX_TOKENS_LIMIT = 4096
-DEFAULT_MAX_TOKENS = 256
 
 
 class TextPart(BaseModel):
@@ -201,7 +201,7 @@ def create_app(follower: Follower, *, api_key: str | None = None, system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
         served = batcher.served
         prompt_ids = served.render(messages)
-        max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS
+        max_tokens = body.max_completion_tokens or body.max_tokens or models.ANSWER_MAX_NEW_TOKENS
         if len(prompt_ids) + max_tokens > served.context_window:
             raise ApiError(
                 400,

@@ -29,7 +29,6 @@ __all__ = ["Batcher", "Closed", "Finished", "GenerationRequest", "ServedVersion"
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_NEW_TOKENS = 256
 _PAGE_TOKENS = 256  # tokens per page of the paged KV cache
 
 
@@ -262,7 +261,7 @@ class Batcher:
             pages = -(-served.context_window // _PAGE_TOKENS)
             manager = served.model.init_continuous_batching(
                 generation_config=GenerationConfig(
-                    max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+                    max_new_tokens=models.ANSWER_MAX_NEW_TOKENS,
                     eos_token_id=served.stop_ids,
                     pad_token_id=served.tokenizer.pad_token_id,
                     **decoding,

@@ -34,7 +34,7 @@ def ask(
     questions: Sequence[str],
     *,
     system_prompt: str = "",
-    max_new_tokens: int = 64,
+    max_new_tokens: int = models.ANSWER_MAX_NEW_TOKENS,
 ) -> list[str]:
     """Greedy answers to questions, each rendered as training rendered its rows."""
     from wikitune.tasks.dataset import with_system
@@ -114,7 +114,7 @@ def answer_with_champion(
     system_prompt: str,
     workdir: Path,
     device: str | None = None,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = models.ANSWER_MAX_NEW_TOKENS,
     models_dir: Path | None = None,
 ) -> str:
     """Answer ``question`` with ``models:/<name>@champion`` on its base model as the server

@@ -324,6 +324,11 @@ def distillation_kl(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[An
     return total, positions.sum()
 
 
+ANSWER_MAX_NEW_TOKENS = 256
+"""The tokens an answer may run to unless the caller says otherwise: ``wikitune ask`` and
+``wikitune serve`` alike, so that the two give the same answer where it runs on."""
+
+
 Precision = Literal["bf16", "fp32"]
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -484,8 +489,10 @@ def generate_answers(
                         pad_token_id=tokenizer.pad_token_id,
                     )
                 new_tokens = output[:, batch["input_ids"].shape[1] :]
+                # An answer cut at the token budget mid-character ends in U+FFFD: left out, as
+                # the server leaves it out of what it sends.
                 answers += [
-                    text.strip()
+                    text.strip().rstrip("\ufffd").rstrip()
                     for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
                 ]
                 advance(1)
