@@ -119,7 +119,7 @@ class _Stream:
             self.sent = text
 
     def _finish(self, reason: str, text: str) -> None:
-        self._send(text.rstrip("\ufffd"))
+        self._send(models.without_cut_character(text))
         self.done = True
         self.request.emit(Finished(reason, len(self.tokens)))
 

@@ -329,6 +329,12 @@ ANSWER_MAX_NEW_TOKENS = 256
 ``wikitune serve`` alike, so that the two give the same answer where it runs on."""
 
 
+def without_cut_character(text: str) -> str:
+    """``text`` without the U+FFFD that decoding leaves where the token budget cut a character
+    short: what the evaluation records and what the server sends end alike."""
+    return text.rstrip("\ufffd")
+
+
 Precision = Literal["bf16", "fp32"]
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -489,10 +495,8 @@ def generate_answers(
                         pad_token_id=tokenizer.pad_token_id,
                     )
                 new_tokens = output[:, batch["input_ids"].shape[1] :]
-                # An answer cut at the token budget mid-character ends in U+FFFD: left out, as
-                # the server leaves it out of what it sends.
                 answers += [
-                    text.strip().rstrip("\ufffd").rstrip()
+                    without_cut_character(text.strip()).rstrip()
                     for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
                 ]
                 advance(1)
