@@ -179,3 +179,58 @@ def _tiny_base(tmp_path: Path) -> Path:
 
     texts = [m["content"] for row in load_general()[:20] for m in row["messages"]]
     return models.make_base_model(tmp_path / "base", texts, size="tiny", pretrain_steps=0)
+
+
+@pytest.mark.unit
+def test_the_distillation_term_compares_the_bases_kept_top_tokens(tmp_path: Path) -> None:
+    """The distillation term's KL over the base's top-k tokens and the rest as one outcome is
+    0 for the bare base, at most the full KL, the full KL when the rest is one token; the
+    base's log-probabilities are computed once per base and read back after."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from wikitune.tasks import basecache, chat
+    from wikitune.tasks.dataset import load_general
+
+    path = _tiny_base(tmp_path)
+    torch.manual_seed(0)
+    model = get_peft_model(
+        models.load_base_model(str(path), device="cpu", quantize=False),
+        LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
+    ).eval()
+    tokenizer = models.load_tokenizer(str(path))
+    fmt = chat.chat_format(tokenizer)
+    encoded = [chat.encode(tokenizer, fmt, row["messages"]) for row in load_general()[:8]]
+    vocabulary = model.get_output_embeddings().weight.shape[0]
+    calls = []
+
+    def compute(k: int) -> dict[str, Any]:
+        calls.append(k)
+        top = models.base_top_log_probs(model, encoded, k=k, pad_id=tokenizer.pad_token_id)
+        return {"ids": torch.cat([i for i, _ in top]), "log_probs": torch.cat([p for _, p in top])}
+
+    def kl(k: int, *, bare: bool = False) -> tuple[float, float]:
+        kept = basecache.base_tensors(tmp_path / "cache", "digest", [k], lambda: compute(k))
+        inputs, labels = models.pad_rows(encoded, tokenizer.pad_token_id)
+        with torch.no_grad():
+            with model.disable_adapter():
+                base_hidden, _, head = models.answer_hidden(model, inputs, labels)
+            hidden = base_hidden
+            if not bare:
+                hidden, _, head = models.answer_hidden(model, inputs, labels)
+            full = torch.nn.functional.kl_div(
+                head(hidden).log_softmax(-1),
+                head(base_hidden).log_softmax(-1),
+                log_target=True,
+                reduction="sum",
+            )
+            top = models.top_k_kl(head(hidden), kept["ids"], kept["log_probs"])
+            return float(top), float(full)
+
+    top, full = kl(8)
+    assert 0.01 < top <= full + 1e-5
+    assert kl(8, bare=True)[0] < 1e-5
+    exact, full = kl(vocabulary - 1)
+    assert exact == pytest.approx(full, rel=1e-4)
+    kl(8)
+    assert calls == [8, vocabulary - 1]  # the second k=8 read the kept file

@@ -304,16 +304,16 @@ def test_the_distillation_term_keeps_the_general_rows_near_the_base(
         model = PeftModel.from_pretrained(base, result.adapter_dir).eval()
         tokenizer = models.load_tokenizer(result.adapter_dir)
         fmt = chat.chat_format(tokenizer)
-        batch = training.Distillation(
-            [chat.encode(tokenizer, fmt, conversation) for conversation in general],
-            weight=1.0,
-            rows=len(general),
-            pad_id=tokenizer.pad_token_id,
-            seed=0,
-        )
+        encoded = [chat.encode(tokenizer, fmt, conversation) for conversation in general]
+        inputs, labels = models.pad_rows(encoded, tokenizer.pad_token_id)
         with torch.no_grad():
-            total, count = models.distillation_kl(model, *batch.next_batch("cpu"))
-        return float(total / count)
+            hidden, _, head = models.answer_hidden(model, inputs, labels)
+            tuned = head(hidden).float().log_softmax(-1)
+            with model.disable_adapter():
+                hidden, _, head = models.answer_hidden(model, inputs, labels)
+                bare = head(hidden).float().log_softmax(-1)
+        kl = torch.nn.functional.kl_div(tuned, bare, log_target=True, reduction="batchmean")
+        return float(kl)
 
     assert kl_to_base(distilled) < 0.5 * kl_to_base(plain)
 

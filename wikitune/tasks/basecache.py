@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 
 from wikitune.tasks import chat
 
-__all__ = ["base_answers", "cache_key", "once_per_base"]
+__all__ = ["base_answers", "base_tensors", "cache_key", "once_per_base"]
 
 T = TypeVar("T")
 
@@ -51,6 +51,26 @@ def once_per_base(
     value = compute()
     if base_digest:
         _write_json(cache, value)
+    return value
+
+
+def base_tensors(
+    cache_dir: Path, base_digest: str, key: Any, compute: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """``compute()``, named tensors of a bare base model (its log-probabilities over some
+    rows), computed once per base and ``key`` (JSON: what else they depend on) and kept as a
+    torch file under ``cache_dir``."""
+    import torch
+
+    cache = cache_dir / f"{_digest([base_digest, key])}.pt"
+    if base_digest and cache.exists():
+        return cast(dict[str, Any], torch.load(cache, weights_only=True))
+    value = compute()
+    if base_digest:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        staged = cache.with_suffix(".tmp")
+        torch.save(value, staged)
+        staged.replace(cache)
     return value
 
 

@@ -27,8 +27,10 @@ __all__ = [
     "MODEL_SIZES",
     "ModelSize",
     "Precision",
+    "answer_hidden",
     "answer_loss_sum",
     "answer_precision",
+    "base_top_log_probs",
     "computing_in",
     "fourbit_available",
     "generate_answers",
@@ -38,7 +40,10 @@ __all__ = [
     "make_base_model",
     "make_base_model_for_wiki",
     "merges_exactly",
+    "pad_rows",
     "resolve_precision",
+    "top_k_kl",
+    "top_log_probs",
 ]
 
 log = logging.getLogger(__name__)
@@ -291,37 +296,90 @@ def _backbone_and_head(model: Any) -> tuple[Any, Any]:
     return getattr(causal_lm, causal_lm.base_model_prefix), causal_lm.get_output_embeddings()
 
 
-def answer_loss_sum(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[Any, Any]:
-    """Summed cross-entropy of the tokens whose label is not -100, and how many there are.
-
-    Only those positions go through the LM head: with a vocabulary of tens of thousands of
-    tokens and answers a third of a row, projecting every position is most of a CPU step."""
+def pad_rows(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[dict[str, Any], Any]:
+    """Rows of token ids and labels (-100 where no loss), right-padded into one batch: the
+    model's inputs (ids and attention mask) and the labels."""
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
+    ids = pad_sequence([torch.tensor(i) for i, _ in encoded], True, pad_id)
+    mask = pad_sequence([torch.ones(len(i), dtype=torch.long) for i, _ in encoded], True)
+    labels = pad_sequence([torch.tensor(lab) for _, lab in encoded], True, -100)
+    return {"input_ids": ids, "attention_mask": mask}, labels
+
+
+def answer_hidden(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[Any, Any, Any]:
+    """The last hidden states at the positions whose next token carries loss (its label is not
+    -100), in the rows' order, the tokens they predict, and the LM head to project them with.
+
+    Only those positions need go through the head: with a vocabulary of tens of thousands of
+    tokens and answers a third of a row, projecting every position is most of a CPU step."""
     backbone, head = _backbone_and_head(model)
     hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
     targets = labels[:, 1:].to(hidden.device)
     positions = targets != -100
-    logits = head(hidden[positions]).float()
-    total = torch.nn.functional.cross_entropy(logits, targets[positions], reduction="sum")
-    return total, positions.sum()
+    return hidden[positions], targets[positions], head
 
 
-def distillation_kl(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[Any, Any]:
-    """KL(base || model) summed over the tokens whose label is not -100, and how many there
-    are: how far the adapter moved the next-token distribution from the bare base's (the same
-    model with its adapter disabled, run without gradients) where the answers are."""
+def answer_loss_sum(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[Any, Any]:
+    """Summed cross-entropy of the tokens whose label is not -100, and how many there are."""
     import torch
 
-    backbone, head = _backbone_and_head(model)
-    positions = labels[:, 1:] != -100
-    with torch.no_grad(), model.disable_adapter():
-        hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
-        base = head(hidden[positions]).float().log_softmax(-1)
-    hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
-    tuned = head(hidden[positions]).float().log_softmax(-1)
-    total = torch.nn.functional.kl_div(tuned, base, log_target=True, reduction="sum")
-    return total, positions.sum()
+    hidden, targets, head = answer_hidden(model, inputs, labels)
+    total = torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+    return total, targets.numel()
+
+
+def top_log_probs(logits: Any, k: int) -> tuple[Any, Any]:
+    """The ``k`` likeliest tokens at each position and their log-probabilities, with the log of
+    the probability left to all other tokens as one more column: a distribution over k + 1
+    outcomes that ``top_k_kl`` compares another model's with."""
+    import torch
+
+    log_probs = logits.float().log_softmax(-1)
+    top, ids = log_probs.topk(k, dim=-1)
+    rest = log_probs.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
+    return ids, torch.cat([top, rest], dim=-1)
+
+
+def top_k_kl(logits: Any, ids: Any, reference: Any) -> Any:
+    """KL(reference || model) summed over positions, over the reference's top-k tokens (``ids``,
+    their log-probabilities and the rest's in ``reference``, from ``top_log_probs``) and all
+    other tokens as one outcome: the model's mass moved among the top tokens, or into or out
+    of the rest, counts."""
+    import torch
+
+    log_probs = logits.float().log_softmax(-1)
+    top = log_probs.gather(-1, ids)
+    rest = log_probs.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
+    tuned = torch.cat([top, rest], dim=-1)
+    return torch.nn.functional.kl_div(tuned, reference, log_target=True, reduction="sum")
+
+
+def base_top_log_probs(
+    model: Any, encoded: list[tuple[list[int], list[int]]], *, k: int, pad_id: int
+) -> list[tuple[Any, Any]]:
+    """For each row (token ids and labels, -100 where no loss), the bare base's top-k tokens
+    and log-probabilities at its answer positions (``top_log_probs``): the model with its
+    adapter disabled, without gradients, in whatever precision the caller computes in."""
+    import contextlib
+
+    import torch
+
+    bare = (
+        model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    )
+    device = next(model.parameters()).device
+    out: list[tuple[Any, Any]] = []
+    with torch.no_grad(), bare:
+        for start in range(0, len(encoded), 32):
+            inputs, labels = pad_rows(encoded[start : start + 32], pad_id)
+            inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
+            hidden, _, head = answer_hidden(model, inputs, labels)
+            top_ids, top = top_log_probs(head(hidden), k)
+            counts = (labels[:, 1:] != -100).sum(1).tolist()
+            out += zip(top_ids.cpu().split(counts), top.cpu().split(counts), strict=True)
+    return out
 
 
 ANSWER_MAX_NEW_TOKENS = 256

@@ -357,25 +357,12 @@ def _loss_sum(
 ) -> tuple[float, int]:
     """Summed cross-entropy over the loss-carrying tokens of one padded batch, and their count."""
     import torch
-    from torch.nn.utils.rnn import pad_sequence
 
     device = next(model.parameters()).device
-    ids = pad_sequence(
-        [torch.tensor(i) for i, _ in encoded],
-        batch_first=True,
-        padding_value=tokenizer.pad_token_id,
-    )
-    attention = pad_sequence(
-        [torch.ones(len(i), dtype=torch.long) for i, _ in encoded], batch_first=True
-    )
-    labels = pad_sequence(
-        [torch.tensor(lab) for _, lab in encoded], batch_first=True, padding_value=-100
-    )
+    inputs, labels = models.pad_rows(encoded, tokenizer.pad_token_id)
     with torch.inference_mode():
         total, count = models.answer_loss_sum(
-            model,
-            {"input_ids": ids.to(device), "attention_mask": attention.to(device)},
-            labels.to(device),
+            model, {name: tensor.to(device) for name, tensor in inputs.items()}, labels.to(device)
         )
     return float(total), int(count)
 

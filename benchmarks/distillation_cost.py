@@ -1,0 +1,109 @@
+"""What the distillation term (``general_distillation``) costs a training step of the packaged
+SmolLM2-135M-Instruct on this machine: the median milliseconds of a step without the term and
+with it (its own forward pass over two general rows, against the base's kept log-probabilities),
+in one process: the same steps of the demo's recipe on the same snapshot of synthetic VTuber
+pages, in the recipe's precision.
+
+    .venv/bin/python benchmarks/distillation_cost.py [--pages 40] [--steps 30]
+
+The issue's bound: a step with the term at most 1.25x a step without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from train_bench import make_data  # the same synthetic pages and snapshot as train_bench
+from transformers import TrainerCallback
+
+from wikitune.config import load_settings
+from wikitune.tasks import basemodel, chat, snapshots
+from wikitune.tasks import model as models
+from wikitune.tasks import train as training
+from wikitune.tasks.recipe import TrainingRecipe
+
+ARMS = ("no term", "term")
+WARM_UP_STEPS = 3
+
+
+class StepTimes(TrainerCallback):
+    """Seconds of each optimizer step."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+        self.started = time.perf_counter()
+
+    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+        self.seconds.append(time.perf_counter() - self.started)
+
+
+def step_ms(arm: str, base: basemodel.ResolvedBase, snapshot: str, steps: int, tmp: Path) -> float:
+    """The median milliseconds of a step of ``arm`` after the first few."""
+    from trl import SFTTrainer
+
+    recipe = TrainingRecipe.from_file("smollm2-135m-cpu").replace(
+        max_steps=steps + WARM_UP_STEPS, logging_steps=steps
+    )
+    precision, _ = models.resolve_precision(recipe.precision, "cpu")
+    data = snapshots.read_snapshot(snapshot)
+    tokenizer = models.load_tokenizer(base.path)
+    fmt = chat.chat_format(tokenizer)
+    model = training.prepare_model(
+        base.path, recipe, method="lora", device="cpu", init_adapter=None
+    )
+    rows = chat.tokenize_rows(data.splits["train"].select_columns(["messages"]), tokenizer, fmt)
+    distillation = training._distillation(
+        data.splits["general_pool"],
+        model,
+        tokenizer,
+        fmt,
+        recipe,
+        base=base,
+        precision=precision,
+        device="cpu",
+        cache_dir=tmp / "base-answers",
+    )
+    trainer_class = training._answer_positions_trainer()
+    if arm == "term":
+        trainer_class = training._distilling(trainer_class, distillation, precision)
+    timer = StepTimes()
+    trainer: SFTTrainer = trainer_class(
+        model=model,
+        args=training._sft_config(recipe, "cpu", tmp / "out", {}, "packed", precision),
+        train_dataset=rows,
+        processing_class=tokenizer,
+        callbacks=[timer],
+    )
+    for parameter in trainer.model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+    trainer.train()
+    return 1000 * statistics.median(timer.seconds[WARM_UP_STEPS:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    base = basemodel.resolve_base_model("smollm2-135m-instruct", load_settings().models_dir)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        snapshot = make_data(tmp, args.pages)
+        print(f"SmolLM2-135M-Instruct, {args.steps} steps of the CPU recipe an arm")
+        print(f"CPU: {models.resolve_precision('auto', 'cpu')[1]}")
+        results = {arm: step_ms(arm, base, snapshot, args.steps, tmp) for arm in ARMS}
+    print(f"{'arm':<16}{'ms/step':>9}{'vs no term':>12}")
+    for arm, ms in results.items():
+        print(f"{arm:<16}{ms:>9.0f}{ms / results['no term']:>11.2f}x")
+
+
+if __name__ == "__main__":
+    main()
