@@ -274,7 +274,8 @@ def test_the_distillation_term_keeps_the_general_rows_near_the_base(
 ) -> None:
     """With ``general_distillation`` each step adds KL(base || model) on a few general rows
     (the base: the same model with its adapter off); after the same steps the adapter's
-    distribution there is nearer the base's than without it, and the run logs the term."""
+    distribution there is nearer the base's than without it, and the run logs the term; with
+    ``distillation_every`` only every Nth step does."""
     import torch
     from peft import PeftModel
 
@@ -293,6 +294,18 @@ def test_the_distillation_term_keeps_the_general_rows_near_the_base(
         distilled.run_id, "trainer/distillation_kl"
     )
     assert history and all(point.value >= 0 for point in history)
+    # With ``distillation_every: 2`` the term (and its pass) comes on every second step only.
+    every_other = _train_on_world(
+        world,
+        tmp_path / "every-other",
+        TrainingRecipe(
+            **{**TEST_RECIPE, **settings, "general_distillation": 5.0, "distillation_every": 2}
+        ).replace(logging_steps=1),
+    )
+    steps = mlflow_client(tmp_path / "every-other").get_metric_history(
+        every_other.run_id, "trainer/distillation_kl"
+    )
+    assert sorted(point.step for point in steps) == list(range(1, 25, 2))
     general = [
         json.loads(line)["messages"]
         for line in (Path(world["snapshot"].path) / "train.jsonl").read_text().splitlines()

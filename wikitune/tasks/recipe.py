@@ -170,14 +170,21 @@ class TrainingRecipe(BaseModel):
         ge=0,
         description="Weight of a distillation term that keeps the model's next-token"
         " distribution on general conversations (the snapshot's general pool: every general"
-        " example not held out) close to the bare base's (the model with its adapter disabled:"
-        " one extra forward pass, no extra weights): KL(base || model) per answer token, added"
-        " to the loss each step. 0: off.",
+        " example not held out) close to the bare base's (the model with its adapter disabled,"
+        " whose top-128 log-probabilities there are computed once per base and kept; no extra"
+        " weights): KL(base || model) per answer token, added to the loss. 0: off.",
     )
     distillation_rows: int = Field(
         default=2,
         ge=1,
-        description="General conversations distilled each training step (cycling through them).",
+        description="General conversations distilled each time the term is applied (cycling"
+        " through them).",
+    )
+    distillation_every: int = Field(
+        default=1,
+        ge=1,
+        description="Apply the distillation term on every Nth training step only, at N times its"
+        " weight: the same term on average, its forward pass paid once in N steps.",
     )
     checkpoint_on: Literal["wiki", "fresh"] = Field(
         default="wiki",

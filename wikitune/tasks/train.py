@@ -227,10 +227,12 @@ class Distillation:
         rows: int,
         pad_id: int,
         seed: int,
+        every: int = 1,
     ) -> None:
         if not encoded:
             raise ValueError("distillation needs general rows, and the training mix has none")
-        self.weight = weight
+        self.every = every
+        self.weight = weight * every  # applied on one step in ``every``: the same on average
         self._encoded, self._base = encoded, base
         self._rows, self._pad_id = rows, pad_id
         self._rng = random.Random(seed)
@@ -287,7 +289,7 @@ def _distilling(
             num_items_in_batch: Any = None,
         ) -> Any:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            if not model.training:
+            if not model.training or self.state.global_step % distillation.every:
                 return result
             loss = result[0] if return_outputs else result
             rows, labels, reference = distillation.next_batch(loss.device)
@@ -890,6 +892,7 @@ def _distillation(
         reference,
         weight=recipe.general_distillation,
         rows=recipe.distillation_rows,
+        every=recipe.distillation_every,
         pad_id=tokenizer.pad_token_id,
         seed=recipe.sft["seed"],
     )
