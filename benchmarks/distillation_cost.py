@@ -49,8 +49,6 @@ class StepTimes(TrainerCallback):
 
 def step_ms(arm: str, base: basemodel.ResolvedBase, snapshot: str, steps: int, tmp: Path) -> float:
     """The mean milliseconds of a step of ``arm`` after the first few."""
-    from trl import SFTTrainer
-
     every = ARMS[arm]
     recipe = TrainingRecipe.from_file("smollm2-135m-cpu").replace(
         max_steps=steps + WARM_UP_STEPS, logging_steps=steps, distillation_every=max(every, 1)
@@ -63,31 +61,32 @@ def step_ms(arm: str, base: basemodel.ResolvedBase, snapshot: str, steps: int, t
         base.path, recipe, method="lora", device="cpu", init_adapter=None
     )
     rows = chat.tokenize_rows(data.splits["train"].select_columns(["messages"]), tokenizer, fmt)
-    distillation = training._distillation(
-        data.splits["general_pool"],
+    distillation = None
+    if every:
+        distillation = training._distillation(
+            data.splits["general_pool"],
+            model,
+            tokenizer,
+            fmt,
+            recipe,
+            base=base,
+            precision=precision,
+            device="cpu",
+            cache_dir=tmp / "base-answers",
+        )
+    timer = StepTimes()
+    trainer = training.make_trainer(
         model,
         tokenizer,
-        fmt,
         recipe,
-        base=base,
-        precision=precision,
         device="cpu",
-        cache_dir=tmp / "base-answers",
-    )
-    trainer_class = training._answer_positions_trainer()
-    if every:
-        trainer_class = training._distilling(trainer_class, distillation, precision)
-    timer = StepTimes()
-    trainer: SFTTrainer = trainer_class(
-        model=model,
-        args=training._sft_config(recipe, "cpu", tmp / "out", {}, "packed", precision),
+        output_dir=tmp / "out",
         train_dataset=rows,
-        processing_class=tokenizer,
+        eval_datasets={},
         callbacks=[timer],
+        precision=precision,
+        distillation=distillation,
     )
-    for parameter in trainer.model.parameters():
-        if parameter.requires_grad:
-            parameter.data = parameter.data.float()
     trainer.train()
     return 1000 * statistics.mean(timer.seconds[WARM_UP_STEPS:])
 

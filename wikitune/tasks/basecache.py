@@ -28,11 +28,16 @@ def cache_key(digest: str, precision: str) -> str:
     return digest if precision == "fp32" else f"{digest}+{precision}"
 
 
-def _write_json(path: Path, value: Any) -> None:
+def _replace(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write`` a staged file beside ``path``, then move it over ``path`` in one step."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_suffix(".tmp")
-    staged.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
+    write(staged)
     staged.replace(path)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _replace(path, lambda staged: staged.write_text(json.dumps(value, ensure_ascii=False), "utf-8"))
 
 
 def once_per_base(
@@ -67,10 +72,7 @@ def base_tensors(
         return cast(dict[str, Any], torch.load(cache, weights_only=True))
     value = compute()
     if base_digest:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        staged = cache.with_suffix(".tmp")
-        torch.save(value, staged)
-        staged.replace(cache)
+        _replace(cache, lambda staged: torch.save(value, staged))
     return value
 
 

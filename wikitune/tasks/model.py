@@ -330,16 +330,21 @@ def answer_loss_sum(model: Any, inputs: dict[str, Any], labels: Any) -> tuple[An
     return total, targets.numel()
 
 
+def _top_and_rest(log_probs: Any, ids: Any) -> Any:
+    """The log-probabilities of the tokens ``ids`` and, as one more column, of all others."""
+    import torch
+
+    rest = log_probs.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
+    return torch.cat([log_probs.gather(-1, ids), rest], dim=-1)
+
+
 def top_log_probs(logits: Any, k: int) -> tuple[Any, Any]:
     """The ``k`` likeliest tokens at each position and their log-probabilities, with the log of
     the probability left to all other tokens as one more column: a distribution over k + 1
     outcomes that ``top_k_kl`` compares another model's with."""
-    import torch
-
     log_probs = logits.float().log_softmax(-1)
-    top, ids = log_probs.topk(k, dim=-1)
-    rest = log_probs.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
-    return ids, torch.cat([top, rest], dim=-1)
+    ids = log_probs.topk(k, dim=-1).indices
+    return ids, _top_and_rest(log_probs, ids)
 
 
 def top_k_kl(logits: Any, ids: Any, reference: Any) -> Any:
@@ -349,10 +354,7 @@ def top_k_kl(logits: Any, ids: Any, reference: Any) -> Any:
     of the rest, counts."""
     import torch
 
-    log_probs = logits.float().log_softmax(-1)
-    top = log_probs.gather(-1, ids)
-    rest = log_probs.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
-    tuned = torch.cat([top, rest], dim=-1)
+    tuned = _top_and_rest(logits.float().log_softmax(-1), ids)
     return torch.nn.functional.kl_div(tuned, reference, log_target=True, reduction="sum")
 
 
@@ -362,16 +364,11 @@ def base_top_log_probs(
     """For each row (token ids and labels, -100 where no loss), the bare base's top-k tokens
     and log-probabilities at its answer positions (``top_log_probs``): the model with its
     adapter disabled, without gradients, in whatever precision the caller computes in."""
-    import contextlib
-
     import torch
 
-    bare = (
-        model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-    )
     device = next(model.parameters()).device
     out: list[tuple[Any, Any]] = []
-    with torch.no_grad(), bare:
+    with torch.no_grad(), model.disable_adapter():
         for start in range(0, len(encoded), 32):
             inputs, labels = pad_rows(encoded[start : start + 32], pad_id)
             inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
